@@ -1,0 +1,5 @@
+"""Real-component harnesses for tests and demos: Kafka, GCS emulator, HDFS."""
+
+from beam_zdl.testing.kafka import LocalKafka
+
+__all__ = ["LocalKafka"]

@@ -1,0 +1,102 @@
+"""Java components for the test harnesses, resolved with Maven into a cache.
+
+Each component is a folder under ``java/`` holding a ``pom.xml`` (and, where
+needed, a single-file Java program run with ``java File.java``). Its runtime
+classpath is copied into ``<cache>/jars/<component>`` once; later runs reuse it.
+
+The cache is ``$BEAM_ZDL_CACHE`` if set, else ``.cache`` of the checkout the
+package lives in, else ``~/.cache/beam_zdl``.
+
+Run ``python -m beam_zdl.testing.jars kafka hdfs`` to resolve ahead of time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from beam_zdl.errors import ZdlError
+
+__all__ = ["cache_dir", "classpath", "java_binary", "component_dir", "resolve"]
+
+_LOGGER = logging.getLogger(__name__)
+_JAVA_DIR = Path(__file__).parent / "java"
+
+
+def cache_dir() -> Path:
+    """Where Maven's repository and the copied jars live."""
+    if os.environ.get("BEAM_ZDL_CACHE"):
+        return Path(os.environ["BEAM_ZDL_CACHE"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache"
+    return Path.home() / ".cache" / "beam_zdl"
+
+
+def component_dir(component: str) -> Path:
+    """The folder holding a component's pom.xml and Java sources."""
+    path = _JAVA_DIR / component
+    if not (path / "pom.xml").exists():
+        raise ZdlError(f"unknown Java component {component!r}: no {path}/pom.xml")
+    return path
+
+
+def java_binary() -> str:
+    """The ``java`` to run, from $JAVA_HOME or PATH, or a clear error."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise ZdlError(
+            "Java was not found (no $JAVA_HOME/bin/java, no java on PATH). "
+            "The test harnesses run Kafka and HDFS from their jars: install a "
+            "JDK 17 (e.g. apt-get install openjdk-17-jdk-headless) and Maven.")
+    return found
+
+
+def resolve(component: str) -> Path:
+    """Resolve a component's jars with Maven once; return the jar folder."""
+    out = cache_dir() / "jars" / component
+    marker = out / ".complete"
+    pom = component_dir(component) / "pom.xml"
+    if marker.exists() and marker.read_text() == pom.read_text():
+        return out
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ZdlError(
+            f"Maven (mvn) was not found on PATH; it resolves the {component} "
+            "jars for the test harness. Install Maven 3.8+ "
+            "(e.g. apt-get install maven) and a JDK 17.")
+    java_binary()
+    if out.exists():
+        shutil.rmtree(out)
+    _LOGGER.info("resolving %s jars with Maven into %s", component, out)
+    cmd = [
+        mvn, "-q", "-B", f"-Dmaven.repo.local={cache_dir() / 'm2'}",
+        "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={out}", "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ZdlError(
+            f"Maven could not resolve the {component} jars (exit "
+            f"{proc.returncode}) from {pom}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    marker.write_text(pom.read_text())
+    return out
+
+
+def classpath(component: str) -> str:
+    """The resolved classpath of a component, as one ``java -cp`` string."""
+    folder = resolve(component)
+    return os.pathsep.join(sorted(str(p) for p in folder.glob("*.jar")))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    for name in sys.argv[1:] or [p.name for p in _JAVA_DIR.iterdir() if p.is_dir()]:
+        print(f"{name}: {resolve(name)}")

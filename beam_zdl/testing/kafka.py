@@ -1,0 +1,288 @@
+"""LocalKafka: a real single-node Apache Kafka broker (KRaft) for tests and demos.
+
+The broker's jars are resolved with Maven (see ``jars.py``); the broker runs
+as a child JVM on free loopback ports with its data in a temporary folder.
+With ``KAFKA_BOOTSTRAP_SERVERS`` set, nothing is started and that cluster is
+used instead (``kill``/``restart`` are then refused).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from beam_zdl.errors import ZdlError
+from beam_zdl.testing import jars
+from beam_zdl.testing._process import JavaProcess, free_port, wait_until
+
+__all__ = ["LocalKafka"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_LOG4J2 = """\
+status = error
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = info
+"""
+
+Record = tuple  # (key, value) or (key, value, partition) or (key, value, partition, headers)
+
+
+class LocalKafka:
+    """A real Kafka broker on loopback, or the cluster in $KAFKA_BOOTSTRAP_SERVERS.
+
+    Use as a context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(self, workdir: str | os.PathLike | None = None,
+                 heap_mb: int = 768, start_timeout_s: float = 90.0) -> None:
+        self.external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localkafka-"))
+        self.heap_mb = heap_mb
+        self.start_timeout_s = start_timeout_s
+        self._port = free_port()
+        self._controller_port = free_port()
+        self._proc: JavaProcess | None = None
+        self._formatted = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.external or f"127.0.0.1:{self._port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "broker.log"
+
+    def __enter__(self) -> "LocalKafka":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "LocalKafka":
+        """Start the broker (formatting its storage the first time) and wait until it serves."""
+        if self.external:
+            self._wait_ready()
+            return self
+        if self._proc and self._proc.alive():
+            return self
+        classpath = jars.classpath("kafka")
+        java = jars.java_binary()
+        props = self._write_config()
+        jvm = [java, f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+               "-cp", classpath]
+        if not self._formatted:
+            cluster_id = _kafka_uuid()
+            fmt = JavaProcess(jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                     "-c", str(props), "--ignore-formatted"],
+                              self.workdir / "format.log")
+            fmt.start()
+            fmt._proc.wait()
+            if fmt._proc.returncode != 0:
+                raise ZdlError("formatting Kafka storage failed:\n" +
+                               (self.workdir / "format.log").read_text()[-3000:])
+            self._formatted = True
+        self._proc = JavaProcess(jvm + ["kafka.Kafka", str(props)], self.log_file)
+        self._proc.start()
+        self._wait_ready()
+        return self
+
+    def stop(self) -> None:
+        """Stop the broker cleanly and delete its data if the folder is ours."""
+        if self._proc:
+            self._proc.stop()
+            self._proc = None
+        if self._own_dir and not self.external:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker; its data stays for ``restart()``."""
+        self._require_local("kill")
+        if self._proc:
+            self._proc.kill()
+
+    def restart(self) -> "LocalKafka":
+        """Start again on the same ports and data folder (after ``kill``)."""
+        self._require_local("restart")
+        if self._proc and self._proc.alive():
+            self._proc.stop()
+        return self.start()
+
+    def alive(self) -> bool:
+        return bool(self.external) or bool(self._proc and self._proc.alive())
+
+    # -- helpers -----------------------------------------------------------
+
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+
+    def create_topic(self, name: str | None = None, partitions: int = 1,
+                     **configs: str) -> str:
+        """Create a topic (a uuid name when none is given) and wait until it serves."""
+        from confluent_kafka.admin import NewTopic
+        name = name or f"t-{uuid.uuid4().hex[:12]}"
+        topic_configs = {k.replace("_", "."): str(v) for k, v in configs.items()}
+        admin = self.admin()
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1,
+                      config=topic_configs)], operation_timeout=30)
+        futures[name].result(timeout=60)
+        wait_until(lambda: self._topic_ready(name, partitions), 30,
+                   f"topic {name} on {self.bootstrap_servers}")
+        return name
+
+    def produce(self, topic: str, records: Iterable[Record],
+                config: dict | None = None) -> int:
+        """Produce records: ``(key, value)``, optionally ``partition`` and ``headers``.
+
+        Returns how many were acknowledged; raises if any delivery failed.
+        """
+        from confluent_kafka import Producer
+        producer = Producer({"bootstrap.servers": self.bootstrap_servers,
+                             "linger.ms": 5, "enable.idempotence": True,
+                             "batch.size": 512 * 1024, **(config or {})})
+        failures: list[str] = []
+        acked = 0
+
+        def on_delivery(err, msg) -> None:
+            nonlocal acked
+            if err is not None:
+                failures.append(str(err))
+            else:
+                acked += 1
+
+        for record in records:
+            key, value, *rest = record
+            kwargs = {}
+            if rest and rest[0] is not None:
+                kwargs["partition"] = rest[0]
+            if len(rest) > 1 and rest[1]:
+                kwargs["headers"] = rest[1]
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key,
+                                     on_delivery=on_delivery, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        remaining = producer.flush(120)
+        if failures or remaining:
+            raise ZdlError(f"producing to {topic} failed: {remaining} undelivered, "
+                           f"errors: {failures[:5]}")
+        return acked
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """High watermark of each partition of ``topic``."""
+        from confluent_kafka import Consumer, TopicPartition
+        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
+                             "group.id": "beam-zdl-localkafka-probe"})
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                    for p in sorted(meta.partitions)}
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offset per partition (-1001 where none)."""
+        from confluent_kafka import Consumer, TopicPartition
+        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
+                             "group.id": group, "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            tps = consumer.committed([TopicPartition(topic, p) for p in meta.partitions],
+                                     timeout=30)
+            return {tp.partition: tp.offset for tp in tps}
+        finally:
+            consumer.close()
+
+    # -- internals ---------------------------------------------------------
+
+    def _require_local(self, what: str) -> None:
+        if self.external:
+            raise ZdlError(f"cannot {what} the external cluster in "
+                           f"KAFKA_BOOTSTRAP_SERVERS={self.external}")
+
+    def _write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "log4j2.properties").write_text(_LOG4J2)
+        props = self.workdir / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self._controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self._port},"
+            f"CONTROLLER://127.0.0.1:{self._controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self._port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "group.consumer.heartbeat.interval.ms=1000",
+            "group.consumer.min.heartbeat.interval.ms=500",
+            "group.consumer.session.timeout.ms=6000",
+            "group.consumer.min.session.timeout.ms=6000",
+            "group.min.session.timeout.ms=1000",
+            "log.segment.bytes=16777216",
+            "log.retention.check.interval.ms=1000",
+            "log.cleaner.backoff.ms=500",
+            "log.initial.task.delay.ms=500",
+            "auto.create.topics.enable=false",
+            "",
+        ]))
+        return props
+
+    def _wait_ready(self) -> None:
+        def ready() -> bool:
+            from confluent_kafka.admin import AdminClient
+            admin = AdminClient({"bootstrap.servers": self.bootstrap_servers,
+                                 "socket.connection.setup.timeout.ms": 1000,
+                                 "log_level": 0})
+            admin.list_topics(timeout=2)
+            # The group coordinator must answer too, or the first commit stalls.
+            admin.list_consumer_groups(request_timeout=2).result(timeout=3)
+            return True
+
+        alive = None if self.external else (lambda: self._proc is not None and self._proc.alive())
+        wait_until(ready, self.start_timeout_s,
+                   f"Kafka at {self.bootstrap_servers}", log=None if self.external else self.log_file,
+                   alive=alive)
+
+    def _topic_ready(self, name: str, partitions: int) -> bool:
+        meta = self.admin().list_topics(name, timeout=5).topics.get(name)
+        return (meta is not None and meta.error is None and len(meta.partitions) == partitions
+                and all(p.leader >= 0 for p in meta.partitions.values()))
+
+
+def _kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
