@@ -39,5 +39,9 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
+# Regenerate beam_zdl/v1/*_pb2.py(i) from protos/ (tests/test_protos.py checks they match).
+protos: $(BIN)/.installed
+	$(BIN)/python scripts/gen_protos.py
+
 clean:
 	rm -rf $(VENV) $(CACHE) .pytest_cache .hypothesis
