@@ -1,0 +1,165 @@
+"""Kafka access for beam_zdl: consumers, watermarks, committed offsets, commits.
+
+All confluent-kafka use goes through here, so that every consumer gets the
+settings beam_zdl relies on (``enable.auto.commit=false``: the checkpoint,
+not Kafka, owns progress; ``auto.offset.reset=error``: a position below the
+log start is data loss to report, never a silent jump) and so that an
+unreachable cluster is reported with the ``--bootstrap_servers`` used.
+
+confluent_kafka is imported inside functions: a DoFn that captured one of its
+types at module import of a ``__main__`` script would not pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Mapping
+
+from beam_zdl.errors import KafkaUnavailableError, ZdlError
+
+__all__ = [
+    "TopicPartitionKey",
+    "consumer_settings",
+    "new_consumer",
+    "partitions_of",
+    "watermarks",
+    "committed_offsets",
+    "commit_offsets",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple  # (topic: str, partition: int)
+
+_METADATA_TIMEOUT_S = 30.0
+
+
+def consumer_settings(bootstrap_servers: str, group: str,
+                      extra: Mapping[str, object] | None = None) -> dict:
+    """The confluent-kafka settings of every beam_zdl consumer."""
+    settings = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": False,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "queued.max.messages.kbytes": 64 * 1024,
+    }
+    settings.update(extra or {})
+    return settings
+
+
+def new_consumer(bootstrap_servers: str, group: str, extra: Mapping[str, object] | None = None):
+    """A confluent-kafka Consumer with beam_zdl's settings."""
+    from confluent_kafka import Consumer
+    return Consumer(consumer_settings(bootstrap_servers, group, extra))
+
+
+def partitions_of(consumer, topics: Iterable[str], bootstrap_servers: str) -> list[tuple[str, int]]:
+    """Every (topic, partition) of ``topics``; a clear error for a missing topic."""
+    from confluent_kafka import KafkaException
+    out = []
+    for topic in topics:
+        try:
+            meta = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(
+                f"could not read metadata of topic {topic!r} from --bootstrap_servers="
+                f"{bootstrap_servers} within {_METADATA_TIMEOUT_S:.0f} s ({exc.args[0]}); "
+                "check that the brokers are reachable from here") from None
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            reason = info.error if info is not None and info.error else "no partitions"
+            raise ZdlError(f"topic {topic!r} is not readable on --bootstrap_servers="
+                           f"{bootstrap_servers}: {reason}; create it or fix --topics")
+        out.extend((topic, p) for p in sorted(info.partitions))
+    return out
+
+
+def watermarks(consumer, partitions: Iterable[tuple[str, int]],
+               bootstrap_servers: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """(log start offset, end offset) of each partition, asked of the broker.
+
+    The end offset is the last stable offset for this read_committed consumer,
+    so a batch never plans over an open transaction.
+    """
+    from confluent_kafka import KafkaException, TopicPartition
+    out = {}
+    for topic, partition in partitions:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=_METADATA_TIMEOUT_S, cached=False)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(
+                f"could not read offsets of {topic}[{partition}] from --bootstrap_servers="
+                f"{bootstrap_servers} ({exc.args[0]})") from None
+        out[(topic, partition)] = (low, high)
+    return out
+
+
+def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
+                      bootstrap_servers: str) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset of each partition, None where it has none."""
+    from confluent_kafka import KafkaException, TopicPartition
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return {}
+    try:
+        found = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
+            f"({exc.args[0]})") from None
+    return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
+
+
+def commit_offsets(consumer, offsets: Mapping[tuple[str, int], int],
+                   attempts: int = 5, backoff_s: float = 0.5) -> bool:
+    """Commit ``offsets`` (each the *next* offset to read) with retries.
+
+    Returns False, after logging, when every attempt failed: the checkpoint is
+    the source of truth, so a failed commit delays Kafka's view of progress
+    but loses nothing.
+    """
+    from confluent_kafka import KafkaException, TopicPartition
+    tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+    if not tps:
+        return True
+    for attempt in range(1, attempts + 1):
+        try:
+            result = consumer.commit(offsets=tps, asynchronous=False)
+            failed = [tp for tp in result or [] if tp.error is not None]
+            if not failed:
+                return True
+            reason = "; ".join(f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in failed)
+        except KafkaException as exc:
+            reason = str(exc.args[0])
+        _LOGGER.warning("offset commit attempt %d/%d failed: %s", attempt, attempts, reason)
+        time.sleep(backoff_s * attempt)
+    _LOGGER.error("giving up committing offsets %s after %d attempts; the checkpoint "
+                  "holds the progress and the next commit will carry it", offsets, attempts)
+    return False
+
+
+def starting_positions(consumer, partitions: Iterable[tuple[str, int]], policy: str,
+                       bootstrap_servers: str) -> dict[tuple[str, int], int]:
+    """Where each partition starts under ``--starting_offsets`` when nothing is checkpointed.
+
+    ``earliest``: the log start; ``latest``: the end; ``committed``: the group's
+    committed offset, else the log start. A committed offset below the log
+    start is returned as is, so the reader reports the gap as data loss.
+    """
+    partitions = list(partitions)
+    marks = watermarks(consumer, partitions, bootstrap_servers)
+    if policy == "earliest":
+        return {tp: low for tp, (low, _) in marks.items()}
+    if policy == "latest":
+        return {tp: high for tp, (_, high) in marks.items()}
+    committed = committed_offsets(consumer, partitions, bootstrap_servers)
+    return {tp: committed.get(tp) if committed.get(tp) is not None else low
+            for tp, (low, _) in marks.items()}

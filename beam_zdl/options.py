@@ -1,0 +1,207 @@
+"""ZdlOptions: every beam_zdl flag, as Beam pipeline options, validated early.
+
+``--bootstrap_servers`` is Beam's own flag (registered by
+``KafkaStreamsRunnerOptions``, default ``localhost:9092``); registering it a
+second time would make every ``PipelineOptions`` fail, so we reuse it and
+read it through :func:`ZdlConfig.from_options`.
+
+:class:`ZdlConfig` is the validated, typed view the rest of the package uses.
+Bad values raise :class:`~beam_zdl.errors.ConfigError` naming the flag before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_zdl.errors import ConfigError
+
+__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS"]
+
+_LOGGER = logging.getLogger(__name__)
+
+MODES = ("direct", "wal")
+STARTING_OFFSETS = ("earliest", "latest", "committed")
+TRIGGERS = ("available_now", "continuous")
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+class ZdlOptions(PipelineOptions):
+    """beam_zdl's flags. ``--bootstrap_servers`` comes from Beam (see module doc)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--topics", default=None,
+            help="Comma-separated Kafka topics to read. Required.")
+        parser.add_argument(
+            "--consumer_group", default=None,
+            help="Kafka consumer group whose offsets beam_zdl commits after each "
+                 "durable batch (and reads with --starting_offsets=committed). "
+                 "Default: beam-zdl-<first topic>.")
+        parser.add_argument(
+            "--consumer_config", default="{}",
+            help='Extra confluent-kafka settings as a JSON object, e.g. '
+                 '\'{"security.protocol": "SASL_SSL"}\'.')
+        parser.add_argument(
+            "--checkpoint_dir", default=None,
+            help="Where batch plans and completions are recorded: a local path, "
+                 "gs://bucket/path or hdfs://namenode:http_port/path. Required for "
+                 "run_micro_batches.")
+        parser.add_argument(
+            "--zdl_mode", default="direct",
+            help="direct: batches of Kafka offset ranges; wal: a reliable receiver "
+                 "writes a write-ahead log that batches read.")
+        parser.add_argument(
+            "--wal_dir", default=None,
+            help="Where WAL segments live (local path, gs://, hdfs://). "
+                 "Required with --zdl_mode=wal.")
+        parser.add_argument(
+            "--starting_offsets", default="committed",
+            help="Where a partition starts when the checkpoint has no position for "
+                 "it: earliest, latest, or committed (the group's committed offset, "
+                 "else earliest).")
+        parser.add_argument(
+            "--max_records_per_partition", type=int, default=0,
+            help="Cap on records per partition in one batch; 0 means no cap.")
+        parser.add_argument(
+            "--batch_interval_s", type=float, default=5.0,
+            help="With --trigger=continuous: seconds between batch starts.")
+        parser.add_argument(
+            "--trigger", default="available_now",
+            help="available_now: drain what exists at start, then exit; "
+                 "continuous: a batch every --batch_interval_s until stopped.")
+        parser.add_argument(
+            "--fail_on_data_loss", type=_bool, default=True,
+            help="true: missing Kafka data or a corrupt WAL frame stops the run with "
+                 "an error naming where; false: skip it, count it in a metric and "
+                 "log a warning.")
+        parser.add_argument(
+            "--max_batches", type=int, default=0,
+            help="Stop after this many batches (replays included); 0 means no limit.")
+        parser.add_argument(
+            "--retain_batches", type=int, default=100,
+            help="Completed batches whose metadata is kept for inspection.")
+        parser.add_argument(
+            "--wal_segment_bytes", type=int, default=16 * 1024 * 1024,
+            help="WAL mode: seal a segment at this many bytes.")
+        parser.add_argument(
+            "--wal_segment_records", type=int, default=100_000,
+            help="WAL mode: seal a segment at this many records.")
+        parser.add_argument(
+            "--wal_segment_age_s", type=float, default=2.0,
+            help="WAL mode: seal a non-empty segment at this age in seconds.")
+        parser.add_argument(
+            "--max_buffered_bytes", type=int, default=64 * 1024 * 1024,
+            help="WAL mode: bytes the receiver may hold before it pauses its "
+                 "partitions (backpressure).")
+
+
+@dataclass(frozen=True)
+class ZdlConfig:
+    """The validated options. Build with :meth:`from_options`."""
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    consumer_group: str
+    consumer_config: dict = field(default_factory=dict)
+    checkpoint_dir: str | None = None
+    mode: str = "direct"
+    wal_dir: str | None = None
+    starting_offsets: str = "committed"
+    max_records_per_partition: int = 0
+    batch_interval_s: float = 5.0
+    trigger: str = "available_now"
+    fail_on_data_loss: bool = True
+    max_batches: int = 0
+    retain_batches: int = 100
+    wal_segment_bytes: int = 16 * 1024 * 1024
+    wal_segment_records: int = 100_000
+    wal_segment_age_s: float = 2.0
+    max_buffered_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False) -> "ZdlConfig":
+        """Validate ``options``; raise ConfigError naming the first bad flag."""
+        o: dict[str, Any] = options.get_all_options(retain_unknown_options=False)
+        topics = tuple(t.strip() for t in (o.get("topics") or "").split(",") if t.strip())
+        if not topics:
+            raise ConfigError("--topics is required: a comma-separated list of Kafka topics")
+        try:
+            consumer_config = json.loads(o.get("consumer_config") or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--consumer_config is not valid JSON ({exc}): "
+                              f"{o.get('consumer_config')!r}") from None
+        if not isinstance(consumer_config, dict):
+            raise ConfigError("--consumer_config must be a JSON object of confluent-kafka "
+                              f"settings, got {type(consumer_config).__name__}")
+        for owned in ("enable.auto.commit", "group.id", "bootstrap.servers"):
+            if owned in consumer_config:
+                raise ConfigError(f"--consumer_config may not set {owned!r}: beam_zdl owns it "
+                                  "(use --consumer_group / --bootstrap_servers)")
+        _choice(o, "zdl_mode", MODES)
+        _choice(o, "starting_offsets", STARTING_OFFSETS)
+        _choice(o, "trigger", TRIGGERS)
+        for name in ("max_records_per_partition", "max_batches", "retain_batches"):
+            if o[name] < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {o[name]}")
+        for name in ("batch_interval_s", "wal_segment_age_s"):
+            if not o[name] > 0:
+                raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")
+        for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
+            if o[name] <= 0:
+                raise ConfigError(f"--{name} must be > 0, got {o[name]}")
+        if need_checkpoint and not o.get("checkpoint_dir"):
+            raise ConfigError("--checkpoint_dir is required: where batch plans and "
+                              "completions are recorded (local path, gs:// or hdfs://)")
+        if o["zdl_mode"] == "wal" and not o.get("wal_dir"):
+            raise ConfigError("--wal_dir is required with --zdl_mode=wal: where WAL "
+                              "segments are written (local path, gs:// or hdfs://)")
+        servers = (o.get("bootstrap_servers") or "").strip()
+        if not servers:
+            raise ConfigError("--bootstrap_servers is empty: give host:port of a Kafka broker")
+        return cls(
+            bootstrap_servers=servers,
+            topics=topics,
+            consumer_group=o.get("consumer_group") or f"beam-zdl-{topics[0]}",
+            consumer_config=consumer_config,
+            checkpoint_dir=o.get("checkpoint_dir"),
+            mode=o["zdl_mode"],
+            wal_dir=o.get("wal_dir"),
+            starting_offsets=o["starting_offsets"],
+            max_records_per_partition=o["max_records_per_partition"],
+            batch_interval_s=o["batch_interval_s"],
+            trigger=o["trigger"],
+            fail_on_data_loss=o["fail_on_data_loss"],
+            max_batches=o["max_batches"],
+            retain_batches=o["retain_batches"],
+            wal_segment_bytes=o["wal_segment_bytes"],
+            wal_segment_records=o["wal_segment_records"],
+            wal_segment_age_s=o["wal_segment_age_s"],
+            max_buffered_bytes=o["max_buffered_bytes"],
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of the settings that change what a batch reads (for plans)."""
+        relevant = {k: v for k, v in asdict(self).items()
+                    if k in ("topics", "mode", "consumer_group", "wal_dir")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _choice(o: dict, name: str, allowed: tuple[str, ...]) -> None:
+    if o.get(name) not in allowed:
+        raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {o.get(name)!r}")
