@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["free_port", "wait_until", "JavaProcess"]
+__all__ = ["free_port", "wait_until", "ServerProcess", "JavaProcess"]
 
 
 def free_port() -> int:
@@ -43,8 +43,12 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
     raise ZdlError(f"{what} {state}{tail}")
 
 
-class JavaProcess:
-    """A JVM child process with its output in a log file; killable with SIGKILL."""
+class ServerProcess:
+    """A server child process (JVM or native) with its output in a log file.
+
+    It runs in its own process group, so ``kill`` (SIGKILL) and ``stop``
+    (SIGTERM) reach every process it started.
+    """
 
     def __init__(self, args: Sequence[str], log: Path, env: dict | None = None) -> None:
         self.args = list(args)
@@ -57,6 +61,12 @@ class JavaProcess:
             self._proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Wait for the process to exit; return its exit code."""
+        if self._proc is None:
+            raise ZdlError(f"{self.args[0]} was never started")
+        return self._proc.wait(timeout_s)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -80,3 +90,7 @@ class JavaProcess:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+# The old name, from when every harness server was a JVM.
+JavaProcess = ServerProcess

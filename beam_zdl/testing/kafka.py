@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 from beam_zdl.errors import ZdlError
 from beam_zdl.testing import jars
-from beam_zdl.testing._process import JavaProcess, free_port, wait_until
+from beam_zdl.testing._process import ServerProcess, free_port, wait_until
 
 __all__ = ["LocalKafka"]
 
@@ -55,7 +55,7 @@ class LocalKafka:
         self.start_timeout_s = start_timeout_s
         self._port = free_port()
         self._controller_port = free_port()
-        self._proc: JavaProcess | None = None
+        self._proc: ServerProcess | None = None
         self._formatted = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -90,16 +90,15 @@ class LocalKafka:
                "-cp", classpath]
         if not self._formatted:
             cluster_id = _kafka_uuid()
-            fmt = JavaProcess(jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                     "-c", str(props), "--ignore-formatted"],
-                              self.workdir / "format.log")
+            fmt = ServerProcess(jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                       "-c", str(props), "--ignore-formatted"],
+                                self.workdir / "format.log")
             fmt.start()
-            fmt._proc.wait()
-            if fmt._proc.returncode != 0:
+            if fmt.wait() != 0:
                 raise ZdlError("formatting Kafka storage failed:\n" +
                                (self.workdir / "format.log").read_text()[-3000:])
             self._formatted = True
-        self._proc = JavaProcess(jvm + ["kafka.Kafka", str(props)], self.log_file)
+        self._proc = ServerProcess(jvm + ["kafka.Kafka", str(props)], self.log_file)
         self._proc.start()
         self._wait_ready()
         return self
