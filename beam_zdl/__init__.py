@@ -1,3 +1,44 @@
-"""beam_zdl: zero-data-loss Kafka ingestion for Apache Beam's Python SDK."""
+"""beam_zdl: zero-data-loss Kafka ingestion for Apache Beam's Python SDK.
+
+Direct mode reads planned Kafka offset ranges; WAL mode reads a write-ahead
+log written by a reliable receiver. Both record each batch's input before it
+runs and replay it identically after a crash.
+
+Public names load lazily, so ``import beam_zdl.wal`` (the CLI, storage tools)
+does not pay for importing Apache Beam.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "Batch": "beam_zdl.driver",
+    "RunSummary": "beam_zdl.driver",
+    "run_micro_batches": "beam_zdl.driver",
+    "ReadFromKafka": "beam_zdl.io",
+    "ReadFromWal": "beam_zdl.io",
+    "KafkaRecord": "beam_zdl.records",
+    "KafkaHeader": "beam_zdl.records",
+    "ZdlOptions": "beam_zdl.options",
+    "ZdlError": "beam_zdl.errors",
+    "ConfigError": "beam_zdl.errors",
+    "ConfigMismatchError": "beam_zdl.errors",
+    "DataLossError": "beam_zdl.errors",
+    "WalCorruptionError": "beam_zdl.errors",
+    "CheckpointConflictError": "beam_zdl.errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'beam_zdl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_PUBLIC))
