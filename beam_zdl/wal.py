@@ -1,0 +1,592 @@
+"""Write-ahead-log segments: framing, CRC32C, sealing, verified reading.
+
+A WAL directory (any :func:`beam_zdl.storage.open_storage` URI) holds sealed
+segments named ``seg-<epoch:08d>-<seq:012d>.wal``. A segment is written in
+one create-once call when it is sealed, so a segment that is visible is
+complete; a writer killed before sealing leaves only earlier segments.
+
+Byte layout
+-----------
+
+All integers are little-endian. ``mcrc(b)`` is the *masked* CRC32C of ``b``
+(as in LevelDB/TFRecord: ``((c >> 15) | (c << 17)) + 0xA282EAD8`` mod 2**32,
+so that CRCs of data that itself holds CRCs stay strong)::
+
+    segment := MAGIC frame(HEADER) frame(RECORD)* frame(FOOTER)
+    MAGIC   := b"BZDLWAL" 0x01                      8 bytes; last byte = format version
+
+    frame, at byte offset p (N = payload length):
+      p+0      4  N, uint32
+      p+4      1  kind: 1 = HEADER (SegmentHeader), 2 = RECORD (WalRecord),
+                        3 = FOOTER (SegmentFooter)
+      p+5      4  head CRC  = mcrc(bytes[p, p+5))         guards length and kind
+      p+9      N  payload: the serialized protobuf (beam_zdl.v1, wal.proto)
+      p+9+N    4  frame CRC = mcrc(bytes[p, p+9+N))       guards the whole frame
+
+The messages are in ``protos/beam_zdl/v1/wal.proto``. The footer repeats the
+record count and, per topic-partition, the first and last offset.
+
+Verification
+------------
+
+The reader checks the magic, both CRCs of every frame, the frame order
+(header, records, footer, then nothing) and the footer's count and spans.
+CRC32C catches every error burst of up to 32 bits, so any single flipped byte
+is detected; a truncation anywhere is detected because the footer (or a part
+of a frame) is then missing. By default any failure raises
+:class:`WalCorruptionError` naming the segment URI and the byte offset of the
+bad frame, before a single record of that segment is yielded.
+
+With ``fail_on_data_loss=False`` the reader skips what it cannot trust and
+records it in a :class:`ReadReport` as :class:`LostRange` byte ranges:
+
+* a frame whose head CRC holds but whose frame CRC fails: its length is
+  trustworthy, so only that frame is skipped and reading goes on;
+* a bad head CRC, a bad magic or a truncated frame: the length cannot be
+  trusted, so the rest of the segment from that byte is reported lost (never
+  parsed as garbage).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, NamedTuple
+
+import google_crc32c
+from google.protobuf.message import DecodeError
+
+from beam_zdl.errors import CheckpointConflictError, ObjectExistsError, WalCorruptionError
+from beam_zdl.storage import Storage, open_storage
+from beam_zdl.v1 import checkpoint_pb2, wal_pb2
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "KIND_HEADER",
+    "KIND_RECORD",
+    "KIND_FOOTER",
+    "WalWriter",
+    "SegmentInfo",
+    "LostRange",
+    "ReadReport",
+    "to_wal_record",
+    "encode_frame",
+    "segment_name",
+    "parse_segment_name",
+    "list_segments",
+    "read_segment",
+    "decode_segment",
+    "verify_segment",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"BZDLWAL" + bytes([FORMAT_VERSION])
+KIND_HEADER = 1
+KIND_RECORD = 2
+KIND_FOOTER = 3
+_KIND_NAMES = {KIND_HEADER: "header", KIND_RECORD: "record", KIND_FOOTER: "footer"}
+
+_HEAD = struct.Struct("<IBI")  # length, kind, head CRC
+_HEAD_PREFIX = struct.Struct("<IB")
+_CRC = struct.Struct("<I")
+_FRAME_OVERHEAD = _HEAD.size + _CRC.size  # 13 bytes per frame
+_MASK_DELTA = 0xA282EAD8
+_SEGMENT_RE = re.compile(r"^seg-(\d{8,})-(\d{12,})\.wal$")
+
+_TIMESTAMP_TYPES = {
+    0: wal_pb2.TIMESTAMP_TYPE_NOT_AVAILABLE,  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+    1: wal_pb2.TIMESTAMP_TYPE_CREATE_TIME,  # confluent_kafka.TIMESTAMP_CREATE_TIME
+    2: wal_pb2.TIMESTAMP_TYPE_LOG_APPEND_TIME,  # confluent_kafka.TIMESTAMP_LOG_APPEND_TIME
+}
+
+
+def _mcrc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def encode_frame(kind: int, payload: bytes) -> bytes:
+    """One frame: length, kind, head CRC, payload, frame CRC (see module docstring).
+
+    Args:
+        kind: ``KIND_HEADER``, ``KIND_RECORD`` or ``KIND_FOOTER``.
+        payload: the serialized message.
+
+    Returns:
+        The frame's bytes, ``len(payload) + 13`` long.
+    """
+    prefix = _HEAD_PREFIX.pack(len(payload), kind)
+    head = prefix + _CRC.pack(_mcrc(prefix)) + payload
+    return head + _CRC.pack(_mcrc(head))
+
+
+def segment_name(epoch: int, seq: int) -> str:
+    """``seg-<epoch:08d>-<seq:012d>.wal``: sorts by (epoch, seq) for realistic values."""
+    return f"seg-{epoch:08d}-{seq:012d}.wal"
+
+
+def parse_segment_name(name: str) -> tuple[int, int] | None:
+    """``(epoch, seq)`` of a segment name (a bare name or a URI), or None if it is not one."""
+    match = _SEGMENT_RE.match(name.rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def to_wal_record(record: Any) -> wal_pb2.WalRecord:
+    """Convert a KafkaRecord-like object to a :class:`WalRecord` (a WalRecord is returned as is).
+
+    Args:
+        record: anything with ``topic``, ``partition``, ``offset``, ``key``, ``value``,
+            ``timestamp_ms`` and ``headers`` (``(key, value)`` pairs) attributes, like
+            :class:`beam_zdl.records.KafkaRecord`; an optional ``timestamp_type`` is
+            confluent-kafka's code (0 none, 1 create time, 2 log-append time).
+            ``None`` keys, values and header values stay distinct from ``b""``.
+
+    Returns:
+        The WAL record.
+    """
+    if isinstance(record, wal_pb2.WalRecord):
+        return record
+    out = wal_pb2.WalRecord(topic=record.topic, partition=record.partition,
+                            offset=record.offset, timestamp_ms=record.timestamp_ms)
+    if record.key is not None:
+        out.key = bytes(record.key)
+    if record.value is not None:
+        out.value = bytes(record.value)
+    ts_type = getattr(record, "timestamp_type", None)
+    if ts_type is not None:
+        out.timestamp_type = _TIMESTAMP_TYPES.get(ts_type, wal_pb2.TIMESTAMP_TYPE_UNSPECIFIED)
+    for key, value in record.headers or ():
+        header = out.headers.add(key=key)
+        if value is not None:
+            header.value = bytes(value)
+    return out
+
+
+class WalWriter:
+    """Buffers records in memory and seals them into create-once WAL segments.
+
+    Not thread-safe. Typical use by a receiver::
+
+        writer = WalWriter(wal_dir, writer_id="receiver-1", epoch=epoch)
+        for record in consumer:
+            if writer.append(record):        # True: a threshold was reached
+                ref = writer.seal()          # durable now
+                commit(ref.spans)            # only then ack the offsets to Kafka
+
+    Offsets must increase strictly per topic-partition over the writer's life,
+    so every segment's spans are exact and never overlap.
+    """
+
+    def __init__(self, storage_uri: str, writer_id: str, epoch: int,
+                 max_bytes: int = 64 * 1024 * 1024, max_records: int = 1_000_000,
+                 max_age_s: float = 10.0, *, clock: Any = time.time) -> None:
+        """Open a writer on a WAL directory.
+
+        Args:
+            storage_uri: the WAL directory, any URI :func:`open_storage` accepts.
+            writer_id: who writes (stored in every segment header, for inspection).
+            epoch: the writer's fencing epoch (from the checkpoint coordinator); it
+                prefixes segment names, so writers of different epochs never collide.
+            max_bytes: :meth:`should_seal` turns true at this many buffered bytes.
+            max_records: ... at this many buffered records.
+            max_age_s: ... when the oldest buffered record is this old (seconds).
+            clock: returns the time in seconds (tests pass a fake clock).
+
+        Raises:
+            ValueError: a threshold is not positive or the epoch is negative.
+        """
+        if max_bytes <= 0 or max_records <= 0 or max_age_s <= 0:
+            raise ValueError(
+                f"WalWriter thresholds must be positive, got max_bytes={max_bytes}, "
+                f"max_records={max_records}, max_age_s={max_age_s}")
+        if epoch < 0:
+            raise ValueError(f"WalWriter epoch must be >= 0, got {epoch}")
+        self.storage: Storage = open_storage(storage_uri)
+        self.writer_id = writer_id
+        self.epoch = epoch
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.max_age_s = max_age_s
+        self._clock = clock
+        prefix = f"seg-{epoch:08d}-"
+        seqs = [parsed[1] for info in self.storage.list(prefix)
+                if (parsed := parse_segment_name(info.name)) and parsed[0] == epoch]
+        self._next_seq = max(seqs, default=-1) + 1
+        self._frames: list[bytes] = []
+        self._bytes = 0
+        self._opened_at: float | None = None
+        self._spans: dict[tuple[str, int], list[int]] = {}
+        self._last_offsets: dict[tuple[str, int], int] = {}
+        self._sealed: bytes | None = None  # bytes of a seal that failed, for an identical retry
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the next segment will take (frames buffered so far plus fixed overhead)."""
+        return self._bytes
+
+    @property
+    def buffered_records(self) -> int:
+        """Records appended since the last seal."""
+        return len(self._frames)
+
+    @property
+    def last_offsets(self) -> dict[tuple[str, int], int]:
+        """The last offset appended per ``(topic, partition)`` (sealed or not)."""
+        return dict(self._last_offsets)
+
+    def append(self, record: Any) -> bool:
+        """Buffer one record for the next segment.
+
+        Args:
+            record: a :class:`WalRecord` or a KafkaRecord-like object (see :func:`to_wal_record`).
+
+        Returns:
+            :meth:`should_seal` after the append.
+
+        Raises:
+            ValueError: the offset does not exceed the last one of its partition, or a seal
+                failed and has not been retried yet (call :meth:`seal` again first).
+        """
+        if self._sealed is not None:
+            raise ValueError(
+                f"WAL writer {self.writer_id}: the previous seal failed; call seal() again "
+                "before appending more records")
+        rec = to_wal_record(record)
+        tp = (rec.topic, rec.partition)
+        last = self._last_offsets.get(tp)
+        if last is not None and rec.offset <= last:
+            raise ValueError(
+                f"WAL writer {self.writer_id}: offset {rec.offset} of {rec.topic}/{rec.partition} "
+                f"does not exceed the last appended offset {last}; offsets must increase "
+                "strictly per partition (a consumer rewind needs a new writer and epoch)")
+        frame = encode_frame(KIND_RECORD, rec.SerializeToString())
+        if not self._frames:
+            self._opened_at = self._clock()
+            self._bytes = len(MAGIC) + 2 * _FRAME_OVERHEAD + 64  # header/footer estimate
+        self._frames.append(frame)
+        self._bytes += len(frame) + 24  # + its span's share of the footer, roughly
+        self._last_offsets[tp] = rec.offset
+        span = self._spans.get(tp)
+        if span is None:
+            self._spans[tp] = [rec.offset, rec.offset]
+        else:
+            span[1] = rec.offset
+        return self.should_seal()
+
+    def should_seal(self) -> bool:
+        """True when records are buffered and a size, count or age threshold is reached."""
+        if not self._frames:
+            return False
+        return (self._bytes >= self.max_bytes or len(self._frames) >= self.max_records
+                or self._clock() - self._opened_at >= self.max_age_s)
+
+    def seal(self) -> checkpoint_pb2.SegmentRef | None:
+        """Write the buffered records as one segment, create-once; then they are durable.
+
+        Steps:
+            1. Build the segment bytes (kept, so a retry after a failure writes the same bytes).
+            2. ``create`` it in storage under the next ``seg-<epoch>-<seq>.wal`` name.
+            3. If that name exists already and holds exactly these bytes (an earlier attempt
+               succeeded but reported a failure), count it as written.
+            4. Clear the buffer and return the segment's reference.
+
+        Returns:
+            The new segment's reference (URI, size, record count, per-partition spans), or
+            None when nothing was buffered.
+
+        Raises:
+            CheckpointConflictError: another writer with the same epoch wrote this segment name.
+            StorageError: the write failed; the records stay buffered, call ``seal`` again.
+        """
+        if not self._frames:
+            return None
+        # Step 1
+        spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=first, last_offset=last)
+                 for (t, p), (first, last) in self._spans.items()]
+        if self._sealed is None:
+            header = wal_pb2.SegmentHeader(format_version=FORMAT_VERSION, writer_id=self.writer_id,
+                                           epoch=self.epoch, created_ms=int(self._opened_at * 1000))
+            footer = wal_pb2.SegmentFooter(record_count=len(self._frames), spans=spans)
+            self._sealed = b"".join([MAGIC, encode_frame(KIND_HEADER, header.SerializeToString()),
+                                     *self._frames,
+                                     encode_frame(KIND_FOOTER, footer.SerializeToString())])
+        data = self._sealed
+        name = segment_name(self.epoch, self._next_seq)
+        # Step 2
+        try:
+            self.storage.create(name, data)
+        except ObjectExistsError:
+            # Step 3
+            if self.storage.read(name) != data:
+                raise CheckpointConflictError(
+                    f"WAL segment {self.storage.uri(name)} was written by another writer with "
+                    f"epoch {self.epoch} (this is {self.writer_id!r}); two writers must never "
+                    "share an epoch: stop the other one, or claim a new epoch") from None
+            _LOGGER.info("WAL segment %s already holds this seal's bytes (retried write)",
+                         self.storage.uri(name))
+        # Step 4
+        ref = checkpoint_pb2.SegmentRef(uri=self.storage.uri(name), size_bytes=len(data),
+                                        record_count=len(self._frames), spans=spans)
+        _LOGGER.debug("sealed WAL segment %s: %d records, %d bytes",
+                      ref.uri, ref.record_count, ref.size_bytes)
+        self._next_seq += 1
+        self._frames = []
+        self._bytes = 0
+        self._opened_at = None
+        self._spans = {}
+        self._sealed = None
+        return ref
+
+
+class SegmentInfo(NamedTuple):
+    """A sealed segment found in a WAL directory."""
+    name: str
+    uri: str
+    size_bytes: int
+    epoch: int
+    seq: int
+
+
+def list_segments(wal_dir: str) -> list[SegmentInfo]:
+    """The segments of a WAL directory, sorted by (epoch, seq); other objects are ignored.
+
+    Args:
+        wal_dir: the WAL directory URI.
+
+    Returns:
+        One :class:`SegmentInfo` per ``seg-*.wal`` object at the top of the directory.
+    """
+    storage = open_storage(wal_dir)
+    out = []
+    for info in storage.list("seg-"):
+        parsed = parse_segment_name(info.name)
+        if parsed and "/" not in info.name:
+            out.append(SegmentInfo(info.name, storage.uri(info.name), info.size, *parsed))
+    return sorted(out, key=lambda s: (s.epoch, s.seq))
+
+
+@dataclass(frozen=True)
+class LostRange:
+    """Bytes ``[start, stop)`` of a segment that were skipped as untrustworthy."""
+    uri: str
+    start: int
+    stop: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.uri} bytes [{self.start}, {self.stop}): {self.reason}"
+
+
+@dataclass
+class ReadReport:
+    """What reading one or more segments found; filled in by :func:`read_segment`.
+
+    Attributes:
+        segments: segments read.
+        records: records yielded.
+        lost: byte ranges skipped (only with ``fail_on_data_loss=False``).
+        lost_records: records known to be lost (from the footer's count; a segment
+            whose footer was lost too adds nothing here, see ``unknown_loss``).
+        unknown_loss: segments whose number of lost records is unknown.
+    """
+    segments: int = 0
+    records: int = 0
+    lost: list[LostRange] = field(default_factory=list)
+    lost_records: int = 0
+    unknown_loss: int = 0
+
+
+@dataclass
+class _Scan:
+    uri: str
+    size: int
+    header: wal_pb2.SegmentHeader | None = None
+    footer: wal_pb2.SegmentFooter | None = None
+    records: list[tuple[int, int, int]] = field(default_factory=list)  # (frame offset, start, stop)
+    lost: list[LostRange] = field(default_factory=list)
+
+
+def _corrupt(uri: str, offset: int, reason: str) -> WalCorruptionError:
+    return WalCorruptionError(
+        f"WAL segment {uri} is corrupt at byte {offset}: {reason}. No record of this segment "
+        "was used. Restore the segment from a copy, or rerun with --fail_on_data_loss=false "
+        "to skip what cannot be verified (it is counted and logged as lost).")
+
+
+def _scan(data: bytes, uri: str, fail_on_data_loss: bool) -> _Scan:
+    """Verify the framing of a whole segment; record payload positions."""
+    scan = _Scan(uri, len(data))
+    n = len(data)
+
+    def lose(start: int, stop: int, reason: str) -> None:
+        if fail_on_data_loss:
+            raise _corrupt(uri, start, reason)
+        scan.lost.append(LostRange(uri, start, stop, reason))
+
+    if data[:len(MAGIC)] != MAGIC:
+        what = (f"truncated to {n} bytes, shorter than the {len(MAGIC)}-byte magic"
+                if n < len(MAGIC) and MAGIC.startswith(data) else "bad magic (not a beam_zdl WAL "
+                "segment, or a format version this reader does not know)")
+        lose(0, n, what)
+        return scan
+    pos = len(MAGIC)
+    index = 0
+    while pos < n:
+        if scan.footer is not None:
+            lose(pos, n, f"{n - pos} unexpected bytes after the footer")
+            break
+        if n - pos < _HEAD.size:
+            lose(pos, n, f"truncated frame head ({n - pos} of {_HEAD.size} bytes)")
+            break
+        length, kind, head_crc = _HEAD.unpack_from(data, pos)
+        if _mcrc(data[pos:pos + 5]) != head_crc:
+            lose(pos, n, "frame head CRC mismatch (its length cannot be trusted, so the rest "
+                         "of the segment is unreadable)")
+            break
+        end = pos + _HEAD.size + length + _CRC.size
+        if end > n:
+            lose(pos, n, f"truncated frame (needs {end - pos} bytes, {n - pos} left)")
+            break
+        if _mcrc(data[pos:end - _CRC.size]) != _CRC.unpack_from(data, end - _CRC.size)[0]:
+            lose(pos, end, f"{_KIND_NAMES.get(kind, 'unknown')} frame CRC mismatch")
+        else:
+            start, stop = pos + _HEAD.size, end - _CRC.size
+            expected = "header" if index == 0 else "record or footer"
+            try:
+                if kind == KIND_HEADER and index == 0:
+                    scan.header = wal_pb2.SegmentHeader.FromString(data[start:stop])
+                elif kind == KIND_RECORD and index > 0:
+                    scan.records.append((pos, start, stop))
+                elif kind == KIND_FOOTER and index > 0:
+                    scan.footer = wal_pb2.SegmentFooter.FromString(data[start:stop])
+                else:
+                    lose(pos, end, f"unexpected {_KIND_NAMES.get(kind, f'kind-{kind}')} frame "
+                                   f"(expected {expected})")
+            except DecodeError as exc:
+                lose(pos, end, f"undecodable {_KIND_NAMES[kind]} frame ({exc})")
+        index += 1
+        pos = end
+    if scan.footer is None and not (scan.lost and scan.lost[-1].stop == n):
+        lose(n, n, "no footer: the segment is truncated (every sealed segment ends with one)")
+    if scan.footer is not None and not scan.lost and scan.footer.record_count != len(scan.records):
+        lose(len(MAGIC), n, f"footer counts {scan.footer.record_count} records but the segment "
+                            f"holds {len(scan.records)}")
+    return scan
+
+
+def _load(source: Any) -> tuple[bytes, str]:
+    if isinstance(source, tuple):
+        storage, name = source
+        return storage.read(name), storage.uri(name)
+    uri = str(source)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    storage = open_storage(parent or ".")
+    return storage.read(name), storage.uri(name)
+
+
+def read_segment(source: Any, *, fail_on_data_loss: bool = True,
+                 report: ReadReport | None = None) -> Iterator[wal_pb2.WalRecord]:
+    """The records of one sealed segment, in write order, every frame verified.
+
+    The whole segment is read and its framing verified before this returns, so with
+    ``fail_on_data_loss=True`` a corrupt segment raises here and yields nothing.
+
+    Args:
+        source: a segment URI (``SegmentRef.uri``), or a ``(storage, name)`` pair.
+        fail_on_data_loss: True raises on any corruption; False skips what cannot be
+            verified, logs it as an error and records it in ``report``.
+        report: receives counts and lost byte ranges (see :class:`ReadReport`).
+
+    Returns:
+        An iterator of verified :class:`WalRecord` messages.
+
+    Raises:
+        WalCorruptionError: a frame failed verification (names the segment URI and byte).
+        StorageError: the segment cannot be read.
+    """
+    data, uri = _load(source)
+    return decode_segment(data, uri, fail_on_data_loss=fail_on_data_loss, report=report)
+
+
+def decode_segment(data: bytes, uri: str = "<bytes>", *, fail_on_data_loss: bool = True,
+                   report: ReadReport | None = None) -> Iterator[wal_pb2.WalRecord]:
+    """Like :func:`read_segment`, for a segment's bytes already in memory.
+
+    Args:
+        data: the whole segment.
+        uri: where it came from, for error messages.
+        fail_on_data_loss: see :func:`read_segment`.
+        report: see :func:`read_segment`.
+
+    Returns:
+        An iterator of verified records.
+
+    Raises:
+        WalCorruptionError: a frame failed verification (raised here, before iterating).
+    """
+    scan = _scan(data, uri, fail_on_data_loss)
+    if report is not None:
+        report.segments += 1
+    if scan.lost:
+        known = scan.footer.record_count - len(scan.records) if scan.footer else None
+        for lost in scan.lost:
+            _LOGGER.error("DATA LOSS (--fail_on_data_loss=false): skipping WAL %s", lost)
+        if report is not None:
+            report.lost.extend(scan.lost)
+            if known is None:
+                report.unknown_loss += 1
+            else:
+                report.lost_records += max(known, 0)
+    return _records(data, scan, report)
+
+
+def _records(data: bytes, scan: _Scan,
+             report: ReadReport | None = None) -> Iterator[wal_pb2.WalRecord]:
+    """Parse the records a scan found; at the end, check them against the footer's spans."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for frame_pos, start, stop in scan.records:
+        try:
+            rec = wal_pb2.WalRecord.FromString(data[start:stop])
+        except DecodeError as exc:  # the CRC held, so only a writer bug gets here
+            raise _corrupt(scan.uri, frame_pos, f"undecodable record frame ({exc})") from None
+        span = spans.get((rec.topic, rec.partition))
+        if span is None:
+            spans[(rec.topic, rec.partition)] = [rec.offset, rec.offset]
+        else:
+            span[1] = rec.offset
+        if report is not None:
+            report.records += 1
+        yield rec
+    if scan.footer is not None and not scan.lost:
+        written = {(s.topic, s.partition): [s.first_offset, s.last_offset]
+                   for s in scan.footer.spans}
+        if written != spans:
+            raise _corrupt(scan.uri, len(MAGIC), f"footer spans {written} differ from the "
+                                                 f"records' {spans} (a writer bug)")
+
+
+def verify_segment(source: Any) -> tuple[wal_pb2.SegmentHeader, wal_pb2.SegmentFooter]:
+    """Check every frame of a segment and parse every record; return its header and footer.
+
+    Args:
+        source: a segment URI or a ``(storage, name)`` pair.
+
+    Returns:
+        The segment's header and footer.
+
+    Raises:
+        WalCorruptionError: the first problem found, naming the segment URI and byte.
+        StorageError: the segment cannot be read.
+    """
+    data, uri = _load(source)
+    scan = _scan(data, uri, True)
+    for _ in _records(data, scan):
+        pass
+    assert scan.header is not None and scan.footer is not None  # _scan raised otherwise
+    return scan.header, scan.footer
