@@ -1,0 +1,108 @@
+"""`make demo`: exactly-once through a SIGKILL, end to end, on this machine.
+
+1. start a real Kafka broker (LocalKafka; or use $KAFKA_BOOTSTRAP_SERVERS),
+2. produce records "<word> id<n>" to a 4-partition topic,
+3. run examples/wordcount_exactly_once.py in direct mode and SIGKILL it after
+   its second batch ran but before that batch was recorded complete,
+4. start it again: the pending batch is replayed with the same offset ranges,
+   then the rest is read,
+5. count every id<n> in the output files: each must appear exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from beam_zdl.testing import LocalKafka
+
+HERE = Path(__file__).resolve().parent
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+
+
+def run_example(args: list[str], crash_at: str | None) -> int:
+    env = dict(os.environ)
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    if crash_at:
+        env["BEAM_ZDL_CRASH_AT"] = crash_at
+    proc = subprocess.run([sys.executable, str(HERE / "wordcount_exactly_once.py"), *args],
+                          env=env)
+    return proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--batch_records", type=int, default=25_000,
+                        help="--max_records_per_partition for the example")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="beam-zdl-demo-"))
+    out_dir = workdir / "out"
+    started = time.monotonic()
+    with LocalKafka() as kafka:
+        print(f"Kafka at {kafka.bootstrap_servers}")
+        topic = kafka.create_topic("demo-words-" + workdir.name[-8:].replace("_", "-"),
+                                   partitions=4)
+        t0 = time.monotonic()
+        kafka.produce(topic, ((None, f"{WORDS[i % len(WORDS)]} id{i}".encode())
+                              for i in range(args.records)))
+        print(f"produced {args.records} records to {topic} in {time.monotonic() - t0:.1f} s")
+        example_args = [
+            f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+            f"--checkpoint_dir={workdir / 'checkpoint'}", f"--output_dir={out_dir}",
+            f"--max_records_per_partition={args.batch_records}",
+            "--consumer_group=demo", "--starting_offsets=earliest",
+            "--trigger=available_now",
+        ]
+        print("\n== run 1: SIGKILL after batch 1 ran, before it was recorded complete ==")
+        rc = run_example(example_args, crash_at="after_run:2")
+        killed = rc == -signal.SIGKILL
+        print(f"run 1 exit: {'killed by SIGKILL' if killed else rc}")
+        print("\n== run 2: restart; the pending batch is replayed first ==")
+        rc2 = run_example(example_args, crash_at=None)
+        committed = kafka.committed("demo", topic)
+        ends = kafka.end_offsets(topic)
+
+    seen = collections.Counter()
+    words = collections.Counter()
+    files = sorted(glob.glob(str(out_dir / "batch-*.json")))
+    for path in files:
+        for word, n in json.loads(Path(path).read_text())["counts"].items():
+            if word.startswith("id"):
+                seen[word] += n
+            else:
+                words[word] += n
+    expected = {f"id{i}" for i in range(args.records)}
+    lost = len(expected - set(seen))
+    dups = sum(n - 1 for n in seen.values() if n > 1)
+    took = time.monotonic() - started
+    print("\n== report ==")
+    print(f"records produced     {args.records}")
+    print(f"records in output    {sum(seen.values())}")
+    print(f"duplicates           {dups}")
+    print(f"lost                 {lost}")
+    print(f"batches (files)      {len(files)}")
+    print(f"first run killed     {killed}")
+    print(f"offsets committed    {'= end offsets' if committed == ends else committed}")
+    print(f"time taken           {took:.1f} s")
+    ok = (rc2 == 0 and killed and lost == 0 and dups == 0 and committed == ends
+          and sum(seen.values()) == args.records)
+    print("RESULT:", "OK, exactly once" if ok else "FAILED")
+    if ok and not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

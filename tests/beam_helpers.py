@@ -1,0 +1,58 @@
+"""Helpers for tests that run real Beam pipelines and inspect their real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import apache_beam as beam
+
+from beam_zdl.runners import pipeline_runner
+from beam_zdl.io import ReadFromKafka
+from beam_zdl.options import ZdlOptions
+
+MULTI_WORKER = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+class WriteRecordIds(beam.DoFn):
+    """Writes each bundle's records as JSON lines into a folder (one file per bundle)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def start_bundle(self) -> None:
+        self._rows = []
+
+    def process(self, record) -> None:
+        self._rows.append([record.topic, record.partition, record.offset,
+                           None if record.key is None else record.key.decode(),
+                           None if record.value is None else record.value.decode()])
+
+    def finish_bundle(self) -> None:
+        if self._rows:
+            path = Path(self._out_dir) / f"{uuid.uuid4().hex}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+
+
+def read_output(out_dir) -> list[tuple]:
+    """Every row written by WriteRecordIds, as tuples."""
+    rows = []
+    for path in sorted(Path(out_dir).glob("*.jsonl")):
+        rows.extend(tuple(json.loads(line)) for line in path.read_text().splitlines())
+    return rows
+
+
+def options(kafka, topic: str, *extra: str) -> ZdlOptions:
+    return ZdlOptions([f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+                       *extra])
+
+
+def read_with_beam(kafka, topic: str, out_dir, ranges=None, extra=()) -> list[tuple]:
+    """Run a bounded pipeline reading ``ranges`` of ``topic``; return what it read."""
+    os.makedirs(out_dir, exist_ok=True)
+    opts = options(kafka, topic, *extra)
+    with beam.Pipeline(runner=pipeline_runner(opts), options=opts) as p:
+        (p | ReadFromKafka(opts, ranges=ranges) | beam.ParDo(WriteRecordIds(str(out_dir))))
+    return read_output(out_dir)
