@@ -13,11 +13,6 @@ from beam_zdl.storage import join
 from beam_zdl.v1 import checkpoint_pb2 as pb
 
 
-@pytest.fixture
-def any_storage_uri(tmp_path: Path) -> str:
-    """FALLBACK until tests/conftest.py provides the local/gcs/hdfs one: delete then."""
-    return str(tmp_path / "storage")
-
 
 def _config(**overrides) -> pb.CheckpointConfig:
     fields = dict(topics=["a", "b"], mode=pb.MODE_DIRECT, consumer_group="g")

@@ -24,11 +24,6 @@ from beam_zdl.wal import (MAGIC, ReadReport, WalWriter, decode_segment, list_seg
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def any_storage_uri(tmp_path: Path) -> str:
-    """FALLBACK until tests/conftest.py provides the local/gcs/hdfs one: delete then."""
-    return str(tmp_path / "storage")
-
 _opt_bytes = st.one_of(st.none(), st.binary(max_size=40))
 _record_fields = st.tuples(
     st.text(min_size=1, max_size=12),  # topic: any unicode

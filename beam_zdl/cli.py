@@ -1,0 +1,250 @@
+"""The ``beam-zdl`` command: look into checkpoints and WAL directories.
+
+Sub-commands::
+
+    beam-zdl inspect <checkpoint_dir> [--wal_dir URI] [--json]
+        config, current epoch, last completed batch, pending batches with their
+        offset ranges or WAL segments, and the WAL segments with their sizes.
+    beam-zdl verify <wal_uri> [--allow_empty] [--json]
+        checks every frame of every segment of a WAL directory (or one segment);
+        exits 1 naming the segment and byte of each corruption found.
+
+Plain text is aligned for people; ``--json`` prints one JSON document for
+machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
+or unreadable storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from typing import Any, Sequence, TextIO
+
+from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.errors import WalCorruptionError, ZdlError
+from beam_zdl.v1 import checkpoint_pb2
+from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
+
+__all__ = ["main", "build_parser"]
+
+_LOGGER = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CORRUPT = 1
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = sub.add_parser(
+        "inspect", help="show a checkpoint: config, epoch, completed and pending batches, WAL",
+        description="Show a checkpoint directory's config, current epoch, last completed "
+                    "batch, pending batches (their offset ranges or WAL segments) and the WAL "
+                    "segments with their sizes. Reads only; safe while a driver runs.")
+    inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
+    inspect.add_argument("--wal_dir", default=None,
+                         help="WAL directory to list (default: the one in the checkpoint config)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.set_defaults(func=_inspect)
+
+    verify = sub.add_parser(
+        "verify", help="check every frame of every WAL segment",
+        description="Check the magic, CRCs, frame order and footer of every segment in a WAL "
+                    "directory (or of one segment URI). Exits 1 naming segment and byte of "
+                    "every corruption found.")
+    verify.add_argument("wal_uri", help="a WAL directory or one seg-*.wal segment URI")
+    verify.add_argument("--allow_empty", action="store_true",
+                        help="exit 0 when there are no segments (default: exit 1, since an "
+                             "empty directory is usually a wrong path)")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    verify.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``beam-zdl`` command.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 fine, 1 corruption found, 2 usage or storage error.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, sys.stdout)
+    except ZdlError as exc:
+        print(f"beam-zdl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+def _ms(ms: int) -> str:
+    if not ms:
+        return "-"
+    stamp = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _mode(mode: int) -> str:
+    return checkpoint_pb2.Mode.Name(mode).removeprefix("MODE_")
+
+
+def _table(rows: list[list[str]], out: TextIO, indent: str = "  ") -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        print((indent + "  ".join(cells)).rstrip(), file=out)
+
+
+def _plan_dict(plan: checkpoint_pb2.BatchPlan) -> dict[str, Any]:
+    return {
+        "batch_id": plan.batch_id, "mode": _mode(plan.mode), "epoch": plan.epoch,
+        "created_ms": plan.created_ms, "options_fingerprint": plan.options_fingerprint,
+        "ranges": [{"topic": r.topic, "partition": r.partition, "start": r.start, "stop": r.stop}
+                   for r in plan.ranges],
+        "segments": [{"uri": s.uri, "size_bytes": s.size_bytes, "record_count": s.record_count,
+                      "spans": [{"topic": p.topic, "partition": p.partition,
+                                 "first_offset": p.first_offset, "last_offset": p.last_offset}
+                                for p in s.spans]}
+                     for s in plan.segments],
+    }
+
+
+def _inspect(args: argparse.Namespace, out: TextIO) -> int:
+    coord = CheckpointCoordinator(args.checkpoint_dir)
+    if not coord.has_config():
+        raise ZdlError(f"{args.checkpoint_dir} is not a beam_zdl checkpoint (no config.pb); "
+                       "check the --checkpoint_dir you passed the pipeline")
+    config = coord.read_config()
+    epoch = coord.current_epoch()
+    claim = coord.epoch_claim(epoch) if epoch else {}
+    completed = coord.completed_ids()
+    last = coord.read_completion(completed[-1]) if completed else None
+    pending = coord.pending()
+    wal_dir = args.wal_dir or config.wal_dir or None
+    segments: list[SegmentInfo] = list_segments(wal_dir) if wal_dir else []
+
+    if args.json:
+        doc = {
+            "checkpoint_dir": args.checkpoint_dir,
+            "config": {"format_version": config.format_version, "topics": list(config.topics),
+                       "mode": _mode(config.mode), "consumer_group": config.consumer_group,
+                       "wal_dir": config.wal_dir, "created_ms": config.created_ms},
+            "epoch": {"current": epoch, "owner": claim.get("owner"),
+                      "claimed_ms": claim.get("claimed_ms")},
+            "completed": {"count": len(completed), "batch_ids": completed,
+                          "last": None if last is None else {
+                              "batch_id": last.batch_id, "records": last.records,
+                              "epoch": last.epoch, "completed_ms": last.completed_ms}},
+            "next_batch_id": coord.next_batch_id(),
+            "pending": [_plan_dict(p) for p in pending],
+            "wal": None if wal_dir is None else {
+                "dir": wal_dir, "total_bytes": sum(s.size_bytes for s in segments),
+                "segments": [{"name": s.name, "uri": s.uri, "size_bytes": s.size_bytes,
+                              "epoch": s.epoch, "seq": s.seq} for s in segments]},
+        }
+        json.dump(doc, out, indent=2)
+        print(file=out)
+        return EXIT_OK
+
+    _table([
+        ["checkpoint", args.checkpoint_dir],
+        ["topics", ", ".join(config.topics)],
+        ["mode", _mode(config.mode)],
+        ["group", config.consumer_group or "-"],
+        ["wal dir", config.wal_dir or "-"],
+        ["created", f"{_ms(config.created_ms)} (format {config.format_version})"],
+        ["epoch", f"{epoch} by {claim.get('owner', '-')} at {_ms(claim.get('claimed_ms', 0))}"
+         if epoch else "none claimed"],
+        ["completed", "none" if last is None else
+         f"last batch {last.batch_id}: {last.records} records at {_ms(last.completed_ms)} "
+         f"(epoch {last.epoch}); {len(completed)} completed batches kept"],
+        ["next batch", str(coord.next_batch_id())],
+    ], out, indent="")
+
+    print(f"\npending batches: {len(pending)}", file=out)
+    if pending:
+        rows = [["BATCH", "EPOCH", "CREATED", "MODE", "INPUT"]]
+        for plan in pending:
+            inputs = ([f"{r.topic}/{r.partition} [{r.start}, {r.stop}) = {r.stop - r.start} "
+                       "records" for r in plan.ranges]
+                      + [f"{s.uri} ({s.record_count} records, {_size(s.size_bytes)})"
+                         for s in plan.segments]) or ["(empty)"]
+            head = [str(plan.batch_id), str(plan.epoch), _ms(plan.created_ms), _mode(plan.mode)]
+            rows.append(head + [inputs[0]])
+            rows.extend(["", "", "", "", more] for more in inputs[1:])
+        _table(rows, out)
+
+    if wal_dir is None:
+        print("\nWAL: none (direct mode; pass --wal_dir to list one)", file=out)
+    else:
+        total = sum(s.size_bytes for s in segments)
+        print(f"\nWAL segments in {wal_dir}: {len(segments)}, {_size(total)}", file=out)
+        if segments:
+            rows = [["SEGMENT", "EPOCH", "SEQ", "SIZE", "BYTES"]]
+            rows.extend([s.name, str(s.epoch), str(s.seq), _size(s.size_bytes), str(s.size_bytes)]
+                        for s in segments)
+            _table(rows, out)
+    return EXIT_OK
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+def _verify(args: argparse.Namespace, out: TextIO) -> int:
+    uri = args.wal_uri.rstrip("/")
+    if parse_segment_name(uri):
+        parent, _, name = uri.rpartition("/")
+        parsed = parse_segment_name(name)
+        segments = [SegmentInfo(name, uri, 0, *parsed)]
+    else:
+        segments = list_segments(uri)
+    results: list[dict[str, Any]] = []
+    bad = 0
+    from tqdm import tqdm  # imported here: only verify shows a progress bar
+
+    total_bytes = sum(s.size_bytes for s in segments)
+    with tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="verify",
+              file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        for seg in segments:
+            try:
+                header, footer = verify_segment(seg.uri)
+                results.append({"uri": seg.uri, "ok": True, "records": footer.record_count,
+                                "writer_id": header.writer_id, "epoch": header.epoch})
+            except WalCorruptionError as exc:
+                bad += 1
+                results.append({"uri": seg.uri, "ok": False, "error": str(exc)})
+                if not args.json:
+                    bar.write(f"CORRUPT {exc}", file=out)
+            bar.update(seg.size_bytes)
+    records = sum(r.get("records", 0) for r in results)
+    empty = not segments and not args.allow_empty
+    if args.json:
+        json.dump({"wal_uri": args.wal_uri, "segments": len(segments), "corrupt": bad,
+                   "records": records, "bytes": total_bytes, "results": results}, out, indent=2)
+        print(file=out)
+    elif empty:
+        print(f"no WAL segments (seg-*.wal) in {args.wal_uri}: wrong path? "
+              "(pass --allow_empty if an empty WAL is expected)", file=out)
+    else:
+        status = "OK" if not bad else f"{bad} CORRUPT"
+        print(f"verified {len(segments)} segments, {records} records, {_size(total_bytes)} "
+              f"in {args.wal_uri}: {status}", file=out)
+    return EXIT_CORRUPT if bad or empty else EXIT_OK
