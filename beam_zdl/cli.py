@@ -211,9 +211,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
     uri = args.wal_uri.rstrip("/")
     if parse_segment_name(uri):
-        parent, _, name = uri.rpartition("/")
-        parsed = parse_segment_name(name)
-        segments = [SegmentInfo(name, uri, 0, *parsed)]
+        name = uri.rpartition("/")[2]
+        segments = [SegmentInfo(name, uri, 0, *parse_segment_name(name))]
     else:
         segments = list_segments(uri)
     results: list[dict[str, Any]] = []

@@ -85,7 +85,7 @@ def test_verify_ok_and_corrupt(any_storage_uri: str, capsys: pytest.CaptureFixtu
     wal_dir = join(any_storage_uri, "wal")
     refs = _wal(wal_dir, segments=3)
     assert main(["verify", wal_dir]) == 0
-    assert f"verified 3 segments, 15 records" in capsys.readouterr().out
+    assert "verified 3 segments, 15 records" in capsys.readouterr().out
     assert main(["verify", refs[0].uri]) == 0  # one segment
     capsys.readouterr()
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-
 import pytest
 
 from beam_zdl.coordinator import CheckpointCoordinator
