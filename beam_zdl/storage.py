@@ -310,7 +310,19 @@ class GcsStorage:
         elif isinstance(err, (exceptions.Forbidden, exceptions.Unauthorized)):
             hint = ("check the credentials (GOOGLE_APPLICATION_CREDENTIALS or "
                     "`gcloud auth application-default login`) and the bucket's IAM")
-        return StorageError(f"cannot {what} {self.uri(name)}: {err}; {hint}")
+        return StorageError(f"cannot {what} {self.uri(name)}: {_gcs_detail(err)}; {hint}")
+
+
+def _gcs_detail(err: Exception) -> str:
+    """A one-line account of a google-cloud-storage error."""
+    code = getattr(err, "code", None)
+    errors = getattr(err, "errors", None) or []
+    if code is not None and errors and isinstance(errors[0], dict):
+        return f"HTTP {code} {errors[0].get('message', '')}".strip()
+    if code is not None:  # the full response is in the chained cause
+        return f"HTTP {code} {type(err).__name__}"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 # -- HDFS (WebHDFS) ----------------------------------------------------------

@@ -133,3 +133,46 @@ def test_racing_creates_exactly_one_wins(any_storage_uri, round_):
     store = open_storage(any_storage_uri)
     assert store.read("epoch/0001") == f"writer-{won[0]}".encode()
     assert [o.name for o in store.list()] == ["epoch/0001"]
+
+
+def test_storage_pickles_and_works_after_unpickling(any_storage_uri):
+    # Beam pickles DoFns, and the storage they hold, to ship them to workers.
+    import pickle
+
+    store = open_storage(any_storage_uri)
+    store.create("a", b"before")
+    store.read("a")  # the client/session now exists and must not be pickled
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.read("a") == b"before"
+    clone.create("b", b"after")
+    assert [o.name for o in store.list()] == ["a", "b"]
+
+
+def test_gcs_missing_bucket_is_a_storage_error_naming_it(gcs):
+    import uuid
+
+    store = open_storage(f"gs://missing-{uuid.uuid4().hex[:12]}/root")
+    with pytest.raises(StorageError, match=r"gs://missing-.*/root/x.*bucket") as info:
+        store.create("x", b"x")
+    assert not isinstance(info.value, ObjectExistsError)
+    with pytest.raises(StorageError, match="does not exist"):
+        store.list()
+
+
+def test_hdfs_unreachable_is_a_storage_error_naming_the_uri():
+    from beam_zdl.testing._process import free_port
+
+    uri = f"hdfs://127.0.0.1:{free_port()}/zdl"
+    store = HdfsStorage(uri, attempts=2)
+    with pytest.raises(StorageError, match=r"unreachable after 2 attempts.*HTTP address"):
+        store.exists("x")
+
+
+def test_hdfs_server_errors_carry_its_message(hdfs):
+    import uuid
+
+    store = open_storage(f"{hdfs.url}/{uuid.uuid4().hex}")
+    store.create("file", b"x")
+    with pytest.raises(StorageError, match=r"hdfs://.*/file/child.*ParentNotDirectory") as info:
+        store.create("file/child", b"y")
+    assert not isinstance(info.value, ObjectExistsError)
