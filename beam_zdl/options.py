@@ -95,7 +95,7 @@ class ZdlOptions(PipelineOptions):
             help="Stop after this many batches (replays included); 0 means no limit.")
         parser.add_argument(
             "--retain_batches", type=int, default=100,
-            help="Completed batches whose metadata is kept for inspection.")
+            help="Completed batches whose metadata is kept for inspection (>= 1).")
         parser.add_argument(
             "--wal_segment_bytes", type=int, default=16 * 1024 * 1024,
             help="WAL mode: seal a segment at this many bytes.")
@@ -156,9 +156,12 @@ class ZdlConfig:
         _choice(o, "zdl_mode", MODES)
         _choice(o, "starting_offsets", STARTING_OFFSETS)
         _choice(o, "trigger", TRIGGERS)
-        for name in ("max_records_per_partition", "max_batches", "retain_batches"):
+        for name in ("max_records_per_partition", "max_batches"):
             if o[name] < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {o[name]}")
+        if o["retain_batches"] < 1:
+            raise ConfigError(f"--retain_batches must be >= 1 (the last batch's plan holds "
+                              f"where reading resumes), got {o['retain_batches']}")
         for name in ("batch_interval_s", "wal_segment_age_s"):
             if not o[name] > 0:
                 raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")

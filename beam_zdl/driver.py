@@ -1,0 +1,300 @@
+"""run_micro_batches: the Spark Streaming / foreachBatch model on Beam.
+
+Every batch is a bounded Beam run over an input planned and recorded before
+it starts, so "the batch is done" is exact on every runner, and a crash at
+any point is repaired by replaying the recorded plan. The protocol of one
+batch (see :func:`run_micro_batches`):
+
+1. plan     — the batch's exact input is written create-once to the checkpoint
+2. run      — a pipeline reads exactly that input; ``build_fn`` adds the sink
+3. complete — the runner reported DONE; the completion is written
+4. commit   — the consumer group's offsets move to the batch's ends
+
+A crash before 3 leaves the batch pending: on restart it is re-run with the
+same input before anything new is planned. A crash between 3 and 4 leaves a
+stale Kafka commit, which the next commit repairs; the checkpoint, not
+Kafka, decides where reading resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from beam_zdl import kafka
+from beam_zdl.chaos import crash_point
+from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.direct import PartitionRange
+from beam_zdl.errors import ZdlError
+from beam_zdl.io import ReadFromKafka
+from beam_zdl.options import ZdlConfig
+from beam_zdl.runners import pipeline_runner
+from beam_zdl.v1 import checkpoint_pb2
+
+__all__ = ["Batch", "RunSummary", "run_micro_batches"]
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_MODES = {"direct": checkpoint_pb2.MODE_DIRECT, "wal": checkpoint_pb2.MODE_WAL}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What ``build_fn`` learns about the batch it builds a pipeline for.
+
+    Attributes:
+        batch_id: increasing from 0; a replayed batch keeps its id, so a sink
+            keyed by it is idempotent.
+        ranges: the offset ranges the batch reads, ``[start, stop)`` each.
+        replay: True when this run repeats a batch planned before a crash.
+    """
+    batch_id: int
+    ranges: tuple[PartitionRange, ...]
+    replay: bool = False
+
+    @property
+    def planned_records(self) -> int:
+        """Offsets covered by the ranges (an upper bound where offsets have gaps)."""
+        return sum(r.stop - r.start for r in self.ranges)
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run_micro_batches` did."""
+    batches: int = 0
+    replayed: int = 0
+    records: int = 0
+    seconds: float = 0.0
+    batch_ids: list[int] = field(default_factory=list)
+
+
+BuildFn = Callable[[beam.PCollection, Batch], None]
+
+
+def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary:
+    """Run batches until the trigger says stop; return what was done.
+
+    Steps, each durable before the next begins:
+
+    * Step 0: claim the checkpoint (config must match; a new epoch fences
+      any older driver still running).
+    * Step 1: re-run every planned-but-incomplete batch, same ranges, same id.
+    * Step 2: plan the next ranges from the last planned ends to the current
+      end offsets (capped by ``--max_records_per_partition``); write the plan.
+    * Step 3: build a pipeline with ``build_fn(records, batch)`` and run it to DONE.
+    * Step 4: write the completion.
+    * Step 5: commit the consumer group's offsets to the batch's ends.
+
+    ``--trigger=available_now`` stops once the end offsets seen at start are
+    read; ``continuous`` plans a batch every ``--batch_interval_s``. Ctrl-C
+    (or SIGTERM) stops cleanly after the current batch.
+
+    Args:
+        build_fn: adds the user's transforms and sink to ``records``, the
+            PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``.
+        options: pipeline options with the ZdlOptions flags.
+
+    Returns:
+        A :class:`RunSummary`.
+
+    Raises:
+        ConfigError: a bad flag. ConfigMismatchError: the checkpoint belongs
+        to another configuration. CheckpointConflictError: a newer driver
+        took over. DataLossError: planned records no longer exist.
+    """
+    config = ZdlConfig.from_options(options, need_checkpoint=True)
+    if config.mode != "direct":
+        from beam_zdl.wal_driver import run_wal_micro_batches
+        return run_wal_micro_batches(build_fn, options, config)
+    return _DirectDriver(build_fn, options, config).run()
+
+
+class _StopFlag:
+    """Set by Ctrl-C / SIGTERM; the driver checks it between batches."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._event.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        _LOGGER.warning("stop requested: finishing the current batch, then exiting "
+                        "(press Ctrl-C again to abort it; it is replayed on restart)")
+        self._event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._event.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+
+def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
+                       read: beam.PTransform) -> int:
+    """Build and run one batch's pipeline to DONE; return records read."""
+    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
+    records = pipeline | f"ReadBatch{batch.batch_id}" >> read
+    build_fn(records, batch)
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
+                       "pending and is replayed with the same input on the next start")
+    counters = result.metrics().query(MetricsFilter().with_namespace("beam_zdl")
+                                      .with_name("records"))["counters"]
+    return int(sum(c.committed or 0 for c in counters))
+
+
+class _DirectDriver:
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
+        self.build_fn = build_fn
+        self.options = options
+        self.config = config
+        self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
+        self.summary = RunSummary()
+
+    def run(self) -> RunSummary:
+        cfg = self.config
+        started = time.monotonic()
+        consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
+                                      cfg.consumer_config)
+        try:
+            with _StopFlag() as stop:
+                # Step 0
+                self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
+                    format_version=FORMAT_VERSION, topics=list(cfg.topics),
+                    mode=_MODES[cfg.mode], consumer_group=cfg.consumer_group,
+                    created_ms=int(time.time() * 1000)))
+                _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
+                # Step 1
+                for plan in self.coordinator.pending():
+                    if stop.stopped or self._reached_max():
+                        return self._finish(started)
+                    batch = Batch(plan.batch_id, tuple(
+                        PartitionRange(r.topic, r.partition, r.start, r.stop)
+                        for r in plan.ranges), replay=True)
+                    _LOGGER.info("replaying pending batch %d (%d offsets)", batch.batch_id,
+                                 batch.planned_records)
+                    self._run_and_complete(consumer, batch)
+                # Steps 2-5
+                targets = None
+                if cfg.trigger == "available_now":
+                    targets = self._end_offsets(consumer)
+                while not stop.stopped and not self._reached_max():
+                    next_started = time.monotonic()
+                    ranges = self._plan_ranges(consumer, targets)
+                    if ranges is None:
+                        if cfg.trigger == "available_now":
+                            break
+                        stop.sleep(max(0.0, cfg.batch_interval_s -
+                                       (time.monotonic() - next_started)))
+                        continue
+                    batch = Batch(self.coordinator.next_batch_id(), ranges)
+                    self.coordinator.write_plan(checkpoint_pb2.BatchPlan(
+                        batch_id=batch.batch_id, mode=checkpoint_pb2.MODE_DIRECT,
+                        ranges=[checkpoint_pb2.OffsetRange(topic=r.topic, partition=r.partition,
+                                                           start=r.start, stop=r.stop)
+                                for r in ranges],
+                        created_ms=int(time.time() * 1000),
+                        options_fingerprint=cfg.fingerprint(), epoch=self.epoch))
+                    crash_point("after_plan")
+                    self._run_and_complete(consumer, batch)
+                    if cfg.trigger == "continuous":
+                        stop.sleep(max(0.0, cfg.batch_interval_s -
+                                       (time.monotonic() - next_started)))
+                return self._finish(started)
+        finally:
+            consumer.close()
+
+    def _run_and_complete(self, consumer, batch: Batch) -> None:
+        t0 = time.monotonic()
+        # Step 3
+        records = run_batch_pipeline(self.build_fn, self.options, batch,
+                                     ReadFromKafka(self.options, ranges=batch.ranges))
+        crash_point("after_run")
+        # Step 4
+        self.coordinator.complete(batch.batch_id, records)
+        crash_point("after_complete")
+        # Step 5
+        kafka.commit_offsets(consumer, {(r.topic, r.partition): r.stop for r in batch.ranges})
+        self.coordinator.retain(self.config.retain_batches)
+        took = time.monotonic() - t0
+        self.summary.batches += 1
+        self.summary.replayed += int(batch.replay)
+        self.summary.records += records
+        self.summary.batch_ids.append(batch.batch_id)
+        _LOGGER.info("batch %d%s done: %d records in %.1f s (%.0f records/s)",
+                     batch.batch_id, " (replay)" if batch.replay else "", records, took,
+                     records / took if took else 0.0)
+
+    def _reached_max(self) -> bool:
+        return bool(self.config.max_batches) and self.summary.batches >= self.config.max_batches
+
+    def _finish(self, started: float) -> RunSummary:
+        self.summary.seconds = time.monotonic() - started
+        _LOGGER.info("stopping after %d batches (%d replayed), %d records in %.1f s",
+                     self.summary.batches, self.summary.replayed, self.summary.records,
+                     self.summary.seconds)
+        return self.summary
+
+    def _end_offsets(self, consumer) -> dict[tuple[str, int], int]:
+        cfg = self.config
+        partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
+        return {tp: high for tp, (_, high) in
+                kafka.watermarks(consumer, partitions, cfg.bootstrap_servers).items()}
+
+    def _positions(self, consumer, partitions) -> dict[tuple[str, int], int]:
+        """Next offset to read per partition: the checkpoint's, else --starting_offsets."""
+        cfg = self.config
+        planned = self.coordinator.planned_ids()
+        last = self.coordinator.read_plan(planned[-1]) if planned else None
+        if last is None:
+            return kafka.starting_positions(consumer, partitions, cfg.starting_offsets,
+                                            cfg.bootstrap_servers)
+        known = {(r.topic, r.partition): r.stop for r in last.ranges}
+        new = [tp for tp in partitions if tp not in known]
+        if new:
+            # Partitions added after the first batch start at their beginning.
+            _LOGGER.info("new partitions %s start at their log start", new)
+            known.update(kafka.starting_positions(consumer, new, "earliest",
+                                                  cfg.bootstrap_servers))
+        return known
+
+    def _plan_ranges(self, consumer, targets) -> Optional[tuple[PartitionRange, ...]]:
+        """The next batch's ranges, or None when there is nothing new to read."""
+        cfg = self.config
+        partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
+        ends = targets if targets is not None else self._end_offsets(consumer)
+        positions = self._positions(consumer, partitions)
+        ranges = []
+        for tp in partitions:
+            start = positions[tp]
+            stop = max(start, ends.get(tp, start))
+            if cfg.max_records_per_partition:
+                stop = min(stop, start + cfg.max_records_per_partition)
+            ranges.append(PartitionRange(tp[0], tp[1], start, stop))
+        if all(r.stop == r.start for r in ranges):
+            return None
+        return tuple(ranges)

@@ -1,0 +1,47 @@
+"""A micro-batch driver run as a real process by the crash tests.
+
+Usage: python -m tests.driver_proc <out_dir> <ZdlOptions flags...>
+The sink writes batch-<id>.jsonl atomically, one line per record read:
+idempotent, so a replayed batch rewrites the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+
+import beam_zdl
+
+
+def write_batch(rows: list, out_dir: str, batch_id: int) -> None:
+    path = os.path.join(out_dir, f"batch-{batch_id:06d}.jsonl")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as out:
+        for row in sorted(rows):
+            out.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> None:
+    out_dir, flags = argv[0], argv[1:]
+    os.makedirs(out_dir, exist_ok=True)
+
+    def build(records, batch):
+        (records
+         | beam.Map(lambda r: [r.topic, r.partition, r.offset])
+         | beam.combiners.ToList()
+         | beam.Map(write_batch, out_dir, batch.batch_id))
+
+    summary = beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(flags))
+    print(json.dumps({"batches": summary.batches, "replayed": summary.replayed,
+                      "records": summary.records, "batch_ids": summary.batch_ids}))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    main(sys.argv[1:])

@@ -1,0 +1,132 @@
+"""run_micro_batches end to end on a real broker, including SIGKILLed drivers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import beam_zdl
+from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.errors import ConfigError
+from tests.beam_helpers import MULTI_WORKER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flags(kafka, topic, tmp_path, *extra):
+    return [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+            f"--checkpoint_dir={tmp_path / 'ckpt'}", f"--consumer_group=g-{topic}",
+            "--starting_offsets=earliest", *extra]
+
+
+def _run(out_dir, flags, crash_at=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    if crash_at:
+        env["BEAM_ZDL_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _output(out_dir) -> dict[int, list[tuple]]:
+    return {int(p.stem.split("-")[1]): [tuple(json.loads(l)) for l in p.read_text().splitlines()]
+            for p in sorted(Path(out_dir).glob("batch-*.jsonl"))}
+
+
+def _assert_exactly_once(kafka, topic, out_dir, ckpt_dir, group):
+    batches = _output(out_dir)
+    rows = [row for batch in batches.values() for row in batch]
+    ends = kafka.end_offsets(topic)
+    expected = sorted((topic, p, o) for p, end in ends.items() for o in range(end))
+    assert len(rows) == len(set(rows)), "a record appears twice in the output"
+    assert sorted(rows) == expected, "records missing from the output"
+    coord = CheckpointCoordinator(str(ckpt_dir))
+    assert coord.pending() == []
+    # every output file holds exactly its recorded plan's ranges: replays were identical
+    for batch_id, batch_rows in batches.items():
+        plan = coord.read_plan(batch_id)
+        planned = sorted((r.topic, r.partition, o) for r in plan.ranges
+                         for o in range(r.start, r.stop))
+        assert sorted(batch_rows) == planned
+    assert kafka.committed(group, topic) == ends
+
+
+def test_available_now_on_empty_topic_exits_cleanly(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    summary = beam_zdl.run_micro_batches(
+        lambda records, batch: None, beam_zdl.ZdlOptions(_flags(kafka, topic, tmp_path)))
+    assert (summary.batches, summary.records) == (0, 0)
+
+
+def test_batches_read_everything_once_and_commit(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=4)
+    kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(2000)))
+    flags = _flags(kafka, topic, tmp_path, "--max_records_per_partition=200")
+
+    proc = _run(tmp_path / "out", flags)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["records"] == 2000 and summary["batches"] == len(_output(tmp_path / "out"))
+    _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
+
+    kafka.produce(topic, ((None, b"more") for _ in range(100)))
+    proc = _run(tmp_path / "out", flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["records"] == 100
+    _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
+
+
+@pytest.mark.parametrize("point", [
+    "after_plan", "after_run",
+    pytest.param("after_complete", marks=pytest.mark.slow),
+])
+def test_sigkilled_driver_replays_identically(kafka, tmp_path, point):
+    topic = kafka.create_topic(partitions=4)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 4) for i in range(3000)))
+    flags = _flags(kafka, topic, tmp_path, "--max_records_per_partition=300", *MULTI_WORKER)
+
+    crashed = _run(tmp_path / "out", flags, crash_at=f"{point}:2")
+
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
+    pending = coord.pending()
+    if point == "after_complete":
+        assert pending == [] and coord.completed_ids() == [0, 1]
+        assert sum(kafka.committed(f"g-{topic}", topic).values()) == 4 * 300  # batch 1 not committed
+    else:
+        assert [p.batch_id for p in pending] == [1]
+        before = pending[0].SerializeToString()
+
+    restarted = _run(tmp_path / "out", flags)
+
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    summary = json.loads(restarted.stdout.strip().splitlines()[-1])
+    if point != "after_complete":
+        assert summary["replayed"] == 1 and summary["batch_ids"][0] == 1
+        assert coord.read_plan(1).SerializeToString() == before
+    _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "--topics is required"),
+    (["--topics=t", "--trigger=sometimes"], "--trigger must be one of"),
+    (["--topics=t", "--zdl_mode=fast"], "--zdl_mode must be one of"),
+    (["--topics=t", "--starting_offsets=oldest"], "--starting_offsets must be one of"),
+    (["--topics=t", "--consumer_config={not json"], "--consumer_config is not valid JSON"),
+    (["--topics=t", '--consumer_config={"enable.auto.commit": true}'], "may not set"),
+    (["--topics=t", "--max_records_per_partition=-1"], "--max_records_per_partition must be"),
+    (["--topics=t", "--batch_interval_s=0"], "--batch_interval_s must be > 0"),
+    (["--topics=t", "--checkpoint_dir=/tmp/x", "--zdl_mode=wal"], "--wal_dir is required"),
+    (["--topics=t"], "--checkpoint_dir is required"),
+    (["--topics=t", "--checkpoint_dir=/tmp/x", "--retain_batches=0"], "--retain_batches"),
+])
+def test_bad_options_fail_before_anything_runs(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{")):
+        beam_zdl.run_micro_batches(lambda r, b: None, beam_zdl.ZdlOptions(flags))
