@@ -186,7 +186,8 @@ class ReadOffsetRangesFn(beam.DoFn):
                         next_offset = stop
                         break
                     if not tracker.try_claim(offset):
-                        return  # split off: the residual belongs to another bundle
+                        # Split off: the residual belongs to another bundle.
+                        return
                     next_offset = offset + 1
                     key = msg.key()
                     value = msg.value()
