@@ -157,9 +157,11 @@ def _temp_name(name: str) -> str:
 class GcsStorage:
     """Objects under ``gs://bucket/prefix``, with google-cloud-storage.
 
-    Create-once is one upload request with ``if_generation_match=0``: GCS
-    (and the emulator) accept it only if no live object has that name, so of
-    two racing writers exactly one wins and the other gets HTTP 412.
+    Create-once is one upload with ``if_generation_match=0`` (a single
+    request up to 8 MiB, a resumable upload above): GCS (and the emulator)
+    accept it only if no live object has that name, and the object appears
+    whole when the upload completes, so of two racing writers exactly one
+    wins and the other gets HTTP 412.
 
     Retries use the library's ``DEFAULT_RETRY`` (connection errors, 408, 429,
     5xx, with exponential backoff). The library retries an upload only when a
@@ -169,7 +171,9 @@ class GcsStorage:
     when the first upload landed but its response was lost, the retry gets
     412. So after a 412, if an attempt was retried, we read the object back,
     and bytes equal to ours mean the write was ours (success); otherwise it
-    is :class:`ObjectExistsError`.
+    is :class:`ObjectExistsError`. (Another writer's byte-identical object
+    would pass too; create-once payloads name their writer, so it cannot
+    come from a rival.)
 
     Args:
         root_uri: ``gs://bucket`` or ``gs://bucket/prefix``.
@@ -220,6 +224,8 @@ class GcsStorage:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         retried = False
+        # The library's own test of "transient"; we wrap it to learn whether
+        # an attempt was retried (see the class docstring).
         transient = DEFAULT_RETRY._predicate
 
         def predicate(exc: Exception) -> bool:
@@ -276,7 +282,7 @@ class GcsStorage:
         base = f"{self.prefix}/" if self.prefix else ""
         try:
             blobs = self._client_().list_blobs(self.bucket_name, prefix=base + prefix,
-                                            retry=DEFAULT_RETRY)
+                                               retry=DEFAULT_RETRY)
             out = []
             for blob in blobs:
                 rel = blob.name[len(base):]
