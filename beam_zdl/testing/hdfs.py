@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -29,10 +30,16 @@ __all__ = ["LocalHdfs"]
 
 _LOGGER = logging.getLogger(__name__)
 
+# Made by the first clean stop (``-XX:ArchiveClassesAtExit``, about 4 s extra
+# once), used by every later start. It lives beside the jars, so a new pom
+# (which re-resolves the folder) drops it; a JDK that cannot use it ignores it.
+_CDS_ARCHIVE = "minihdfs.jsa"
+
 _READY = re.compile(r"MINIHDFS READY http=(\d+) rpc=(\d+)")
 
 # Start-up is dominated by JIT and class loading: C1 only and the serial GC
-# cut it from about 5 s to about 3 s on a 2-core machine.
+# cut it from about 5 s to about 3.3 s on a 2-core machine, and a class-data
+# sharing archive of Hadoop's classes (see ``_CDS_ARCHIVE``) to about 2.6 s.
 _JVM_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k",
               "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true",
               "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
@@ -64,6 +71,7 @@ class LocalHdfs:
         self._proc: ServerProcess | None = None
         self._formatted = False
         self._log_offset = 0
+        self._cds_dump: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -103,11 +111,17 @@ class LocalHdfs:
             return self
         began = time.monotonic()
         classpath = jars.classpath("hdfs")
+        archive = jars.resolve("hdfs") / _CDS_ARCHIVE
+        if archive.exists():
+            cds = [f"-XX:SharedArchiveFile={archive}"]
+        else:
+            self._cds_dump = archive.with_name(f".{archive.name}.{uuid.uuid4().hex}.tmp")
+            cds = [f"-XX:ArchiveClassesAtExit={self._cds_dump}"]
         source = jars.component_dir("hdfs") / "MiniHdfs.java"
         storage = self.workdir / "dfs"
         storage.mkdir(parents=True, exist_ok=True)
         mode = "reuse" if self._formatted else "format"
-        args = [jars.java_binary(), f"-Xmx{self.heap_mb}m", *_JVM_FLAGS,
+        args = [jars.java_binary(), f"-Xmx{self.heap_mb}m", *_JVM_FLAGS, *cds,
                 "-cp", classpath, str(source), str(storage), str(self.http_port), mode]
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.rpc_port = None
@@ -126,6 +140,7 @@ class LocalHdfs:
         if self._proc:
             self._proc.stop()
             self._proc = None
+        self._keep_cds_archive()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -144,6 +159,17 @@ class LocalHdfs:
         return bool(self._proc and self._proc.alive())
 
     # -- internals ---------------------------------------------------------
+
+    def _keep_cds_archive(self) -> None:
+        """Publish the class-data archive a clean exit dumped (atomically)."""
+        dump, self._cds_dump = self._cds_dump, None
+        if dump is None or not dump.exists():
+            return
+        target = dump.with_name(_CDS_ARCHIVE)
+        if target.exists():
+            dump.unlink(missing_ok=True)
+        else:
+            os.replace(dump, target)
 
     def _ready(self) -> bool:
         if self.rpc_port is None:
