@@ -118,8 +118,12 @@ class LocalGcs:
             args += ["-filesystem-root", str(self.workdir / "data")]
         self._proc = ServerProcess(args, self.log_file)
         self._proc.start()
-        wait_until(self._ready, self.start_timeout_s, f"fake-gcs-server at {self.endpoint}",
-                   log=self.log_file, alive=self._proc.alive)
+        try:
+            wait_until(self._ready, self.start_timeout_s, f"fake-gcs-server at {self.endpoint}",
+                       log=self.log_file, alive=self._proc.alive)
+        except BaseException:
+            self._proc.kill()  # do not leave a half-started emulator behind
+            raise
         if not self._env_set:
             self._saved_env = os.environ.get(_ENV)
             self._env_set = True

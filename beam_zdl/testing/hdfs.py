@@ -128,8 +128,12 @@ class LocalHdfs:
         self._proc = ServerProcess(args, self.log_file)
         self._proc.start()
         self._formatted = True
-        wait_until(self._ready, self.start_timeout_s, f"MiniDFSCluster (WebHDFS at "
-                   f"{self.webhdfs_url})", log=self.log_file, alive=self._proc.alive)
+        try:
+            wait_until(self._ready, self.start_timeout_s, f"MiniDFSCluster (WebHDFS at "
+                       f"{self.webhdfs_url})", log=self.log_file, alive=self._proc.alive)
+        except BaseException:
+            self._proc.kill()  # do not leave a half-started JVM behind
+            raise
         self.startup_s = time.monotonic() - began
         _LOGGER.info("HDFS serving at %s (NameNode RPC port %s) after %.1f s",
                      self.url, self.rpc_port, self.startup_s)
@@ -153,6 +157,7 @@ class LocalHdfs:
         """Start again on the same port and storage (after ``kill``)."""
         if self._proc and self._proc.alive():
             self._proc.stop()
+            self._keep_cds_archive()
         return self.start()
 
     def alive(self) -> bool:
