@@ -1,5 +1,7 @@
 """Real-component harnesses for tests and demos: Kafka, GCS emulator, HDFS."""
 
+from beam_zdl.testing.gcs import LocalGcs
+from beam_zdl.testing.hdfs import LocalHdfs
 from beam_zdl.testing.kafka import LocalKafka
 
-__all__ = ["LocalKafka"]
+__all__ = ["LocalKafka", "LocalGcs", "LocalHdfs"]
