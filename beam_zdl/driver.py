@@ -8,7 +8,12 @@ batch (see :func:`run_micro_batches`):
 1. plan     — the batch's exact input is written create-once to the checkpoint
 2. run      — a pipeline reads exactly that input; ``build_fn`` adds the sink
 3. complete — the runner reported DONE; the completion is written
-4. commit   — the consumer group's offsets move to the batch's ends
+4. commit   — direct mode: the consumer group's offsets move to the batch's
+               ends; WAL mode: the receiver already committed after each seal,
+               so segments of old completed batches are deleted instead
+
+The loop is shared (``_Driver``); direct mode (``_DirectDriver``, here) and WAL
+mode (``beam_zdl.wal_driver``) supply planning, reading and step 4.
 
 A crash before 3 leaves the batch pending: on restart it is re-run with the
 same input before anything new is planned. A crash between 3 and 4 leaves a
@@ -57,10 +62,14 @@ class Batch:
             keyed by it is idempotent.
         ranges: the offset ranges the batch reads, ``[start, stop)`` each.
         replay: True when this run repeats a batch planned before a crash.
+        segments: WAL mode: the URIs of the sealed segments the batch reads (its
+            ``ranges`` then span each partition's offsets in them); empty in
+            direct mode.
     """
     batch_id: int
     ranges: tuple[PartitionRange, ...]
     replay: bool = False
+    segments: tuple[str, ...] = ()
 
     @property
     def planned_records(self) -> int:
@@ -167,79 +176,119 @@ def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
     return int(sum(c.committed or 0 for c in counters))
 
 
-class _DirectDriver:
+class _Driver:
+    """The batch loop both modes share: replay pending, then plan → run → complete.
+
+    A mode supplies what differs: how the next plan is found (:meth:`_next_plan`),
+    how a batch reads its input (:meth:`_read`), what follows a completion
+    (:meth:`_after_complete`: a Kafka commit in direct mode, segment cleanup in
+    WAL mode) and when an idle loop is finished (:meth:`_done_when_idle`).
+    """
+
+    mode = checkpoint_pb2.MODE_DIRECT
+
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
         self.build_fn = build_fn
         self.options = options
         self.config = config
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
         self.summary = RunSummary()
+        self.consumer = None
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def _start(self, stop: "_StopFlag") -> None:
+        """Called after the checkpoint is claimed, before pending batches are replayed."""
+
+    def _stop(self) -> None:
+        """Called once when the loop ends, also on errors."""
+
+    def _check(self) -> None:
+        """Raise if a helper (the WAL receiver) failed."""
+
+    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        raise NotImplementedError
+
+    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        """The next batch's plan (not yet written), or None when there is nothing new."""
+        raise NotImplementedError
+
+    def _read(self, batch: Batch) -> beam.PTransform:
+        raise NotImplementedError
+
+    def _after_complete(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _done_when_idle(self) -> bool:
+        """With nothing to plan: True ends the run, False waits for more."""
+        return self.config.trigger == "available_now"
+
+    def _idle_wait_s(self, since: float) -> float:
+        return max(0.0, self.config.batch_interval_s - (time.monotonic() - since))
+
+    # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
-        consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
-                                      cfg.consumer_config)
+        self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
+                                           cfg.consumer_config)
         try:
             with _StopFlag() as stop:
                 # Step 0
                 self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
                     format_version=FORMAT_VERSION, topics=list(cfg.topics),
-                    mode=_MODES[cfg.mode], consumer_group=cfg.consumer_group,
+                    mode=self.mode, consumer_group=cfg.consumer_group,
+                    wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
                     created_ms=int(time.time() * 1000)))
                 _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
+                self._start(stop)
                 # Step 1
                 for plan in self.coordinator.pending():
+                    self._check()
                     if stop.stopped or self._reached_max():
                         return self._finish(started)
-                    batch = Batch(plan.batch_id, tuple(
-                        PartitionRange(r.topic, r.partition, r.start, r.stop)
-                        for r in plan.ranges), replay=True)
-                    _LOGGER.info("replaying pending batch %d (%d offsets)", batch.batch_id,
-                                 batch.planned_records)
-                    self._run_and_complete(consumer, batch)
+                    batch = self._batch_of(plan, replay=True)
+                    _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
+                                 batch.batch_id, batch.planned_records, len(batch.segments))
+                    self._run_and_complete(batch)
                 # Steps 2-5
-                targets = None
-                if cfg.trigger == "available_now":
-                    targets = self._end_offsets(consumer)
                 while not stop.stopped and not self._reached_max():
+                    self._check()
                     next_started = time.monotonic()
-                    ranges = self._plan_ranges(consumer, targets)
-                    if ranges is None:
-                        if cfg.trigger == "available_now":
+                    batch_id = self.coordinator.next_batch_id()
+                    plan = self._next_plan(batch_id)
+                    if plan is None:
+                        if self._done_when_idle():
                             break
-                        stop.sleep(max(0.0, cfg.batch_interval_s -
-                                       (time.monotonic() - next_started)))
+                        stop.sleep(self._idle_wait_s(next_started))
                         continue
-                    batch = Batch(self.coordinator.next_batch_id(), ranges)
-                    self.coordinator.write_plan(checkpoint_pb2.BatchPlan(
-                        batch_id=batch.batch_id, mode=checkpoint_pb2.MODE_DIRECT,
-                        ranges=[checkpoint_pb2.OffsetRange(topic=r.topic, partition=r.partition,
-                                                           start=r.start, stop=r.stop)
-                                for r in ranges],
-                        created_ms=int(time.time() * 1000),
-                        options_fingerprint=cfg.fingerprint(), epoch=self.epoch))
+                    plan.options_fingerprint = cfg.fingerprint()
+                    plan.created_ms = int(time.time() * 1000)
+                    plan = self.coordinator.write_plan(plan)
                     crash_point("after_plan")
-                    self._run_and_complete(consumer, batch)
+                    self._run_and_complete(self._batch_of(plan, replay=False))
                     if cfg.trigger == "continuous":
                         stop.sleep(max(0.0, cfg.batch_interval_s -
                                        (time.monotonic() - next_started)))
+                self._check()
                 return self._finish(started)
         finally:
-            consumer.close()
+            try:
+                self._stop()
+            finally:
+                self.consumer.close()
 
-    def _run_and_complete(self, consumer, batch: Batch) -> None:
+    def _run_and_complete(self, batch: Batch) -> None:
         t0 = time.monotonic()
         # Step 3
-        records = run_batch_pipeline(self.build_fn, self.options, batch,
-                                     ReadFromKafka(self.options, ranges=batch.ranges))
+        records = run_batch_pipeline(self.build_fn, self.options, batch, self._read(batch))
         crash_point("after_run")
         # Step 4
         self.coordinator.complete(batch.batch_id, records)
         crash_point("after_complete")
         # Step 5
-        kafka.commit_offsets(consumer, {(r.topic, r.partition): r.stop for r in batch.ranges})
-        self.coordinator.retain(self.config.retain_batches)
+        self._after_complete(batch)
         took = time.monotonic() - t0
         self.summary.batches += 1
         self.summary.replayed += int(batch.replay)
@@ -258,6 +307,39 @@ class _DirectDriver:
                      self.summary.batches, self.summary.replayed, self.summary.records,
                      self.summary.seconds)
         return self.summary
+
+
+class _DirectDriver(_Driver):
+    """Direct mode: batches of Kafka offset ranges; the driver commits after completion."""
+
+    mode = checkpoint_pb2.MODE_DIRECT
+
+    def _start(self, stop: "_StopFlag") -> None:
+        self._targets = None
+        if self.config.trigger == "available_now":
+            self._targets = self._end_offsets(self.consumer)
+
+    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
+                                          for r in plan.ranges), replay=replay)
+
+    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        ranges = self._plan_ranges(self.consumer, self._targets)
+        if ranges is None:
+            return None
+        return checkpoint_pb2.BatchPlan(
+            batch_id=batch_id, mode=checkpoint_pb2.MODE_DIRECT,
+            ranges=[checkpoint_pb2.OffsetRange(topic=r.topic, partition=r.partition,
+                                               start=r.start, stop=r.stop) for r in ranges],
+            epoch=self.epoch)
+
+    def _read(self, batch: Batch) -> beam.PTransform:
+        return ReadFromKafka(self.options, ranges=batch.ranges)
+
+    def _after_complete(self, batch: Batch) -> None:
+        kafka.commit_offsets(self.consumer,
+                             {(r.topic, r.partition): r.stop for r in batch.ranges})
+        self.coordinator.retain(self.config.retain_batches)
 
     def _end_offsets(self, consumer) -> dict[tuple[str, int], int]:
         cfg = self.config

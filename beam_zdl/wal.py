@@ -81,6 +81,7 @@ __all__ = [
     "read_segment",
     "decode_segment",
     "verify_segment",
+    "read_footer",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -590,3 +591,43 @@ def verify_segment(source: Any) -> tuple[wal_pb2.SegmentHeader, wal_pb2.SegmentF
         pass
     assert scan.header is not None and scan.footer is not None  # _scan raised otherwise
     return scan.header, scan.footer
+
+
+def read_footer(data: bytes, uri: str = "<bytes>") -> wal_pb2.SegmentFooter:
+    """The footer of a segment's bytes, found from the end without scanning the records.
+
+    The footer frame is the last one; its payload length is found by trying each
+    candidate length from 0 upward until the frame head (length, kind) and both CRCs
+    match. Footers are a few bytes per partition, so this costs a few hundred
+    checks, not a pass over every record. Only the footer is verified: use
+    :func:`read_segment` to verify the records.
+
+    Args:
+        data: the whole segment.
+        uri: where it came from, for error messages.
+
+    Returns:
+        The verified footer (record count and per-partition spans).
+
+    Raises:
+        WalCorruptionError: no intact footer frame ends the segment.
+    """
+    n = len(data)
+    if data[:len(MAGIC)] != MAGIC:
+        raise _corrupt(uri, 0, "bad magic (not a beam_zdl WAL segment)")
+    trailer = _CRC.unpack_from(data, n - _CRC.size)[0] if n >= len(MAGIC) + _FRAME_OVERHEAD else None
+    length = 0
+    while trailer is not None and length <= 1 << 20:  # 1 MiB: ~40k partitions
+        pos = n - _FRAME_OVERHEAD - length
+        if pos < len(MAGIC):
+            break
+        size, kind, head_crc = _HEAD.unpack_from(data, pos)
+        if (size == length and kind == KIND_FOOTER and _mcrc(data[pos:pos + 5]) == head_crc
+                and _mcrc(data[pos:n - _CRC.size]) == trailer):
+            try:
+                return wal_pb2.SegmentFooter.FromString(data[pos + _HEAD.size:n - _CRC.size])
+            except DecodeError as exc:
+                raise _corrupt(uri, pos, f"undecodable footer frame ({exc})") from None
+        length += 1
+    raise _corrupt(uri, n, "no intact footer frame at the end of the segment (truncated or "
+                           "overwritten)")

@@ -1,0 +1,522 @@
+"""The reliable receiver of WAL mode: consume → WAL segment → seal → commit.
+
+A :class:`Receiver` is a member of the consumer group (``--consumer_group``,
+auto-commit off). It appends every record it receives to a
+:class:`~beam_zdl.wal.WalWriter` and commits a partition's offset to Kafka
+only after a sealed segment holds the record below it. It runs as a thread
+of the micro-batch driver (``--zdl_mode=wal``) or alone (``beam-zdl receive``).
+
+Commit protocol (:meth:`Receiver._seal_and_commit`)
+    1. Seal the buffered records into one create-once segment; it is durable
+       when ``seal`` returns.
+    2. Commit ``last offset + 1`` of every partition in that segment still
+       assigned here. A crash between 1 and 2 leaves a stale Kafka commit; the
+       next start resumes after the WAL, not after Kafka (see Resume).
+
+Resume
+    On assignment each partition is sought to the highest of: one past the
+    last offset in any sealed segment's footer in ``--wal_dir``; one past the
+    last offset of the segments and ranges in the checkpoint's plans (they
+    outlive segments that cleanup deleted); the group's committed offset.
+    Only a partition with none of those starts at ``--starting_offsets``. So
+    nothing sealed is ever read twice, whatever Kafka's commit says. The
+    positions found are committed at once when they exceed the group's commit,
+    repairing a commit lost to a crash between seal and commit.
+
+Rebalance
+    On revocation the receiver seals and commits what it holds before the
+    partitions go; the next owner then resumes after that segment. When
+    partitions are *lost* (session timeout: another member may own them
+    already) the unsealed buffer is dropped, never sealed, so the WAL holds no
+    record twice.
+
+Backpressure
+    Memory is bounded by ``--max_buffered_bytes``: segments seal at
+    ``min(--wal_segment_bytes, max_buffered_bytes / 2)``, librdkafka's
+    prefetch queue is capped at the other half, and when sealing falls behind
+    (slow or failing storage) the receiver pauses its partitions until the
+    buffer is sealed. Batches that fall behind leave sealed segments on
+    storage, not records in memory.
+
+Writer epochs
+    Segment names are ``seg-<epoch>-<seq>.wal``; every receiver run claims a
+    fresh epoch create-once as ``_writers/<epoch>`` in the WAL directory, so
+    receivers sharing a directory never write the same name.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from beam_zdl import kafka
+from beam_zdl.chaos import crash_point
+from beam_zdl.errors import (DataLossError, ObjectExistsError, StorageError,
+                             WalCorruptionError, ZdlError)
+from beam_zdl.options import ZdlConfig
+from beam_zdl.storage import open_storage
+from beam_zdl.v1 import checkpoint_pb2, wal_pb2
+from beam_zdl.wal import (SegmentInfo, WalWriter, decode_segment, list_segments, parse_segment_name,
+                          read_footer)
+
+__all__ = ["Receiver", "ReceiverStats", "claim_writer_epoch", "segment_refs",
+           "wal_resume_positions"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_WRITERS = "_writers/"
+_POLL_TIMEOUT_S = 0.2
+_POLL_BATCH = 5_000
+_PROGRESS_EVERY_S = 10.0
+_SEAL_RETRY_S = 1.0
+_DRAIN_UNASSIGNED_S = 60.0
+
+_TS_TYPES = {0: wal_pb2.TIMESTAMP_TYPE_NOT_AVAILABLE, 1: wal_pb2.TIMESTAMP_TYPE_CREATE_TIME,
+             2: wal_pb2.TIMESTAMP_TYPE_LOG_APPEND_TIME}
+
+# Segments are immutable: their refs (footer spans) are cached for the process.
+_REFS: dict[str, checkpoint_pb2.SegmentRef] = {}
+_REFS_LOCK = threading.Lock()
+
+
+def _remember(ref: checkpoint_pb2.SegmentRef) -> None:
+    with _REFS_LOCK:
+        _REFS[ref.uri] = ref
+
+
+def forget_segments(uris) -> None:
+    """Drop deleted segments from the per-process footer cache."""
+    with _REFS_LOCK:
+        for uri in uris:
+            _REFS.pop(uri, None)
+
+
+_STORAGES: dict[str, object] = {}
+
+
+def _storage_of(root: str):
+    with _REFS_LOCK:
+        storage = _STORAGES.get(root)
+        if storage is None:
+            storage = _STORAGES[root] = open_storage(root)
+        return storage
+
+
+def _load_ref(info: SegmentInfo) -> checkpoint_pb2.SegmentRef:
+    storage = _storage_of(info.uri.rpartition("/")[0] or ".")
+    data = storage.read(info.name)
+    try:
+        footer = read_footer(data, info.uri)
+        spans, count = list(footer.spans), footer.record_count
+    except WalCorruptionError as exc:
+        # The records may still be intact: take the spans from those that verify.
+        _LOGGER.warning("%s; taking its offsets from the records that verify", exc)
+        found: dict[tuple[str, int], list[int]] = {}
+        count = 0
+        for rec in decode_segment(data, info.uri, fail_on_data_loss=False):
+            span = found.setdefault((rec.topic, rec.partition), [rec.offset, rec.offset])
+            span[1] = rec.offset
+            count += 1
+        spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=a, last_offset=b)
+                 for (t, p), (a, b) in found.items()]
+    return checkpoint_pb2.SegmentRef(uri=info.uri, size_bytes=len(data), record_count=count,
+                                     spans=spans)
+
+
+def segment_refs(segments: list[SegmentInfo]) -> list[checkpoint_pb2.SegmentRef]:
+    """A :class:`SegmentRef` (size, record count, spans) per segment, footers read in parallel.
+
+    Refs are cached per process, so each segment is read at most once here.
+    """
+    with _REFS_LOCK:
+        missing = [s for s in segments if s.uri not in _REFS]
+    if missing:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for ref in pool.map(_load_ref, missing):
+                _remember(ref)
+    with _REFS_LOCK:
+        return [_REFS[s.uri] for s in segments]
+
+
+def wal_resume_positions(wal_dir: str,
+                         checkpoint_dir: str | None = None) -> dict[tuple[str, int], int]:
+    """One past the last offset of each partition in the WAL and the checkpoint's plans."""
+    out: dict[tuple[str, int], int] = {}
+
+    def see(topic: str, partition: int, next_offset: int) -> None:
+        if next_offset > out.get((topic, partition), -1):
+            out[(topic, partition)] = next_offset
+
+    for ref in segment_refs(list_segments(wal_dir)):
+        for span in ref.spans:
+            see(span.topic, span.partition, span.last_offset + 1)
+    if checkpoint_dir:
+        from beam_zdl.coordinator import CheckpointCoordinator
+        coord = CheckpointCoordinator(checkpoint_dir)
+        for batch_id in coord.planned_ids():
+            try:
+                plan = coord.read_plan(batch_id)
+            except StorageError:
+                continue  # removed by retention meanwhile
+            for rng in plan.ranges:
+                see(rng.topic, rng.partition, rng.stop)
+            for seg in plan.segments:
+                for span in seg.spans:
+                    see(span.topic, span.partition, span.last_offset + 1)
+    return out
+
+
+def claim_writer_epoch(wal_dir: str, owner: str) -> int:
+    """Claim a writer epoch no receiver of ``wal_dir`` ever used (create-once ``_writers/<n>``).
+
+    Returns:
+        The epoch, above every claimed epoch and every segment's epoch.
+    """
+    storage = open_storage(wal_dir)
+    claimed = [int(i.name[len(_WRITERS):]) for i in storage.list(_WRITERS)
+               if i.name[len(_WRITERS):].isdigit()]
+    used = [s.epoch for s in list_segments(wal_dir)]
+    epoch = max(claimed + used, default=0) + 1
+    body = json.dumps({"owner": owner, "claimed_ms": int(time.time() * 1000)}).encode()
+    while True:
+        try:
+            storage.create(f"{_WRITERS}{epoch:08d}", body)
+            return epoch
+        except ObjectExistsError:
+            epoch += 1
+
+
+@dataclass
+class ReceiverStats:
+    """What a receiver did (read them while it runs; they only grow)."""
+    records: int = 0
+    segments: int = 0
+    sealed_bytes: int = 0
+    commits: int = 0
+    failed_commits: int = 0
+    pauses: int = 0
+    rebalances: int = 0
+
+
+def _to_wal(msg) -> wal_pb2.WalRecord:
+    ts_type, ts = msg.timestamp()
+    rec = wal_pb2.WalRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                            timestamp_ms=ts, timestamp_type=_TS_TYPES.get(ts_type, 0))
+    key = msg.key()
+    if key is not None:
+        rec.key = key
+    value = msg.value()
+    if value is not None:
+        rec.value = value
+    headers = msg.headers()
+    if headers:
+        for hkey, hvalue in headers:
+            header = rec.headers.add(key=hkey)
+            if hvalue is not None:
+                header.value = hvalue
+    return rec
+
+
+class Receiver:
+    """A reliable receiver: a consumer-group member that acks only what the WAL holds.
+
+    Args:
+        config: validated options; uses ``--wal_dir``, the ``--wal_segment_*``
+            thresholds, ``--max_buffered_bytes``, ``--starting_offsets``,
+            ``--fail_on_data_loss`` and the Kafka settings.
+        checkpoint_dir: a checkpoint whose plans also count for resume positions
+            (default ``--checkpoint_dir``).
+        name: a label for logs and segment headers.
+    """
+
+    def __init__(self, config: ZdlConfig, *, checkpoint_dir: str | None = None,
+                 name: str = "receiver") -> None:
+        if not config.wal_dir:
+            raise ZdlError("the receiver needs --wal_dir: where WAL segments are written")
+        self.config = config
+        self.checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else config.checkpoint_dir
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
+        self.stats = ReceiverStats()
+        self.epoch: int | None = None
+        self.lost_records = 0
+        self._consumer = None
+        self._writer: WalWriter | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._next: dict[tuple[str, int], int] = {}  # next offset to append per partition
+        self._paused = False
+        self._failed = False
+        self._last_warning = 0.0
+        self.assigned_ever: set[tuple[str, int]] = set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event, drain_to_end: bool = False) -> ReceiverStats:
+        """Receive until ``stop_event`` is set (or, with ``drain_to_end``, the end offsets seen
+        at start are sealed); seal and commit what is buffered, leave the group, return stats.
+
+        Raises:
+            DataLossError: a partition's resume position is below its log start (unless
+                ``--fail_on_data_loss=false``). StorageError / ZdlError: storage stayed down
+                through a rebalance, or Kafka reported a fatal error.
+        """
+        cfg = self.config
+        self.epoch = claim_writer_epoch(cfg.wal_dir, self.owner)
+        half = max(1, cfg.max_buffered_bytes // 2)
+        self._writer = WalWriter(cfg.wal_dir, writer_id=self.owner, epoch=self.epoch,
+                                 max_bytes=min(cfg.wal_segment_bytes, half),
+                                 max_records=cfg.wal_segment_records,
+                                 max_age_s=cfg.wal_segment_age_s)
+        extra = {"queued.max.messages.kbytes": max(1, min(64 * 1024, half // 1024)),
+                 "fetch.max.bytes": max(1024, min(64 * 1024 * 1024, half)),
+                 "max.partition.fetch.bytes": max(1024, min(8 * 1024 * 1024, half // 4)),
+                 **cfg.consumer_config}
+        consumer = self._consumer = kafka.new_consumer(cfg.bootstrap_servers,
+                                                        cfg.consumer_group, extra)
+        _LOGGER.info("receiver %s: writer epoch %d on %s, group %s, topics %s", self.owner,
+                     self.epoch, cfg.wal_dir, cfg.consumer_group, ",".join(cfg.topics))
+        targets = None
+        started = time.monotonic()
+        last_report, last_records = started, 0
+        try:
+            if drain_to_end:
+                partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
+                targets = {tp: high for tp, (_, high) in
+                           kafka.watermarks(consumer, partitions, cfg.bootstrap_servers).items()}
+            consumer.subscribe(list(cfg.topics), on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_lost)
+            while not stop_event.is_set():
+                messages = consumer.consume(_POLL_BATCH, _POLL_TIMEOUT_S)
+                if messages:
+                    self._append(messages)
+                    crash_point("receiver_append")
+                if self._writer.should_seal():
+                    self._seal_and_commit(retry=False)
+                self._backpressure()
+                if targets is not None and self._drained(targets, bool(messages), started):
+                    break
+                now = time.monotonic()
+                if now - last_report >= _PROGRESS_EVERY_S:
+                    rate = (self.stats.records - last_records) / (now - last_report)
+                    _LOGGER.info("receiver %s: %.0f records/s, %d records and %d segments "
+                                 "sealed in all, %d bytes buffered%s", self.owner, rate,
+                                 self.stats.records, self.stats.segments,
+                                 self._writer.buffered_bytes, " (paused)" if self._paused else "")
+                    last_report, last_records = now, self.stats.records
+            self._seal_and_commit(retry=True)
+        except BaseException:
+            self._failed = True  # close() must not seal from on_revoke after a failure
+            raise
+        finally:
+            try:
+                consumer.close()
+            finally:
+                self._consumer = None
+        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s",
+                     self.owner, self.stats.records, self.stats.segments,
+                     self.stats.sealed_bytes, time.monotonic() - started)
+        return self.stats
+
+    def _append(self, messages) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+        writer = self._writer
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise DataLossError(
+                        f"{msg.topic()}[{msg.partition()}]: the receiver's position is no longer "
+                        f"in the log ({err.str()}); retention removed records before they were "
+                        "written to the WAL") from None
+                if err.fatal():
+                    raise KafkaException(err)
+                now = time.monotonic()
+                if now - self._last_warning > 5.0:
+                    _LOGGER.warning("receiver %s: Kafka reports %s (retrying)", self.owner,
+                                    err.str())
+                    self._last_warning = now
+                continue
+            tp = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            if tp not in self._assigned or offset < self._next.get(tp, 0):
+                continue  # fetched before a revocation or a seek: not ours to write
+            writer.append(_to_wal(msg))
+            self._next[tp] = offset + 1
+
+    def _drained(self, targets: dict, got_messages: bool, started: float) -> bool:
+        if not self._assigned:
+            if time.monotonic() - started > _DRAIN_UNASSIGNED_S and self.assigned_ever == set():
+                _LOGGER.warning("receiver %s: no partition assigned after %.0f s (other "
+                                "members hold them); stopping the drain", self.owner,
+                                _DRAIN_UNASSIGNED_S)
+                return True
+            return False
+        behind = [tp for tp in self._assigned if self._next.get(tp, 0) < targets.get(tp, 0)]
+        if behind and not got_messages:
+            from confluent_kafka import TopicPartition
+            for pos in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
+                # Transaction markers and aborted records move the position past the
+                # last record: trust the consumer's position there.
+                tp = (pos.topic, pos.partition)
+                if pos.offset >= 0 and pos.offset > self._next.get(tp, 0):
+                    self._next[tp] = pos.offset
+            behind = [tp for tp in behind if self._next.get(tp, 0) < targets.get(tp, 0)]
+        return not behind
+
+    def _backpressure(self) -> None:
+        if self._paused:
+            if self._writer.buffered_bytes < self.config.max_buffered_bytes // 2:
+                self._set_paused(False)
+            elif self._writer.buffered_records:
+                self._seal_and_commit(retry=False)
+        elif self._writer.buffered_bytes >= self.config.max_buffered_bytes:
+            _LOGGER.warning("receiver %s: %d bytes buffered (--max_buffered_bytes=%d): pausing "
+                            "partitions until sealing catches up", self.owner,
+                            self._writer.buffered_bytes, self.config.max_buffered_bytes)
+            self.stats.pauses += 1
+            self._set_paused(True)
+
+    def _set_paused(self, paused: bool) -> None:
+        from confluent_kafka import TopicPartition
+        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if tps:
+            (self._consumer.pause if paused else self._consumer.resume)(tps)
+        self._paused = paused
+
+    # --- seal → commit --------------------------------------------------------------------
+
+    def _seal_and_commit(self, retry: bool) -> checkpoint_pb2.SegmentRef | None:
+        """Seal the buffer, then commit what it holds.
+
+        Steps:
+            1. Seal: one create-once segment; durable when ``seal`` returns. On a storage
+               failure the records stay buffered: with ``retry`` keep trying (a rebalance or
+               stop must not go on without them), else return and let backpressure pause.
+            2. Commit ``last + 1`` of each sealed partition that is still assigned here.
+        """
+        # Step 1
+        while True:
+            try:
+                ref = self._writer.seal()
+                break
+            except StorageError as exc:
+                _LOGGER.error("receiver %s: sealing failed, records stay buffered: %s",
+                              self.owner, exc)
+                if not retry:
+                    return None
+                time.sleep(_SEAL_RETRY_S)
+        if ref is None:
+            return None
+        _remember(ref)
+        self.stats.segments += 1
+        self.stats.records += ref.record_count
+        self.stats.sealed_bytes += ref.size_bytes
+        crash_point("after_seal")
+        # Step 2
+        offsets = {(s.topic, s.partition): s.last_offset + 1 for s in ref.spans
+                   if (s.topic, s.partition) in self._assigned}
+        if offsets:
+            if kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5):
+                self.stats.commits += 1
+            else:
+                self.stats.failed_commits += 1
+        crash_point("after_commit")
+        return ref
+
+    # --- rebalance callbacks (run inside consume()) ---------------------------------------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        cfg = self.config
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.stats.rebalances += 1
+        positions = self._resume_positions(consumer, tps)
+        for tp in partitions:
+            tp.offset = positions[(tp.topic, tp.partition)]
+        consumer.assign(partitions)
+        self._assigned.update(tps)
+        self.assigned_ever.update(tps)
+        for tp in tps:
+            self._next[tp] = positions[tp]
+        if self._paused:
+            self._set_paused(True)
+        _LOGGER.info("receiver %s: assigned %s", self.owner,
+                     ", ".join(f"{t}[{p}]@{positions[(t, p)]}" for t, p in sorted(tps)) or "-")
+
+    def _resume_positions(self, consumer, tps) -> dict[tuple[str, int], int]:
+        """Step by step: WAL + checkpoint plans, group commit, --starting_offsets; then check
+        against the log start and repair a lost commit."""
+        cfg = self.config
+        wal = wal_resume_positions(cfg.wal_dir, self.checkpoint_dir)
+        committed = kafka.committed_offsets(consumer, tps, cfg.bootstrap_servers)
+        positions: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            found = [v for v in (wal.get(tp), committed.get(tp)) if v is not None]
+            if found:
+                positions[tp] = max(found)
+        fresh = [tp for tp in tps if tp not in positions]
+        if fresh:
+            positions.update(kafka.starting_positions(consumer, fresh, cfg.starting_offsets,
+                                                      cfg.bootstrap_servers))
+        marks = kafka.watermarks(consumer, tps, cfg.bootstrap_servers)
+        for tp in tps:
+            low = marks[tp][0]
+            if positions[tp] < low:
+                what = (f"{tp[0]}[{tp[1]}] offsets [{positions[tp]}, {low}) no longer exist "
+                        f"(the log now starts at {low}); they were never written to the WAL")
+                if cfg.fail_on_data_loss:
+                    raise DataLossError(what + ". Nothing was skipped; to skip them, run with "
+                                        "--fail_on_data_loss=false.")
+                _LOGGER.error("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
+                self.lost_records += low - positions[tp]
+                positions[tp] = low
+        repair = {tp: pos for tp, pos in positions.items()
+                  if committed.get(tp) is not None and pos > committed[tp]
+                  or committed.get(tp) is None and tp in wal}
+        if repair:
+            _LOGGER.info("receiver %s: the WAL is ahead of the group's commit for %s; "
+                         "committing it", self.owner, sorted(repair))
+            kafka.commit_offsets(consumer, repair, attempts=2, backoff_s=0.2)
+        return positions
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self.stats.rebalances += 1
+        if not self._failed and self._writer is not None:
+            # Seal and commit what we hold before the partitions go to another member.
+            self._seal_and_commit(retry=True)
+        self._drop([(tp.topic, tp.partition) for tp in partitions])
+        _LOGGER.info("receiver %s: revoked %s", self.owner,
+                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "-")
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # Another member may own them already: sealing now could write records twice.
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        if self._writer is not None and self._writer.buffered_records:
+            dropped = self._writer.buffered_records
+            self._writer = WalWriter(self.config.wal_dir, writer_id=self.owner, epoch=self.epoch,
+                                     max_bytes=self._writer.max_bytes,
+                                     max_records=self._writer.max_records,
+                                     max_age_s=self._writer.max_age_s)
+            _LOGGER.warning("receiver %s: partitions %s were lost (session timeout); dropped "
+                            "%d unsealed records, which their new owner reads again", self.owner,
+                            sorted(lost), dropped)
+        self._drop(lost)
+
+    def _drop(self, tps) -> None:
+        for tp in tps:
+            self._assigned.discard(tp)
+            self._next.pop(tp, None)
+
+
+def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
+    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection."""
+    return json.loads(open_storage(wal_dir).read(f"{_WRITERS}{epoch:08d}"))
+
+
+def is_segment(name: str) -> bool:
+    """Whether an object name in a WAL directory is a segment."""
+    return parse_segment_name(name) is not None

@@ -1,0 +1,181 @@
+"""WAL mode of run_micro_batches: a receiver thread fills the WAL, batches read it.
+
+The driver runs a :class:`~beam_zdl.receiver.Receiver` as a thread of its own
+process and plans batches of sealed segments (the shared loop is in
+:mod:`beam_zdl.driver`):
+
+1. plan     — the sealed segments not referenced by any stored plan, in
+              (epoch, seq) order, as ``SegmentRef``s (with their per-partition
+              spans), written create-once before the batch runs;
+2. run      — :class:`~beam_zdl.io.ReadFromWal` reads exactly those segments;
+3. complete — the completion is written;
+4. cleanup  — segments of completed batches older than the last
+              ``--retain_batches`` are deleted, then those batches' metadata
+              (segments first: a crash in between leaves a plan naming
+              deleted segments of a completed batch, which is harmless, never
+              an unreferenced segment that would be planned again).
+
+There is no Kafka commit here: the receiver commits after each seal.
+
+``--trigger=available_now``: the receiver drains up to the end offsets seen
+when it starts, seals and stops; the driver plans batches meanwhile, and once
+the receiver has stopped, plans what is left and exits. ``continuous``: a batch
+of whatever is sealed every ``--batch_interval_s``. ``--max_records_per_partition``
+caps a batch at segment granularity (a batch takes at least one segment).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_zdl.chaos import crash_point
+from beam_zdl.direct import PartitionRange
+from beam_zdl.driver import Batch, BuildFn, RunSummary, _Driver, _StopFlag
+from beam_zdl.errors import StorageError
+from beam_zdl.io import ReadFromWal
+from beam_zdl.options import ZdlConfig
+from beam_zdl.receiver import Receiver, forget_segments, segment_refs
+from beam_zdl.storage import open_storage
+from beam_zdl.v1 import checkpoint_pb2
+from beam_zdl.wal import list_segments
+
+__all__ = ["run_wal_micro_batches"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 0.2
+
+
+def run_wal_micro_batches(build_fn: BuildFn, options: PipelineOptions,
+                          config: ZdlConfig) -> RunSummary:
+    """:func:`beam_zdl.run_micro_batches` with ``--zdl_mode=wal`` (see the module doc)."""
+    return _WalDriver(build_fn, options, config).run()
+
+
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rpartition("/")[2]
+
+
+class _WalDriver(_Driver):
+    mode = checkpoint_pb2.MODE_WAL
+
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
+        super().__init__(build_fn, options, config)
+        self.receiver = Receiver(config, checkpoint_dir=config.checkpoint_dir)
+        self._receiver_stop = threading.Event()
+        self._receiver_error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
+        self._receiver_done_before_listing = False
+        self._wal_storage = open_storage(config.wal_dir)
+
+    # --- the receiver thread --------------------------------------------------------------
+
+    def _start(self, stop: _StopFlag) -> None:
+        drain = self.config.trigger == "available_now"
+
+        def receive() -> None:
+            try:
+                self.receiver.run(self._receiver_stop, drain_to_end=drain)
+            except BaseException as exc:  # surfaced by _check in the driver's thread
+                self._receiver_error = exc
+                _LOGGER.error("WAL receiver failed: %s", exc)
+
+        self._thread = threading.Thread(target=receive, name="beam-zdl-receiver", daemon=True)
+        self._thread.start()
+
+    def _stop(self) -> None:
+        self._receiver_stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _check(self) -> None:
+        if self._receiver_error is not None:
+            raise self._receiver_error
+
+    def _receiver_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- planning -------------------------------------------------------------------------
+
+    def _plan(self, batch_id: int) -> checkpoint_pb2.BatchPlan:
+        plan = self._plans.get(batch_id)
+        if plan is None:
+            plan = self._plans[batch_id] = self.coordinator.read_plan(batch_id)
+        return plan
+
+    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        self._receiver_done_before_listing = not self._receiver_running()
+        planned = {_name(seg.uri) for i in self.coordinator.planned_ids()
+                   for seg in self._plan(i).segments}
+        unplanned = [s for s in list_segments(self.config.wal_dir) if s.name not in planned]
+        if not unplanned:
+            return None
+        refs = segment_refs(unplanned)
+        cap = self.config.max_records_per_partition
+        chosen: list[checkpoint_pb2.SegmentRef] = []
+        counts: dict[tuple[str, int], int] = {}
+        for ref in refs:
+            add = {(s.topic, s.partition): s.last_offset - s.first_offset + 1 for s in ref.spans}
+            if cap and chosen and any(counts.get(tp, 0) + n > cap for tp, n in add.items()):
+                break
+            chosen.append(ref)
+            for tp, n in add.items():
+                counts[tp] = counts.get(tp, 0) + n
+        spans: dict[tuple[str, int], list[int]] = {}
+        for ref in chosen:
+            for s in ref.spans:
+                span = spans.setdefault((s.topic, s.partition), [s.first_offset, s.last_offset])
+                span[0] = min(span[0], s.first_offset)
+                span[1] = max(span[1], s.last_offset)
+        return checkpoint_pb2.BatchPlan(
+            batch_id=batch_id, mode=checkpoint_pb2.MODE_WAL, segments=chosen, epoch=self.epoch,
+            ranges=[checkpoint_pb2.OffsetRange(topic=t, partition=p, start=a, stop=b + 1)
+                    for (t, p), (a, b) in sorted(spans.items())])
+
+    def _done_when_idle(self) -> bool:
+        # Only when the receiver had stopped before the listing found nothing new.
+        return self.config.trigger == "available_now" and self._receiver_done_before_listing
+
+    def _idle_wait_s(self, since: float) -> float:
+        if self.config.trigger == "available_now":
+            return _IDLE_POLL_S
+        return super()._idle_wait_s(since)
+
+    # --- batches --------------------------------------------------------------------------
+
+    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        self._plans[plan.batch_id] = plan
+        return Batch(plan.batch_id,
+                     tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
+                           for r in plan.ranges),
+                     replay=replay, segments=tuple(s.uri for s in plan.segments))
+
+    def _read(self, batch: Batch) -> beam.PTransform:
+        return ReadFromWal(list(batch.segments), self.options)
+
+    def _after_complete(self, batch: Batch) -> None:
+        """Delete the segments of completed batches beyond --retain_batches, then their plans."""
+        keep = self.config.retain_batches
+        old = self.coordinator.completed_ids()[:-keep]
+        deleted = []
+        for batch_id in old:
+            try:
+                plan = self._plan(batch_id)
+            except StorageError:
+                continue  # its metadata is gone already
+            for seg in plan.segments:
+                self._wal_storage.delete(_name(seg.uri))
+                deleted.append(seg.uri)
+        if deleted:
+            forget_segments(deleted)
+            _LOGGER.info("deleted %d WAL segments of completed batches %d..%d", len(deleted),
+                         old[0], old[-1])
+        crash_point("after_segment_delete")
+        for batch_id in self.coordinator.retain(keep):
+            self._plans.pop(batch_id, None)
