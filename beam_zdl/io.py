@@ -74,6 +74,8 @@ class ReadFromKafka(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         options = self._options or pbegin.pipeline.options
         config = ZdlConfig.from_options(options)
+        if self._ranges is None and _streaming(options, pbegin):
+            return pbegin | "Stream" >> _read_streaming(config)
         ranges = self._ranges
         if ranges is None:
             ranges = plan_bounded_ranges(config)
@@ -84,6 +86,33 @@ class ReadFromKafka(beam.PTransform):
                 | "Ranges" >> beam.Create(ranges, reshuffle=False)
                 | "Read" >> beam.ParDo(ReadOffsetRangesFn(read_settings(config)))
                 .with_output_types(KafkaRecord))
+
+
+def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
+    """--streaming on the transform's options or the pipeline's."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    return any(o is not None and o.view_as(StandardOptions).streaming
+               for o in (options, pbegin.pipeline.options))
+
+
+def _read_streaming(config: ZdlConfig) -> beam.PTransform:
+    """The unbounded read (see beam_zdl.streaming); checks the topics exist first."""
+    from beam_zdl import kafka
+    from beam_zdl.streaming import ReadStreaming, StreamSettings
+    consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
+                                  config.consumer_config)
+    try:
+        kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
+    finally:
+        consumer.close()
+    return ReadStreaming(config.topics, StreamSettings(
+        bootstrap_servers=config.bootstrap_servers,
+        consumer_group=config.consumer_group,
+        consumer_config=dict(config.consumer_config),
+        starting_offsets=config.starting_offsets,
+        fail_on_data_loss=config.fail_on_data_loss,
+        discovery_interval_s=config.partition_discovery_interval_s,
+        idle_watermark_delay_s=config.idle_watermark_delay_s))
 
 
 # --- WAL mode --------------------------------------------------------------------------------

@@ -109,6 +109,14 @@ class ZdlOptions(PipelineOptions):
             "--max_buffered_bytes", type=int, default=64 * 1024 * 1024,
             help="WAL mode: bytes the receiver may hold before it pauses its "
                  "partitions (backpressure).")
+        parser.add_argument(
+            "--partition_discovery_interval_s", type=float, default=60.0,
+            help="Streaming: seconds between checks for new partitions of --topics.")
+        parser.add_argument(
+            "--idle_watermark_delay_s", type=float, default=2.0,
+            help="Streaming: a partition that is caught up holds the watermark at "
+                 "now minus this many seconds; records older than that arriving "
+                 "later are late data.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,8 @@ class ZdlConfig:
     wal_segment_records: int = 100_000
     wal_segment_age_s: float = 2.0
     max_buffered_bytes: int = 64 * 1024 * 1024
+    partition_discovery_interval_s: float = 60.0
+    idle_watermark_delay_s: float = 2.0
 
     @classmethod
     def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False) -> "ZdlConfig":
@@ -165,6 +175,12 @@ class ZdlConfig:
         for name in ("batch_interval_s", "wal_segment_age_s"):
             if not o[name] > 0:
                 raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")
+        if not o.get("partition_discovery_interval_s", 60.0) > 0:
+            raise ConfigError("--partition_discovery_interval_s must be > 0 seconds, got "
+                              f"{o['partition_discovery_interval_s']}")
+        if not o.get("idle_watermark_delay_s", 2.0) >= 0:
+            raise ConfigError("--idle_watermark_delay_s must be >= 0 seconds, got "
+                              f"{o['idle_watermark_delay_s']}")
         for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
             if o[name] <= 0:
                 raise ConfigError(f"--{name} must be > 0, got {o[name]}")
@@ -196,6 +212,8 @@ class ZdlConfig:
             wal_segment_records=o["wal_segment_records"],
             wal_segment_age_s=o["wal_segment_age_s"],
             max_buffered_bytes=o["max_buffered_bytes"],
+            partition_discovery_interval_s=o.get("partition_discovery_interval_s", 60.0),
+            idle_watermark_delay_s=o.get("idle_watermark_delay_s", 2.0),
         )
 
     def fingerprint(self) -> str:

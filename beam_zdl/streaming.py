@@ -1,0 +1,433 @@
+"""Streaming mode: unbounded splittable DoFns over Kafka partitions.
+
+``ReadFromKafka`` expands to this when ``--streaming`` is set::
+
+    Impulse → topics → DiscoverPartitionsFn (one unbounded SDF per topic)
+            → ReadPartitionFn (one unbounded SDF per topic-partition)
+
+Initial Restriction
+    A partition is read over ``[start, OPEN_END)``. ``start`` is the consumer
+    group's committed offset (``--consumer_group``), else ``--starting_offsets``
+    (``earliest``, ``latest``; ``committed`` falls back to earliest).
+    Partitions that appear while the job runs start at their log start, so
+    records written before they were discovered are read too.
+
+Splitting
+    The restriction is tracked by :class:`~beam_zdl.trackers.GrowableOffsetRangeTracker`;
+    a runner may split the open tail at a fraction of the estimated backlog.
+
+Checkpoint and Resume
+    When a poll returns nothing, or a call has read for ``_MAX_CALL_S``, the
+    DoFn self-checkpoints (``defer_remainder``): the residual
+    ``[last + 1, OPEN_END)`` is resumed by the runner later, from its own
+    checkpoint. A DoFn instance keeps one assigned consumer per partition, so
+    a resumed restriction that starts where the consumer stands reads on
+    without a new fetch.
+
+Progress and Size
+    The range end is estimated from the partition's high watermark (cached
+    for ``_END_CACHE_S``); ``restriction_size`` is the backlog in offsets, so
+    runners that autoscale on backlog (Dataflow) see the lag.
+
+Track Watermark
+    A manual estimator set to the largest record timestamp read. When a
+    partition is idle (caught up with its high watermark) it advances to
+    ``now - idle_watermark_delay_s``, so windows downstream still close. A
+    record older than that arriving later is late data.
+
+Commit
+    Each call registers a bundle finalizer that commits ``last claimed + 1``
+    of its partition to the consumer group. Runners call it only after their
+    checkpoint holds the bundle's output (Flink: a completed checkpoint;
+    Prism: the bundle committed). A failed commit is retried, then logged; it
+    never fails the bundle: the runner's checkpoint is the source of truth.
+
+Partition discovery
+    Partitions of a topic are numbered ``0 .. n-1`` and only ever grow, so
+    discovery is itself an SDF over ``[next partition, OPEN_END)``: each round
+    lists the topic, claims and emits the new partition numbers, then defers
+    for ``--partition_discovery_interval_s``.
+
+confluent_kafka is imported inside methods (see ``kafka.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from beam_zdl.errors import DataLossError
+from beam_zdl.records import KafkaHeader, KafkaRecord
+from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
+
+__all__ = ["StreamSettings", "StreamPartition", "PartitionOffsets",
+           "DiscoverPartitionsFn", "ReadPartitionFn", "ReadStreaming"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_NAMESPACE = "beam_zdl"
+_POLL_TIMEOUT_S = 0.25       # an empty poll this long → checkpoint
+_MAX_CALL_S = 2.0            # a call reading this long → checkpoint (finalize, commit)
+_RESUME_DELAY_S = 0.2        # when an idle partition is polled again
+_END_CACHE_S = 1.0           # how stale a high-watermark estimate may be
+_MAX_CONSUMERS = 64          # assigned consumers kept per DoFn instance
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What streaming workers need: where Kafka is, where to start, how to behave."""
+    bootstrap_servers: str
+    consumer_group: str
+    consumer_config: dict = field(default_factory=dict)
+    starting_offsets: str = "committed"
+    fail_on_data_loss: bool = True
+    discovery_interval_s: float = 60.0
+    idle_watermark_delay_s: float = 2.0
+    poll_batch: int = 10_000
+
+    def key(self) -> str:
+        return json.dumps([self.bootstrap_servers, self.consumer_group,
+                           self.consumer_config], sort_keys=True)
+
+
+class StreamPartition(NamedTuple):
+    """A partition to read; ``discovered_late`` when it appeared after the first listing."""
+    topic: str
+    partition: int
+    discovered_late: bool = False
+
+
+class PartitionOffsets(OffsetRange):
+    """An OffsetRange that knows its partition, so its tracker can estimate the end."""
+
+    def __init__(self, topic: str, partition: int, start: int, stop: int) -> None:
+        super().__init__(start, stop)
+        self.topic = topic
+        self.partition = partition
+
+    def split_at(self, split_pos: int) -> tuple["PartitionOffsets", "PartitionOffsets"]:
+        return (PartitionOffsets(self.topic, self.partition, self.start, split_pos),
+                PartitionOffsets(self.topic, self.partition, split_pos, self.stop))
+
+    def __reduce__(self):
+        return PartitionOffsets, (self.topic, self.partition, self.start, self.stop)
+
+    def __repr__(self) -> str:
+        stop = "open" if self.stop == OPEN_END else self.stop
+        return f"PartitionOffsets({self.topic}[{self.partition}], {self.start}, {stop})"
+
+
+# -- one shared client per worker process --------------------------------------
+
+class _SharedClient:
+    """A consumer for metadata and commits (never assigned), shared by a process's DoFns."""
+
+    _lock = threading.Lock()
+    _clients: dict[str, "_SharedClient"] = {}
+
+    def __init__(self, settings: StreamSettings) -> None:
+        from beam_zdl.kafka import new_consumer
+        self.settings = settings
+        self.consumer = new_consumer(settings.bootstrap_servers, settings.consumer_group,
+                                     settings.consumer_config)
+        self.lock = threading.Lock()
+        self._ends: dict[tuple[str, int], tuple[float, int]] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+
+    @classmethod
+    def of(cls, settings: StreamSettings) -> "_SharedClient":
+        key = settings.key()
+        with cls._lock:
+            client = cls._clients.get(key)
+            if client is None:
+                client = cls._clients[key] = cls(settings)
+            return client
+
+    def end_offset(self, topic: str, partition: int) -> int:
+        """The partition's high watermark, at most ``_END_CACHE_S`` old."""
+        now = time.monotonic()
+        cached = self._ends.get((topic, partition))
+        if cached and now - cached[0] < _END_CACHE_S:
+            return cached[1]
+        from beam_zdl.kafka import watermarks
+        with self.lock:
+            _, high = watermarks(self.consumer, [(topic, partition)],
+                                 self.settings.bootstrap_servers)[(topic, partition)]
+        self._ends[(topic, partition)] = (now, high)
+        return high
+
+    def start_offset(self, sp: StreamPartition) -> int:
+        """Committed offset of the group, else the policy (late partitions: earliest)."""
+        from beam_zdl.kafka import committed_offsets, starting_positions
+        tp = (sp.topic, sp.partition)
+        servers = self.settings.bootstrap_servers
+        with self.lock:
+            committed = committed_offsets(self.consumer, [tp], servers).get(tp)
+            if committed is not None:
+                return committed
+            policy = "earliest" if sp.discovered_late else self.settings.starting_offsets
+            return starting_positions(self.consumer, [tp], policy, servers)[tp]
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit next-offsets that move forward; log, never raise."""
+        from beam_zdl.kafka import commit_offsets
+        try:
+            with self.lock:
+                ahead = {tp: o for tp, o in offsets.items() if o > self._committed.get(tp, -1)}
+                if not ahead:
+                    return
+                if commit_offsets(self.consumer, ahead):
+                    self._committed.update(ahead)
+                    _LOGGER.debug("committed %s", ahead)
+        except Exception:  # a finalizer must not fail the pipeline
+            _LOGGER.exception("committing offsets %s failed; the runner's checkpoint holds "
+                              "the progress and the next commit carries it", offsets)
+
+    def partition_count(self, topic: str) -> int:
+        from beam_zdl.kafka import partitions_of
+        with self.lock:
+            return len(partitions_of(self.consumer, [topic], self.settings.bootstrap_servers))
+
+
+# -- partition discovery -------------------------------------------------------
+
+class _DiscoveryProvider(RestrictionProvider):
+    """Restriction: partition numbers ``[next, OPEN_END)`` of one topic."""
+
+    def initial_restriction(self, topic: str) -> OffsetRange:
+        return OffsetRange(0, OPEN_END)
+
+    def create_tracker(self, restriction: OffsetRange) -> GrowableOffsetRangeTracker:
+        return GrowableOffsetRangeTracker(restriction, lambda: restriction.start)
+
+    def restriction_size(self, topic: str, restriction: OffsetRange) -> int:
+        return 1
+
+    def truncate(self, topic: str, restriction: OffsetRange):
+        return None  # on drain, stop discovering
+
+
+class DiscoverPartitionsFn(beam.DoFn):
+    """Emits each partition of a topic once, checking for new ones every interval."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self._settings = settings
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        topic: str,
+        tracker=beam.DoFn.RestrictionParam(_DiscoveryProvider()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ) -> Iterator[TimestampedValue]:
+        first_round = tracker.current_restriction().start == 0
+        count = _SharedClient.of(self._settings).partition_count(topic)
+        now = Timestamp.now()
+        for partition in range(tracker.current_restriction().start, count):
+            if not tracker.try_claim(partition):
+                return
+            if not first_round:
+                _LOGGER.info("discovered new partition %s[%d]", topic, partition)
+            yield TimestampedValue(StreamPartition(topic, partition, not first_round), now)
+        if watermark.current_watermark() is None or watermark.current_watermark() < now:
+            watermark.set_watermark(now)
+        tracker.defer_remainder(Duration.of(self._settings.discovery_interval_s))
+
+
+# -- reading -------------------------------------------------------------------
+
+class _PartitionProvider(RestrictionProvider):
+    """Restriction: offsets ``[start, OPEN_END)`` of a partition."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self._settings = settings
+
+    def initial_restriction(self, sp: StreamPartition) -> PartitionOffsets:
+        start = _SharedClient.of(self._settings).start_offset(sp)
+        _LOGGER.info("reading %s[%d] from offset %d", sp.topic, sp.partition, start)
+        return PartitionOffsets(sp.topic, sp.partition, start, OPEN_END)
+
+    def create_tracker(self, restriction: PartitionOffsets) -> GrowableOffsetRangeTracker:
+        return GrowableOffsetRangeTracker(restriction, self._estimator(restriction))
+
+    def _estimator(self, r: PartitionOffsets) -> Callable[[], int]:
+        settings = self._settings
+        return lambda: _SharedClient.of(settings).end_offset(r.topic, r.partition)
+
+    def split(self, sp: StreamPartition, restriction: PartitionOffsets):
+        yield restriction
+
+    def restriction_size(self, sp: StreamPartition, restriction: PartitionOffsets) -> int:
+        if restriction.stop != OPEN_END:
+            return restriction.size()
+        try:
+            end = _SharedClient.of(self._settings).end_offset(sp.topic, sp.partition)
+        except Exception:  # a size is an estimate; never fail on it
+            return 0
+        return max(0, end - restriction.start)
+
+    def truncate(self, sp: StreamPartition, restriction: PartitionOffsets):
+        return None  # on drain, stop reading: the group's commit is where a new job resumes
+
+
+class ReadPartitionFn(beam.DoFn, _PartitionProvider):
+    """Reads a partition from its restriction's start, forever, as KafkaRecords.
+
+    It is its own restriction provider (the provider needs the settings).
+    """
+
+    def __init__(self, settings: StreamSettings) -> None:
+        _PartitionProvider.__init__(self, settings)
+        self._records = Metrics.counter(_NAMESPACE, "records")
+        self._bytes = Metrics.counter(_NAMESPACE, "bytes")
+        self._lost = Metrics.counter(_NAMESPACE, "data_loss_records")
+
+    def setup(self) -> None:
+        # tp → (consumer, offset it will deliver next), least recently used first
+        self._consumers: dict[tuple[str, int], list] = {}
+
+    def teardown(self) -> None:
+        for consumer, _ in self._consumers.values():
+            consumer.close()
+        self._consumers = {}
+
+    def _consumer_at(self, tp: tuple[str, int], offset: int):
+        """An assigned consumer for ``tp`` positioned at ``offset`` (reused when it is there)."""
+        from confluent_kafka import TopicPartition
+        from beam_zdl.kafka import new_consumer
+        entry = self._consumers.pop(tp, None)
+        if entry is None:
+            if len(self._consumers) >= _MAX_CONSUMERS:
+                old_tp = next(iter(self._consumers))
+                self._consumers.pop(old_tp)[0].close()
+            s = self._settings
+            entry = [new_consumer(s.bootstrap_servers, s.consumer_group, s.consumer_config), None]
+        if entry[1] != offset:
+            entry[0].assign([TopicPartition(tp[0], tp[1], offset)])
+            entry[1] = offset
+        self._consumers[tp] = entry
+        return entry
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        sp: StreamPartition,
+        finalizer=beam.DoFn.BundleFinalizerParam,
+        tracker=beam.DoFn.RestrictionParam(),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ) -> Iterator[TimestampedValue]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        tp = (sp.topic, sp.partition)
+        start = tracker.current_restriction().start
+        client = _SharedClient.of(self._settings)
+        entry = self._consumer_at(tp, start)
+        consumer = entry[0]
+        deadline = time.monotonic() + _MAX_CALL_S
+        last_claimed = None
+        try:
+            while True:
+                messages = consumer.consume(self._settings.poll_batch, _POLL_TIMEOUT_S)
+                if not messages:
+                    if entry[1] >= client.end_offset(*tp):
+                        self._advance_idle(watermark)
+                    tracker.defer_remainder(Duration.of(_RESUME_DELAY_S))
+                    return
+                count = nbytes = 0
+                newest = None
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._OFFSET_OUT_OF_RANGE:
+                            raise KafkaException(err)
+                        entry[1] = None  # re-seek next call
+                        resume = self._on_missing(client, tp, start if last_claimed is None
+                                                  else last_claimed + 1)
+                        # Claiming nothing below resume: the residual starts there.
+                        self._consumer_at(tp, resume)
+                        tracker.defer_remainder(Duration.of(0))
+                        return
+                    offset = msg.offset()
+                    if not tracker.try_claim(offset):
+                        entry[1] = None  # split off: the consumer is ahead; re-seek next call
+                        return
+                    last_claimed = offset
+                    entry[1] = offset + 1
+                    key, value, headers = msg.key(), msg.value(), msg.headers()
+                    ts_ms = msg.timestamp()[1]
+                    nbytes += (len(value) if value else 0) + (len(key) if key else 0)
+                    count += 1
+                    record = KafkaRecord(
+                        sp.topic, sp.partition, offset, key, value, ts_ms,
+                        [KafkaHeader(k, v) for k, v in headers] if headers else [])
+                    ts = Timestamp(micros=ts_ms * 1000)
+                    newest = ts if newest is None or ts > newest else newest
+                    yield TimestampedValue(record, ts)
+                self._records.inc(count)
+                self._bytes.inc(nbytes)
+                if newest is not None:
+                    current = watermark.current_watermark()
+                    if current is None or newest > current:
+                        watermark.set_watermark(newest)
+                if time.monotonic() >= deadline:
+                    tracker.defer_remainder(Duration.of(0))
+                    return
+        finally:
+            if last_claimed is not None:
+                offsets = {tp: last_claimed + 1}
+                finalizer.register(lambda: client.commit(offsets))
+
+    def _advance_idle(self, watermark) -> None:
+        """Caught up: nothing older than now - delay is expected any more."""
+        idle = Timestamp.now() - Duration.of(self._settings.idle_watermark_delay_s)
+        current = watermark.current_watermark()
+        if current is None or idle > current:
+            watermark.set_watermark(idle)
+
+    def _on_missing(self, client: _SharedClient, tp: tuple[str, int], first_missing: int) -> int:
+        """Offsets from ``first_missing`` are gone; fail or (opted out) skip to the log start."""
+        from beam_zdl.kafka import watermarks
+        with client.lock:
+            low, _ = watermarks(client.consumer, [tp], self._settings.bootstrap_servers)[tp]
+        if low <= first_missing:
+            return first_missing
+        what = (f"{tp[0]}[{tp[1]}] offsets [{first_missing}, {low}) no longer exist (the "
+                f"partition's log now starts at {low}; retention or truncation removed them "
+                "before they were read)")
+        if self._settings.fail_on_data_loss:
+            raise DataLossError(what + ". Nothing was skipped. To skip lost records instead, "
+                                "run with --fail_on_data_loss=false (they are then counted "
+                                "in the beam_zdl/data_loss_records metric).")
+        _LOGGER.warning("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
+        self._lost.inc(low - first_missing)
+        return low
+
+
+class ReadStreaming(beam.PTransform):
+    """The unbounded read of ``topics`` (what ReadFromKafka expands to with --streaming)."""
+
+    def __init__(self, topics: tuple[str, ...], settings: StreamSettings) -> None:
+        super().__init__()
+        self._topics = tuple(topics)
+        self._settings = settings
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        topics = self._topics
+        return (pbegin
+                | "Impulse" >> beam.Impulse()
+                | "Topics" >> beam.FlatMap(lambda _: topics)
+                | "Discover" >> beam.ParDo(DiscoverPartitionsFn(self._settings))
+                | "Read" >> beam.ParDo(ReadPartitionFn(self._settings))
+                .with_output_types(KafkaRecord))

@@ -1,0 +1,108 @@
+"""GrowableOffsetRangeTracker: an offset range whose end is open.
+
+Python Beam has ``OffsetRestrictionTracker`` for ``[start, stop)`` but nothing
+for a range that grows while it is read, like a Kafka partition. This is the
+Python counterpart of Java's ``GrowableOffsetRangeTracker``: the range is
+``[start, OPEN_END)`` and a *range end estimator* (for Kafka: the partition's
+high watermark) stands in for the end wherever a size is needed.
+
+* ``try_claim`` — as ``OffsetRestrictionTracker``: strictly increasing; any
+  offset at or above ``start`` and below ``OPEN_END`` can be claimed.
+* ``try_split(0)`` — a checkpoint: the primary becomes ``[start, last + 1)``,
+  the residual ``[last + 1, OPEN_END)``, and no further split is allowed.
+* ``try_split(f)``, ``0 < f <= 1`` — the split point is
+  ``last + max(1, (estimate - last) * f)`` with exact rational arithmetic;
+  no split when it lands beyond the estimated end.
+* ``current_progress`` — completed: offsets ``[start, last]``; remaining:
+  ``[last + 1, estimate)`` (never negative).
+
+Once the end is closed (by a split) the tracker behaves exactly like
+``OffsetRestrictionTracker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from typing import Callable
+
+from apache_beam.io.iobase import RestrictionProgress
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+
+__all__ = ["OPEN_END", "GrowableOffsetRangeTracker"]
+
+_LOGGER = logging.getLogger(__name__)
+
+# The end of an open range: Java's Long.MAX_VALUE, so the restriction means
+# the same to a runner that reads it as a Java OffsetRange.
+OPEN_END = 2 ** 63 - 1
+
+
+class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
+    """Tracks ``[start, OPEN_END)``; ``range_end_estimator()`` estimates the real end.
+
+    Args:
+        offset_range: the restriction; its ``stop`` is ``OPEN_END`` while the
+            range is open (any other stop makes this a plain offset tracker).
+        range_end_estimator: returns the offset after the last one that
+            exists now (the high watermark). Called on splits and progress,
+            from the runner's threads; it should be cheap and may be stale.
+    """
+
+    def __init__(self, offset_range: OffsetRange,
+                 range_end_estimator: Callable[[], int]) -> None:
+        super().__init__(offset_range)
+        self._estimator = range_end_estimator
+
+    def _open(self) -> bool:
+        return self._range.stop == OPEN_END and self._range.start != self._range.stop
+
+    def _estimate(self, floor: int) -> int:
+        """The estimated end, never below ``floor``; a failing estimator gives ``floor``."""
+        try:
+            return max(int(self._estimator()), floor)
+        except Exception as exc:  # a size estimate must not fail the bundle
+            _LOGGER.debug("range end estimator failed (%s); using %d", exc, floor)
+            return floor
+
+    def last_attempted(self) -> int | None:
+        """The last offset passed to ``try_claim``, None before the first."""
+        return self._last_claim_attempt
+
+    def try_split(self, fraction_of_remainder: float):
+        if not self._open():
+            return super().try_split(fraction_of_remainder)
+        if self._checkpointed:
+            return None
+        if self._last_claim_attempt is not None and self._last_claim_attempt >= OPEN_END - 1:
+            return None
+        cur = (self._range.start - 1 if self._last_claim_attempt is None
+               else self._last_claim_attempt)
+        if fraction_of_remainder == 0:
+            split = cur + 1
+        else:
+            end = self._estimate(cur + 1)
+            step = max(Fraction(1), (end - cur) * Fraction(fraction_of_remainder))
+            split = int(cur + step)  # floor: cur + step > cur, so split >= cur + 1
+            if split > end:
+                return None
+        if split < self._range.start or split >= self._range.stop:
+            return None
+        if fraction_of_remainder == 0:
+            self._checkpointed = True
+        self._range, residual = self._range.split_at(split)
+        return self._range, residual
+
+    def current_progress(self) -> RestrictionProgress:
+        if not self._open():
+            return super().current_progress()
+        start = self._range.start
+        if self._last_claim_attempt is None:
+            end = self._estimate(start)
+            return RestrictionProgress(completed=0, remaining=end - start)
+        last = self._last_claim_attempt
+        end = self._estimate(last + 1)
+        return RestrictionProgress(completed=last - start + 1, remaining=end - last - 1)
+
+    def is_bounded(self) -> bool:
+        return self._range.stop != OPEN_END
