@@ -1,0 +1,1 @@
+"""`make bench`: throughput, recovery and memory of beam_zdl next to its peers."""
