@@ -77,6 +77,9 @@ _PROGRESS_EVERY_S = 10.0
 _SEAL_RETRY_S = 1.0
 _DRAIN_UNASSIGNED_S = 60.0
 
+# crash_point per record only when a crash test armed one (it reads the environment).
+_CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
+
 _TS_TYPES = {0: wal_pb2.TIMESTAMP_TYPE_NOT_AVAILABLE, 1: wal_pb2.TIMESTAMP_TYPE_CREATE_TIME,
              2: wal_pb2.TIMESTAMP_TYPE_LOG_APPEND_TIME}
 
@@ -294,7 +297,6 @@ class Receiver:
                 messages = consumer.consume(_POLL_BATCH, _POLL_TIMEOUT_S)
                 if messages:
                     self._append(messages)
-                    crash_point("receiver_append")
                 if self._writer.should_seal():
                     self._seal_and_commit(retry=False)
                 self._backpressure()
@@ -324,7 +326,6 @@ class Receiver:
 
     def _append(self, messages) -> None:
         from confluent_kafka import KafkaError, KafkaException
-        writer = self._writer
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -345,8 +346,12 @@ class Receiver:
             offset = msg.offset()
             if tp not in self._assigned or offset < self._next.get(tp, 0):
                 continue  # fetched before a revocation or a seek: not ours to write
-            writer.append(_to_wal(msg))
+            full = self._writer.append(_to_wal(msg))
             self._next[tp] = offset + 1
+            if _CRASH_ARMED:
+                crash_point("receiver_append")
+            if full:
+                self._seal_and_commit(retry=False)
 
     def _drained(self, targets: dict, got_messages: bool, started: float) -> bool:
         if not self._assigned:

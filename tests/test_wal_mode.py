@@ -1,0 +1,388 @@
+"""WAL mode end to end on a real broker and real storage, including SIGKILLed processes.
+
+The driver runs as ``tests.driver_proc`` (its sink writes batch-<id>.jsonl
+idempotently); the receiver is a thread of that process, so killing the
+driver kills the receiver too. Every test checks, at the end, that each
+produced record is in the output exactly once, that the WAL holds each
+offset exactly once (the receiver never re-read what it had sealed), that
+no planned segment is missing, and that the group's offsets are at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+
+import beam_zdl
+from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.errors import WalCorruptionError
+from beam_zdl.options import ZdlConfig, ZdlOptions
+from beam_zdl.receiver import Receiver
+from beam_zdl.runners import pipeline_runner
+from beam_zdl.storage import open_storage
+from beam_zdl.wal import list_segments, read_segment
+
+ROOT = Path(__file__).resolve().parents[1]
+# Fast group rejoin after a SIGKILLed member (the broker allows >= 1 s).
+FAST_GROUP = '--consumer_config={"session.timeout.ms": 4000, "heartbeat.interval.ms": 500}'
+
+
+def _flags(kafka, topic, ckpt, wal, *extra):
+    return [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+            f"--checkpoint_dir={ckpt}", f"--wal_dir={wal}", "--zdl_mode=wal",
+            f"--consumer_group=g-{topic}", "--starting_offsets=earliest", FAST_GROUP,
+            "--wal_segment_records=250", "--wal_segment_age_s=0.5",
+            "--max_records_per_partition=300", *extra]
+
+
+def _run(out_dir, flags, crash_at=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    if crash_at:
+        env["BEAM_ZDL_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _summary(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _output(out_dir) -> dict[int, list[tuple]]:
+    return {int(p.stem.split("-")[1]): [tuple(json.loads(l)) for l in p.read_text().splitlines()]
+            for p in sorted(Path(out_dir).glob("batch-*.jsonl"))}
+
+
+def _wal_offsets(wal) -> list[tuple]:
+    return [(r.topic, r.partition, r.offset)
+            for seg in list_segments(wal) for r in read_segment(seg.uri)]
+
+
+def _assert_exactly_once(kafka, topic, out_dir, ckpt, wal, *, all_retained=True):
+    ends = kafka.end_offsets(topic)
+    expected = sorted((topic, p, o) for p, end in ends.items() for o in range(end))
+    batches = _output(out_dir)
+    rows = [row for batch in batches.values() for row in batch]
+    assert len(rows) == len(set(rows)), "a record appears twice in the output"
+    assert sorted(rows) == expected, "records missing from the output"
+    coord = CheckpointCoordinator(str(ckpt))
+    assert coord.pending() == []
+    segments = {s.name: s for s in list_segments(wal)}
+    referenced = []
+    for batch_id in coord.planned_ids():
+        plan = coord.read_plan(batch_id)
+        names = [seg.uri.rpartition("/")[2] for seg in plan.segments]
+        referenced.extend(names)
+        if all_retained:
+            # the batch's output is exactly its segments' records: replays were identical
+            assert all(n in segments for n in names), "a planned segment is missing"
+            planned = sorted((r.topic, r.partition, r.offset)
+                             for seg in plan.segments for r in read_segment(seg.uri))
+            assert sorted(batches[batch_id]) == planned
+    assert len(referenced) == len(set(referenced)), "a segment was planned twice"
+    assert set(segments) <= set(referenced), "a sealed segment was never planned"
+    if all_retained:
+        wal_rows = _wal_offsets(wal)
+        assert len(wal_rows) == len(set(wal_rows)), "the WAL holds a record twice"
+        assert sorted(wal_rows) == expected
+    assert kafka.committed(f"g-{topic}", topic) == ends
+
+
+def _produce(kafka, topic, n, partitions=4, start=0):
+    kafka.produce(topic, ((f"k{i}".encode(), f"v{i}".encode(), i % partitions)
+                          for i in range(start, start + n)))
+
+
+def _config(kafka, topic, wal, *extra) -> ZdlConfig:
+    return ZdlConfig.from_options(ZdlOptions([
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--wal_dir={wal}", "--zdl_mode=wal", f"--consumer_group=g-{topic}",
+        "--starting_offsets=earliest", FAST_GROUP, "--wal_segment_records=200",
+        "--wal_segment_age_s=0.3", *extra]))
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("any_storage_uri", ["local", "gcs", "hdfs"], indirect=True)
+def test_wal_mode_end_to_end(kafka, tmp_path, any_storage_uri):
+    topic = kafka.create_topic(partitions=4)
+    _produce(kafka, topic, 2000)
+    ckpt, wal = f"{any_storage_uri}/ckpt", f"{any_storage_uri}/wal"
+    flags = _flags(kafka, topic, ckpt, wal)
+
+    summary = _summary(_run(tmp_path / "out", flags))
+
+    assert summary["records"] == 2000 and summary["batches"] >= 2
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
+
+    _produce(kafka, topic, 300, start=2000)
+    summary = _summary(_run(tmp_path / "out", flags))
+    assert summary["records"] == 300
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
+
+
+def test_available_now_on_empty_topic_exits_cleanly(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    summary = beam_zdl.run_micro_batches(lambda records, batch: None, ZdlOptions(_flags(
+        kafka, topic, tmp_path / "ckpt", tmp_path / "wal")))
+    assert (summary.batches, summary.records) == (0, 0)
+    assert list_segments(str(tmp_path / "wal")) == []
+
+
+def test_cleanup_keeps_the_last_retained_batches(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    _produce(kafka, topic, 3000, partitions=2)
+    ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
+
+    summary = _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
+                                                     "--retain_batches=2")))
+
+    assert summary["batches"] >= 4
+    coord = CheckpointCoordinator(str(ckpt))
+    kept = coord.planned_ids()
+    assert kept == coord.completed_ids()[-2:]
+    # exactly the segments of the kept batches are left
+    names = sorted(seg.uri.rpartition("/")[2] for i in kept for seg in coord.read_plan(i).segments)
+    assert sorted(s.name for s in list_segments(str(wal))) == names
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal, all_retained=False)
+    # a restart with nothing new resumes after the WAL and plans nothing
+    assert _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
+                                                  "--retain_batches=2")))["records"] == 0
+
+
+# --- crash tests -----------------------------------------------------------------------------
+
+CRASH_POINTS = [
+    "receiver_append:1100",  # records buffered, not sealed
+    "after_seal:2",         # a segment durable, its offsets not committed
+    "after_plan:2",         # a batch planned, not run
+    "after_run:2",          # a batch run, not completed
+]
+SLOW_CRASH_POINTS = ["after_complete:2", "after_commit:2", "after_segment_delete:1"]
+
+
+def _crash_and_recover(kafka, tmp_path, root, point):
+    topic = kafka.create_topic(partitions=4)
+    _produce(kafka, topic, 3000)
+    ckpt, wal = f"{root}/ckpt", f"{root}/wal"
+    flags = _flags(kafka, topic, ckpt, wal, "--retain_batches=1000")
+    if point.startswith("after_segment_delete"):
+        flags[-1] = "--retain_batches=1"
+
+    crashed = _run(tmp_path / "out", flags, crash_at=point)
+
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-4000:]
+    if point.startswith(("after_plan", "after_run")):
+        assert [p.batch_id for p in CheckpointCoordinator(ckpt).pending()] == [1]
+
+    restarted = _summary(_run(tmp_path / "out", flags))
+
+    if point.startswith(("after_plan", "after_run")):
+        assert restarted["replayed"] == 1 and restarted["batch_ids"][0] == 1
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal,
+                         all_retained=not point.startswith("after_segment_delete"))
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS + [
+    pytest.param(p, marks=pytest.mark.slow) for p in SLOW_CRASH_POINTS])
+def test_sigkill_local(kafka, tmp_path, point):
+    _crash_and_recover(kafka, tmp_path, str(tmp_path / "storage"), point)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_storage_uri", ["gcs", "hdfs"], indirect=True)
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_remote_storage(kafka, tmp_path, any_storage_uri, point):
+    _crash_and_recover(kafka, tmp_path, any_storage_uri, point)
+
+
+# --- receiver on its own ---------------------------------------------------------------------
+
+def _receive_in_thread(config, **kwargs):
+    stop = threading.Event()
+    receiver = Receiver(config, **kwargs)
+    errors = []
+
+    def run():
+        try:
+            receiver.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return receiver, stop, thread, errors
+
+
+def _wait_wal_holds(wal, expected, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = _wal_offsets(wal)
+        if len(rows) >= len(expected):
+            return rows
+        time.sleep(0.5)
+    return _wal_offsets(wal)
+
+
+def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=4)
+    wal = str(tmp_path / "wal")
+    config = _config(kafka, topic, wal)
+    _produce(kafka, topic, 2000)
+    first = _receive_in_thread(config, name="first")
+    time.sleep(2)  # the first receiver holds every partition, then the second joins
+    second = _receive_in_thread(config, name="second")
+    _produce(kafka, topic, 2000, start=2000)
+    expected = sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
+                      for o in range(end))
+
+    rows = _wait_wal_holds(wal, expected)
+    for _, stop, thread, _ in (first, second):
+        stop.set()
+    for _, _, thread, errors in (first, second):
+        thread.join(60)
+        assert not errors, errors
+
+    assert len(rows) == len(set(rows)), "a record was written to the WAL twice"
+    assert sorted(rows) == expected
+    assert first[0].assigned_ever and second[0].assigned_ever, "the group did not split"
+    assert first[0].epoch != second[0].epoch
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+
+
+def test_receiver_survives_a_broker_restart(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    wal = str(tmp_path / "wal")
+    receiver, stop, thread, errors = _receive_in_thread(_config(kafka, topic, wal))
+    try:
+        _produce(kafka, topic, 1000, partitions=2)
+        _wait_wal_holds(wal, range(1000))
+        kafka.kill()
+        time.sleep(3)
+    finally:
+        kafka.restart()
+    _produce(kafka, topic, 1000, partitions=2, start=1000)
+    expected = sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
+                      for o in range(end))
+
+    rows = _wait_wal_holds(wal, expected, timeout_s=120)
+    stop.set()
+    thread.join(60)
+
+    assert not errors, errors
+    assert len(rows) == len(set(rows)) and sorted(rows) == expected
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+
+
+def test_receiver_restarts_after_the_wal_not_after_a_stale_commit(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    wal = str(tmp_path / "wal")
+    config = _config(kafka, topic, wal)
+    _produce(kafka, topic, 500, partitions=2)
+    Receiver(config).run(threading.Event(), drain_to_end=True)
+    # Rewind the group's commit, as a crash between seal and commit would leave it.
+    from beam_zdl import kafka as kafka_ops
+    consumer = kafka_ops.new_consumer(kafka.bootstrap_servers, f"g-{topic}")
+    kafka_ops.commit_offsets(consumer, {(topic, 0): 10, (topic, 1): 0})
+    consumer.close()
+    _produce(kafka, topic, 100, partitions=2, start=500)
+
+    Receiver(config).run(threading.Event(), drain_to_end=True)
+
+    rows = _wal_offsets(wal)
+    assert len(rows) == len(set(rows)) == 600
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+
+
+# --- ReadFromWal and corruption ----------------------------------------------------------------
+
+class _WriteFull(beam.DoFn):
+    """Writes every field of each record and its element timestamp, one file per bundle."""
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def start_bundle(self) -> None:
+        self._rows = []
+
+    def process(self, r, ts=beam.DoFn.TimestampParam) -> None:
+        self._rows.append(repr((r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
+                                [tuple(h) for h in r.headers], float(ts))))
+
+    def finish_bundle(self) -> None:
+        if self._rows:
+            os.makedirs(self._out_dir, exist_ok=True)
+            Path(self._out_dir, f"{id(self)}-{time.monotonic_ns()}.txt").write_text(
+                "\n".join(self._rows) + "\n")
+
+
+def _read_full(out_dir) -> list[str]:
+    return sorted(line for p in Path(out_dir).glob("*.txt") for line in p.read_text().splitlines())
+
+
+def test_read_from_wal_yields_what_direct_mode_reads(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, [(b"k", b"v", 0, [("h", b"x"), ("h", None)]), (None, None, 1),
+                          (b"", b"", 0)] + [(None, f"v{i}".encode(), i % 2) for i in range(300)])
+    wal = str(tmp_path / "wal")
+    Receiver(_config(kafka, topic, wal)).run(threading.Event(), drain_to_end=True)
+    from tests.beam_helpers import options as kafka_options
+    opts = kafka_options(kafka, topic, "--starting_offsets=earliest")
+
+    with beam.Pipeline(runner=pipeline_runner(opts), options=opts) as p:
+        _ = p | "Direct" >> beam_zdl.ReadFromKafka(opts) | "D" >> beam.ParDo(
+            _WriteFull(str(tmp_path / "direct")))
+        _ = p | "Wal" >> beam_zdl.ReadFromWal(wal) | "W" >> beam.ParDo(
+            _WriteFull(str(tmp_path / "wal-out")))
+
+    direct = _read_full(tmp_path / "direct")
+    assert len(direct) == 303
+    assert _read_full(tmp_path / "wal-out") == direct
+
+
+def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=1)
+    _produce(kafka, topic, 600, partitions=1)
+    ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
+    Receiver(_config(kafka, topic, str(wal))).run(threading.Event(), drain_to_end=True)
+    segments = list_segments(str(wal))
+    assert len(segments) >= 2
+    # flip one byte inside one record's value: that frame's CRC fails, nothing else
+    victim = next(s for s in segments if b"v300" in Path(s.uri).read_bytes())
+    data = bytearray(Path(victim.uri).read_bytes())
+    at = data.index(b"v300") + 1
+    data[at] ^= 0xFF
+    Path(victim.uri).write_bytes(bytes(data))
+
+    with pytest.raises(WalCorruptionError, match=rf"{victim.name} is corrupt at byte \d+"):
+        beam_zdl.run_micro_batches(lambda r, b: None, ZdlOptions(_flags(
+            kafka, topic, ckpt, wal, "--max_records_per_partition=0")))
+    assert [p.batch_id for p in CheckpointCoordinator(str(ckpt)).pending()] == [0]
+
+    # Replaying the WAL on its own with --fail_on_data_loss=false skips and counts it.
+    opts = ZdlOptions(["--fail_on_data_loss=false"])
+    p = beam.Pipeline(runner=pipeline_runner(opts), options=opts)
+    _ = p | beam_zdl.ReadFromWal(str(wal)) | beam.ParDo(_WriteFull(str(tmp_path / "replay")))
+    result = p.run()
+    result.wait_until_finish()
+    from apache_beam.metrics.metric import MetricsFilter
+    lost = result.metrics().query(MetricsFilter().with_name("wal_lost_frames"))["counters"]
+    assert sum(c.committed for c in lost) == 1
+    assert len(_read_full(tmp_path / "replay")) == 599
+
+    # The pending batch is replayed with the same segments and the frame skipped.
+    summary = _summary(_run(tmp_path / "out", _flags(
+        kafka, topic, ckpt, wal, "--max_records_per_partition=0", "--fail_on_data_loss=false")))
+    rows = [row for batch in _output(tmp_path / "out").values() for row in batch]
+    assert summary["replayed"] == 1 and summary["records"] == 599
+    assert len(rows) == len(set(rows)) == 599 and (topic, 0, 300) not in rows
