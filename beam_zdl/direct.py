@@ -156,7 +156,9 @@ class ReadOffsetRangesFn(beam.DoFn):
         last_progress = time.monotonic()
         try:
             while next_offset < stop:
-                messages = consumer.consume(self._settings.poll_batch, _POLL_TIMEOUT_S)
+                # Ask for no more than the range holds: consume() waits for a full batch.
+                messages = consumer.consume(
+                    min(self._settings.poll_batch, stop - next_offset), _POLL_TIMEOUT_S)
                 if not messages:
                     position = consumer.position([TopicPartition(topic, partition)])[0].offset
                     if position >= stop:
