@@ -69,6 +69,7 @@ def _wal_offsets(wal) -> list[tuple]:
 
 
 def _assert_exactly_once(kafka, topic, out_dir, ckpt, wal, *, all_retained=True):
+    ckpt, wal = str(ckpt), str(wal)
     ends = kafka.end_offsets(topic)
     expected = sorted((topic, p, o) for p, end in ends.items() for o in range(end))
     batches = _output(out_dir)
@@ -358,9 +359,10 @@ def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path
     segments = list_segments(str(wal))
     assert len(segments) >= 2
     # flip one byte inside one record's value: that frame's CRC fails, nothing else
-    victim = next(s for s in segments if b"v300" in Path(s.uri).read_bytes())
+    value = b"\x2a\x04v300"  # WalRecord field 5 (value), 4 bytes: the record at offset 300
+    victim = next(s for s in segments if value in Path(s.uri).read_bytes())
     data = bytearray(Path(victim.uri).read_bytes())
-    at = data.index(b"v300") + 1
+    at = data.index(value) + 3
     data[at] ^= 0xFF
     Path(victim.uri).write_bytes(bytes(data))
 
