@@ -147,7 +147,7 @@ class ZdlConfig:
     @classmethod
     def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False) -> "ZdlConfig":
         """Validate ``options``; raise ConfigError naming the first bad flag."""
-        o: dict[str, Any] = options.get_all_options(retain_unknown_options=False)
+        o: dict[str, Any] = options.get_all_options(retain_unknown_options=True)
         topics = tuple(t.strip() for t in (o.get("topics") or "").split(",") if t.strip())
         if not topics:
             raise ConfigError("--topics is required: a comma-separated list of Kafka topics")

@@ -19,11 +19,12 @@ import os
 import sys
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl
 
 
-class WordCountOptions(beam_zdl.ZdlOptions):
+class WordCountOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--output_dir", default="wordcount-out",
@@ -44,7 +45,8 @@ def write_batch_file(counts: list, output_dir: str, batch_id: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> beam_zdl.RunSummary:
-    options = WordCountOptions(argv)
+    # One PipelineOptions carries every flag: beam_zdl's and this example's own.
+    options = beam_zdl.ZdlOptions(argv)
     output_dir = options.view_as(WordCountOptions).output_dir
 
     def build(records: beam.PCollection, batch: beam_zdl.Batch) -> None:
