@@ -8,6 +8,10 @@ Sub-commands::
     beam-zdl verify <wal_uri> [--allow_empty] [--json]
         checks every frame of every segment of a WAL directory (or one segment);
         exits 1 naming the segment and byte of each corruption found.
+    beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
+        runs a WAL-mode receiver (the same one run_micro_batches starts as a
+        thread) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
+        --drain_to_end stops once the end offsets seen at start are sealed.
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -65,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "empty directory is usually a wrong path)")
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify.set_defaults(func=_verify)
+
+    receive = sub.add_parser(
+        "receive", help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
+        description="Consume --topics as a member of --consumer_group, append the records to "
+                    "WAL segments under --wal_dir, and commit offsets only after a segment is "
+                    "sealed. Takes the ZdlOptions flags of the pipeline (--bootstrap_servers, "
+                    "--wal_dir, --wal_segment_*, --max_buffered_bytes, --checkpoint_dir, ...). "
+                    "Runs until Ctrl-C or SIGTERM, then seals, commits and leaves the group.")
+    receive.add_argument("--drain_to_end", action="store_true",
+                         help="stop once the end offsets seen at start are sealed")
+    receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
+    receive.set_defaults(func=_receive)
     return parser
 
 
@@ -77,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: 0 fine, 1 corruption found, 2 usage or storage error.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "receive":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.flags = unknown
     try:
         return args.func(args, sys.stdout)
     except ZdlError as exc:
@@ -247,3 +268,37 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         print(f"verified {len(segments)} segments, {records} records, {_size(total_bytes)} "
               f"in {args.wal_uri}: {status}", file=out)
     return EXIT_CORRUPT if bad or empty else EXIT_OK
+
+
+# --- receive ---------------------------------------------------------------------------------
+
+def _receive(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    from beam_zdl.options import ZdlConfig, ZdlOptions
+    from beam_zdl.receiver import Receiver
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    flags = list(args.flags)
+    if not any(f.startswith("--zdl_mode") for f in flags):
+        flags.append("--zdl_mode=wal")
+    config = ZdlConfig.from_options(ZdlOptions(flags))
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        _LOGGER.warning("signal %d: sealing, committing and leaving the group", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=args.drain_to_end)
+    print(json.dumps({"records": stats.records, "segments": stats.segments,
+                      "sealed_bytes": stats.sealed_bytes, "commits": stats.commits,
+                      "failed_commits": stats.failed_commits, "pauses": stats.pauses}), file=out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

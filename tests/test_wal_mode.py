@@ -388,3 +388,35 @@ def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path
     rows = [row for batch in _output(tmp_path / "out").values() for row in batch]
     assert summary["replayed"] == 1 and summary["records"] == 599
     assert len(rows) == len(set(rows)) == 599 and (topic, 0, 300) not in rows
+
+
+def test_standalone_receive_command_killed_restarted_then_batches(kafka, tmp_path):
+    """``beam-zdl receive`` alone: SIGKILL after a seal, restart, SIGTERM; then batches."""
+    topic = kafka.create_topic(partitions=4)
+    _produce(kafka, topic, 2000)
+    ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
+    flags = _flags(kafka, topic, ckpt, wal)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BEAM_ZDL_CRASH_AT="after_seal:2")
+    command = [sys.executable, "-m", "beam_zdl.cli", "receive", *flags]
+
+    crashed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    assert len(list_segments(str(wal))) == 2
+
+    env.pop("BEAM_ZDL_CRASH_AT")
+    receiving = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        rows = _wait_wal_holds(str(wal), range(2000))
+    finally:
+        receiving.send_signal(signal.SIGTERM)
+        out, err = receiving.communicate(timeout=60)
+    assert receiving.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["segments"] >= 1
+    assert len(rows) == len(set(rows)) == 2000
+
+    summary = _summary(_run(tmp_path / "out", flags))
+
+    assert summary["records"] == 2000
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
