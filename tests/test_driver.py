@@ -130,3 +130,35 @@ def test_sigkilled_driver_replays_identically(kafka, tmp_path, point):
 def test_bad_options_fail_before_anything_runs(flags, message):
     with pytest.raises(ConfigError, match=message.replace("{", r"\{")):
         beam_zdl.run_micro_batches(lambda r, b: None, beam_zdl.ZdlOptions(flags))
+
+
+def test_continuous_trigger_picks_up_new_data_and_stops_cleanly_on_ctrl_c(kafka, tmp_path):
+    import time
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, b"first", i % 2) for i in range(100)))
+    flags = _flags(kafka, topic, tmp_path, "--trigger=continuous", "--batch_interval_s=0.5")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.driver_proc", str(tmp_path / "out"),
+                             *flags], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def wait_for_batches(n):
+        deadline = time.time() + 120
+        while len(_output(tmp_path / "out")) < n:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "no new batch within 120 s"
+            time.sleep(0.2)
+
+    try:
+        wait_for_batches(1)
+        kafka.produce(topic, ((None, b"second", i % 2) for i in range(50)))
+        wait_for_batches(2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["records"] == 150
+    _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
