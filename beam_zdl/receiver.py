@@ -75,6 +75,7 @@ _POLL_TIMEOUT_S = 0.2
 _POLL_BATCH = 5_000
 _PROGRESS_EVERY_S = 10.0
 _SEAL_RETRY_S = 1.0
+_SEAL_RETRY_FOR_S = 120.0
 _DRAIN_UNASSIGNED_S = 60.0
 
 # crash_point per record only when a crash test armed one (it reads the environment).
@@ -205,6 +206,7 @@ class ReceiverStats:
     failed_commits: int = 0
     pauses: int = 0
     rebalances: int = 0
+    peak_buffered_bytes: int = 0
 
 
 def _to_wal(msg) -> wal_pb2.WalRecord:
@@ -255,6 +257,8 @@ class Receiver:
         self._paused = False
         self._failed = False
         self._last_warning = 0.0
+        self._seal_failed = False
+        self._last_seal_try = 0.0
         self.assigned_ever: set[tuple[str, int]] = set()
 
     # --- the loop -------------------------------------------------------------------------
@@ -275,8 +279,10 @@ class Receiver:
                                  max_bytes=min(cfg.wal_segment_bytes, half),
                                  max_records=cfg.wal_segment_records,
                                  max_age_s=cfg.wal_segment_age_s)
+        fetch = max(1024, min(64 * 1024 * 1024, half))
         extra = {"queued.max.messages.kbytes": max(1, min(64 * 1024, half // 1024)),
-                 "fetch.max.bytes": max(1024, min(64 * 1024 * 1024, half)),
+                 "fetch.max.bytes": fetch,
+                 "message.max.bytes": min(1_000_000, fetch),  # librdkafka: <= fetch.max.bytes
                  "max.partition.fetch.bytes": max(1024, min(8 * 1024 * 1024, half // 4)),
                  **cfg.consumer_config}
         consumer = self._consumer = kafka.new_consumer(cfg.bootstrap_servers,
@@ -297,7 +303,11 @@ class Receiver:
                 messages = consumer.consume(_POLL_BATCH, _POLL_TIMEOUT_S)
                 if messages:
                     self._append(messages)
-                if self._writer.should_seal():
+                self.stats.peak_buffered_bytes = max(self.stats.peak_buffered_bytes,
+                                                     self._writer.buffered_bytes)
+                if self._writer.should_seal() or (
+                        self._seal_failed and time.monotonic() - self._last_seal_try
+                        >= _SEAL_RETRY_S):
                     self._seal_and_commit(retry=False)
                 self._backpressure()
                 if targets is not None and self._drained(targets, bool(messages), started):
@@ -325,8 +335,8 @@ class Receiver:
         return self.stats
 
     def _append(self, messages) -> None:
-        from confluent_kafka import KafkaError, KafkaException
-        for msg in messages:
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+        for index, msg in enumerate(messages):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._AUTO_OFFSET_RESET:
@@ -346,6 +356,17 @@ class Receiver:
             offset = msg.offset()
             if tp not in self._assigned or offset < self._next.get(tp, 0):
                 continue  # fetched before a revocation or a seek: not ours to write
+            if self._seal_failed:
+                # The buffer could not be sealed: hand the rest back to Kafka (seek) rather
+                # than hold it in memory; backpressure pauses the partitions next.
+                rewind: dict[tuple[str, int], int] = {}
+                for rest in messages[index:]:
+                    key = (rest.topic(), rest.partition())
+                    if rest.error() is None and key in self._assigned and key not in rewind:
+                        rewind[key] = max(rest.offset(), self._next.get(key, 0))
+                for (topic, partition), at in rewind.items():
+                    self._consumer.seek(TopicPartition(topic, partition, at))
+                return
             full = self._writer.append(_to_wal(msg))
             self._next[tp] = offset + 1
             if _CRASH_ARMED:
@@ -374,17 +395,23 @@ class Receiver:
         return not behind
 
     def _backpressure(self) -> None:
-        if self._paused:
-            if self._writer.buffered_bytes < self.config.max_buffered_bytes // 2:
-                self._set_paused(False)
-            elif self._writer.buffered_records:
-                self._seal_and_commit(retry=False)
-        elif self._writer.buffered_bytes >= self.config.max_buffered_bytes:
-            _LOGGER.warning("receiver %s: %d bytes buffered (--max_buffered_bytes=%d): pausing "
-                            "partitions until sealing catches up", self.owner,
-                            self._writer.buffered_bytes, self.config.max_buffered_bytes)
+        """Pause every assigned partition while sealing fails; resume once a seal succeeds.
+
+        Sealing happens at ``min(--wal_segment_bytes, max_buffered_bytes / 2)`` and
+        librdkafka's prefetch queue holds at most the other half, so pausing as soon as a
+        seal fails keeps the receiver's records in memory under about
+        ``--max_buffered_bytes`` however long storage (or the batches reading it) lag.
+        """
+        if self._seal_failed and not self._paused:
+            _LOGGER.warning("receiver %s: sealing failed with %d bytes buffered "
+                            "(--max_buffered_bytes=%d): pausing partitions until a seal "
+                            "succeeds", self.owner, self._writer.buffered_bytes,
+                            self.config.max_buffered_bytes)
             self.stats.pauses += 1
             self._set_paused(True)
+        elif self._paused and not self._seal_failed:
+            _LOGGER.info("receiver %s: sealing works again; resuming partitions", self.owner)
+            self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:
         from confluent_kafka import TopicPartition
@@ -400,20 +427,30 @@ class Receiver:
 
         Steps:
             1. Seal: one create-once segment; durable when ``seal`` returns. On a storage
-               failure the records stay buffered: with ``retry`` keep trying (a rebalance or
-               stop must not go on without them), else return and let backpressure pause.
+               failure the records stay buffered: with ``retry`` keep trying for up to
+               ``_SEAL_RETRY_FOR_S`` (a rebalance or stop must not go on without them) and
+               then raise, uncommitted, so the next owner reads them again; without
+               ``retry`` return and let backpressure pause the partitions.
             2. Commit ``last + 1`` of each sealed partition that is still assigned here.
         """
         # Step 1
+        deadline = time.monotonic() + _SEAL_RETRY_FOR_S
+        self.stats.peak_buffered_bytes = max(self.stats.peak_buffered_bytes,
+                                             self._writer.buffered_bytes)
         while True:
             try:
+                self._last_seal_try = time.monotonic()
                 ref = self._writer.seal()
+                self._seal_failed = False
                 break
             except StorageError as exc:
-                _LOGGER.error("receiver %s: sealing failed, records stay buffered: %s",
-                              self.owner, exc)
+                self._seal_failed = True
+                _LOGGER.error("receiver %s: sealing failed, %d records stay buffered: %s",
+                              self.owner, self._writer.buffered_records, exc)
                 if not retry:
                     return None
+                if time.monotonic() > deadline:
+                    raise
                 time.sleep(_SEAL_RETRY_S)
         if ref is None:
             return None
@@ -506,6 +543,7 @@ class Receiver:
                                      max_bytes=self._writer.max_bytes,
                                      max_records=self._writer.max_records,
                                      max_age_s=self._writer.max_age_s)
+            self._seal_failed = False
             _LOGGER.warning("receiver %s: partitions %s were lost (session timeout); dropped "
                             "%d unsealed records, which their new owner reads again", self.owner,
                             sorted(lost), dropped)

@@ -225,9 +225,9 @@ def _receive_in_thread(config, **kwargs):
     return receiver, stop, thread, errors
 
 
-def _wait_wal_holds(wal, expected, timeout_s=90):
+def _wait_wal_holds(wal, expected, timeout_s=90, errors=()):
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not errors:
         rows = _wal_offsets(wal)
         if len(rows) >= len(expected):
             return rows
@@ -420,3 +420,41 @@ def test_standalone_receive_command_killed_restarted_then_batches(kafka, tmp_pat
 
     assert summary["records"] == 2000
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
+
+
+def test_storage_outage_pauses_the_receiver_within_max_buffered_bytes(kafka, hdfs, tmp_path):
+    """HDFS down while receiving: seals fail, partitions pause, memory stays bounded;
+    HDFS back: the buffer is sealed, receiving resumes, nothing lost or doubled."""
+    if not hdfs.alive():
+        hdfs.restart()
+    topic = kafka.create_topic(partitions=2)
+    wal = f"{hdfs.url}/{topic}/wal"
+    limit = 256 * 1024
+    config = _config(kafka, topic, wal, f"--max_buffered_bytes={limit}",
+                     "--wal_segment_records=100000")
+    receiver, stop, thread, errors = _receive_in_thread(config)
+    payload = b"x" * 500
+    try:
+        kafka.produce(topic, ((None, payload, i % 2) for i in range(200)))
+        _wait_wal_holds(wal, range(200), errors=errors)
+        hdfs.kill()
+        kafka.produce(topic, ((None, payload, i % 2) for i in range(4000)))  # ~2 MB
+        deadline = time.monotonic() + 60
+        while receiver.stats.pauses == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert receiver.stats.pauses >= 1
+        time.sleep(3)
+        assert thread.is_alive() and not errors, errors
+    finally:
+        hdfs.restart()
+    expected = sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
+                      for o in range(end))
+
+    rows = _wait_wal_holds(wal, expected, timeout_s=120, errors=errors)
+    stop.set()
+    thread.join(60)
+
+    assert not errors, errors
+    assert receiver.stats.peak_buffered_bytes <= limit, receiver.stats
+    assert len(rows) == len(set(rows)) and sorted(rows) == expected
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
