@@ -129,6 +129,23 @@ class PartitionOffsets(OffsetRange):
         return f"PartitionOffsets({self.topic}[{self.partition}], {self.start}, {stop})"
 
 
+def _retrying(fn: Callable[[], int], what: str, timeout_s: float = 60.0) -> int:
+    """``fn()``, retried while Kafka answers with a transient error (e.g. a group
+    coordinator still loading); the last error is raised after ``timeout_s``."""
+    from beam_zdl.errors import KafkaUnavailableError
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except KafkaUnavailableError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            _LOGGER.info("asking Kafka for %s failed (%s); retrying", what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 # -- one shared client per worker process --------------------------------------
 
 class _SharedClient:
@@ -173,12 +190,15 @@ class _SharedClient:
         from beam_zdl.kafka import committed_offsets, starting_positions
         tp = (sp.topic, sp.partition)
         servers = self.settings.bootstrap_servers
-        with self.lock:
-            committed = committed_offsets(self.consumer, [tp], servers).get(tp)
-            if committed is not None:
-                return committed
-            policy = "earliest" if sp.discovered_late else self.settings.starting_offsets
-            return starting_positions(self.consumer, [tp], policy, servers)[tp]
+        policy = "earliest" if sp.discovered_late else self.settings.starting_offsets
+
+        def ask() -> int:
+            with self.lock:
+                committed = committed_offsets(self.consumer, [tp], servers).get(tp)
+                if committed is not None:
+                    return committed
+                return starting_positions(self.consumer, [tp], policy, servers)[tp]
+        return _retrying(ask, f"the start offset of {tp[0]}[{tp[1]}]")
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit next-offsets that move forward; log, never raise."""
@@ -385,9 +405,11 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                     tracker.defer_remainder(Duration.of(0))
                     return
         finally:
-            if last_claimed is not None:
-                offsets = {tp: last_claimed + 1}
-                finalizer.register(lambda: client.commit(offsets))
+            # Registered even when nothing was claimed: Prism finalizes every bundle
+            # of a stage that requires finalization, and the SDK refuses to finalize
+            # a bundle that registered nothing ("not in a finalizable state").
+            offsets = {} if last_claimed is None else {tp: last_claimed + 1}
+            finalizer.register(lambda: offsets and client.commit(offsets))
 
     def _advance_idle(self, watermark) -> None:
         """Caught up: nothing older than now - delay is expected any more."""
