@@ -8,7 +8,7 @@ export BEAM_ZDL_CACHE := $(CACHE)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: setup jars test test-all demo bench protos clean check-tools
+.PHONY: setup jars prism flink-jar test test-all demo bench protos clean check-tools
 
 check-tools:
 	@command -v java >/dev/null || { echo "error: java not found. beam_zdl's tests run real Kafka and HDFS from their jars: install a JDK 17 (apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
@@ -25,12 +25,27 @@ setup: check-tools $(BIN)/.installed jars
 jars: $(BIN)/.installed check-tools
 	$(BIN)/python -m beam_zdl.testing.jars
 
+# Prism (Beam's portable local runner) for streaming tests, built from the Beam Go
+# module of the installed Beam version (it cannot be downloaded at run time).
+# Go's module and build caches live in .cache/go, so a rebuild is instant.
+GO_ENV := GOBIN=$(CACHE)/bin GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build \
+          GOFLAGS="-modcacherw -buildvcs=false"
+prism: $(CACHE)/bin/prism
+
+$(CACHE)/bin/prism: | $(BIN)/.installed
+	@command -v go >/dev/null || { echo "error: go not found. It builds Prism, the runner of the streaming tests: install Go 1.24+." >&2; exit 1; }
+	$(GO_ENV) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$($(BIN)/python -c 'import apache_beam as b; print(b.__version__)' 2>/dev/null)
+
+# Beam's Flink job server (jars resolved with Maven; see beam_zdl/testing/flink.py).
+flink-jar: $(BIN)/.installed check-tools
+	$(BIN)/python -m beam_zdl.testing.flink
+
 # Fast suite: a real subset of every kind of test (slow chaos/runner variants excluded).
 # pytest exits 5 when nothing ran; make treats that, like any non-zero exit, as failure.
-test: setup
+test: setup prism
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup prism flink-jar
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
