@@ -37,9 +37,19 @@ def _runner_args(runner: str) -> list[str]:
     return flink_runner_args()
 
 
+# The registry this project resolves from holds no Beam Java 2.77 artifacts; the
+# only Flink runner it holds is beam-runners-flink-1.19 2.62.0 (beam_zdl/testing/
+# java/flink/pom.xml). With it and the 2.77 Python SDK, a streaming job starts
+# and runs plain transforms and shuffles, but never hands any element to a
+# splittable DoFn's process stage (bounded or unbounded; Flink batch is fine).
+# Strict xfail: these turn into failures, to be unmarked, once the matching
+# job server (beam-runners-flink-<v>-job-server 2.77.0) is what we resolve.
+_FLINK_SDF = pytest.mark.xfail(
+    strict=True, reason="Flink job server 2.62 (the newest resolvable here) does not run "
+                        "Python 2.77 SDFs in streaming; see the comment above")
 RUNNERS = [
     pytest.param("prism", id="prism"),
-    pytest.param("flink", id="flink", marks=pytest.mark.slow),
+    pytest.param("flink", id="flink", marks=[pytest.mark.slow, _FLINK_SDF]),
 ]
 
 
@@ -200,13 +210,14 @@ def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_t
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_streaming_read_throughput(kafka, tmp_path, runner):
-    """Records/s of the streaming read of a 200k-record backlog (100-byte values)."""
+    """Records/s of the streaming read of a 400k-record backlog (100-byte values)."""
     topic = kafka.create_topic(partitions=4)
-    total = 200_000
+    total = 400_000
     kafka.produce(topic, ((None, b"x" * 100, i % 4) for i in range(total)))
     job = _Job(kafka, topic, f"g-{topic}", runner, "ids", tmp_path / "out")
     try:
-        job.wait_for(lambda: (job.out / "_started").exists(), 180, "job started")
+        started = job.wait_for(lambda: (job.out / "_started").exists() and time.monotonic(),
+                               180, "job started")
         first = job.wait_for(lambda: _ids(job.out) and time.monotonic(), 120, "first record")
         count = 0
 
@@ -215,13 +226,14 @@ def test_streaming_read_throughput(kafka, tmp_path, runner):
             count = len(_ids(job.out))
             return count >= total
         job.wait_for(done, 300, f"{total} records read")
-        seconds = time.monotonic() - first
+        end = time.monotonic()
     finally:
         job.kill()
-    rate = total / seconds
-    print(f"\n[{runner}] streaming read: {total} records in {seconds:.1f} s "
-          f"after the first output = {rate:,.0f} records/s")
+    line = (f"[{runner}] streaming read of {total} records: {total / (end - started):,.0f} "
+            f"records/s from job submission ({end - started:.1f} s), "
+            f"{total / (end - first):,.0f} records/s after the first output file "
+            f"({end - first:.1f} s)")
+    print("\n" + line)
     (ROOT / ".cache").mkdir(exist_ok=True)
     with open(ROOT / ".cache" / "streaming_throughput.txt", "a") as f:
-        f.write(f"{time.strftime('%F %T')} {runner} {total} records {seconds:.1f} s "
-                f"{rate:.0f} records/s\n")
+        f.write(f"{time.strftime('%F %T')} {line}\n")
