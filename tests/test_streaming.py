@@ -237,3 +237,24 @@ def test_streaming_read_throughput(kafka, tmp_path, runner):
     (ROOT / ".cache").mkdir(exist_ok=True)
     with open(ROOT / ".cache" / "streaming_throughput.txt", "a") as f:
         f.write(f"{time.strftime('%F %T')} {line}\n")
+
+
+def test_partitions_added_while_running_are_discovered_and_read_from_their_start(
+        kafka, tmp_path):
+    from confluent_kafka.admin import NewPartitions
+    topic = kafka.create_topic(partitions=1)
+    kafka.produce(topic, ((None, b"a", 0) for _ in range(100)))
+    job = _Job(kafka, topic, f"g-{topic}", "prism", "ids", tmp_path / "out",
+               "--partition_discovery_interval_s=1")
+    try:
+        job.wait_for(lambda: len(_ids(job.out)) >= 100, 180, "partition 0 read")
+        admin = kafka.admin()  # kept alive until the future resolves
+        admin.create_partitions([NewPartitions(topic, 3)])[topic].result(30)
+        # Produced before discovery can see them: still read (new partitions start
+        # at their log start, not at --starting_offsets).
+        kafka.produce(topic, ((None, b"b", p) for p in (1, 2) for _ in range(50)))
+        job.wait_for(lambda: len(_ids(job.out)) >= 200, 60, "new partitions read")
+    finally:
+        job.kill()
+    assert sorted(_ids(job.out)) == sorted(
+        [(0, o) for o in range(100)] + [(p, o) for p in (1, 2) for o in range(50)])
