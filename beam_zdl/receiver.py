@@ -76,7 +76,7 @@ _POLL_BATCH = 5_000
 _PROGRESS_EVERY_S = 10.0
 _SEAL_RETRY_S = 1.0
 _SEAL_RETRY_FOR_S = 120.0
-_DRAIN_UNASSIGNED_S = 60.0
+_DRAIN_UNASSIGNED_S = 30.0
 
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
@@ -259,6 +259,7 @@ class Receiver:
         self._last_warning = 0.0
         self._seal_failed = False
         self._last_seal_try = 0.0
+        self._unassigned_since: float | None = None
         self.assigned_ever: set[tuple[str, int]] = set()
 
     # --- the loop -------------------------------------------------------------------------
@@ -310,7 +311,7 @@ class Receiver:
                         >= _SEAL_RETRY_S):
                     self._seal_and_commit(retry=False)
                 self._backpressure()
-                if targets is not None and self._drained(targets, bool(messages), started):
+                if targets is not None and self._drained(targets, bool(messages)):
                     break
                 now = time.monotonic()
                 if now - last_report >= _PROGRESS_EVERY_S:
@@ -374,14 +375,18 @@ class Receiver:
             if full:
                 self._seal_and_commit(retry=False)
 
-    def _drained(self, targets: dict, got_messages: bool, started: float) -> bool:
+    def _drained(self, targets: dict, got_messages: bool) -> bool:
         if not self._assigned:
-            if time.monotonic() - started > _DRAIN_UNASSIGNED_S and self.assigned_ever == set():
-                _LOGGER.warning("receiver %s: no partition assigned after %.0f s (other "
-                                "members hold them); stopping the drain", self.owner,
-                                _DRAIN_UNASSIGNED_S)
+            now = time.monotonic()
+            if self._unassigned_since is None:
+                self._unassigned_since = now
+            if now - self._unassigned_since > _DRAIN_UNASSIGNED_S:
+                _LOGGER.warning("receiver %s: no partition assigned for %.0f s (other members "
+                                "of group %s hold them); the drain is done here", self.owner,
+                                _DRAIN_UNASSIGNED_S, self.config.consumer_group)
                 return True
             return False
+        self._unassigned_since = None
         behind = [tp for tp in self._assigned if self._next.get(tp, 0) < targets.get(tp, 0)]
         if behind and not got_messages:
             from confluent_kafka import TopicPartition

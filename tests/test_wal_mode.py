@@ -241,8 +241,11 @@ def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
     config = _config(kafka, topic, wal)
     _produce(kafka, topic, 2000)
     first = _receive_in_thread(config, name="first")
-    time.sleep(2)  # the first receiver holds every partition, then the second joins
-    second = _receive_in_thread(config, name="second")
+    _wait_wal_holds(wal, range(2000), errors=first[3])  # the first holds every partition
+    second = _receive_in_thread(config, name="second")  # the first's are revoked, split
+    deadline = time.monotonic() + 60
+    while not (second[0]._assigned and first[0]._assigned) and time.monotonic() < deadline:
+        time.sleep(0.2)
     _produce(kafka, topic, 2000, start=2000)
     expected = sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
                       for o in range(end))
@@ -256,6 +259,7 @@ def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
 
     assert len(rows) == len(set(rows)), "a record was written to the WAL twice"
     assert sorted(rows) == expected
+    assert first[0].stats.rebalances >= 3, first[0].stats  # assign, revoke, assign
     assert first[0].assigned_ever and second[0].assigned_ever, "the group did not split"
     assert first[0].epoch != second[0].epoch
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
@@ -458,3 +462,19 @@ def test_storage_outage_pauses_the_receiver_within_max_buffered_bytes(kafka, hdf
     assert receiver.stats.peak_buffered_bytes <= limit, receiver.stats
     assert len(rows) == len(set(rows)) and sorted(rows) == expected
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+
+
+def test_continuous_trigger_then_available_now(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    _produce(kafka, topic, 1500, partitions=2)
+    ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
+    continuous = _summary(_run(tmp_path / "out", _flags(
+        kafka, topic, ckpt, wal, "--trigger=continuous", "--batch_interval_s=0.5",
+        "--max_batches=2")))
+    assert continuous["batches"] == 2 and 0 < continuous["records"] <= 1500
+    _produce(kafka, topic, 500, partitions=2, start=1500)
+
+    rest = _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal)))
+
+    assert continuous["records"] + rest["records"] == 2000
+    _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
