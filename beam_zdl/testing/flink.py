@@ -19,14 +19,32 @@ import logging
 import zipfile
 from pathlib import Path
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from beam_zdl.testing import jars
 
-__all__ = ["MAIN_CLASS", "job_server_jar", "flink_runner_args"]
+__all__ = ["MAIN_CLASS", "FlinkCheckpointOptions", "job_server_jar", "flink_runner_args"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _LAUNCHER = "beam-zdl-flink-job-server.jar"
+
+
+class FlinkCheckpointOptions(PipelineOptions):
+    """Declares Flink's ``--checkpointing_interval`` so Python forwards it to the job server.
+
+    Python's FlinkRunnerOptions lacks it, and FlinkRunner drops flags it cannot
+    parse; a declared option travels in the pipeline options to the Java side.
+    Import this module in the process that builds the pipeline.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--checkpointing_interval", type=int, default=None,
+            help="Flink: milliseconds between checkpoints; Flink finalizes bundles "
+                 "(beam_zdl commits offsets) when a checkpoint completes.")
 
 
 def _manifest(class_path: list[str]) -> bytes:
