@@ -158,7 +158,6 @@ def test_windowed_count_of_a_topic_being_produced_to(kafka, tmp_path, runner):
     assert dict(got) == dict(want)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_tail(
         kafka, tmp_path, runner):
