@@ -245,7 +245,8 @@ class Receiver:
         if not config.wal_dir:
             raise ZdlError("the receiver needs --wal_dir: where WAL segments are written")
         self.config = config
-        self.checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else config.checkpoint_dir
+        self.checkpoint_dir = (checkpoint_dir if checkpoint_dir is not None
+                               else config.checkpoint_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.stats = ReceiverStats()
         self.epoch: int | None = None

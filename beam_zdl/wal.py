@@ -615,7 +615,8 @@ def read_footer(data: bytes, uri: str = "<bytes>") -> wal_pb2.SegmentFooter:
     n = len(data)
     if data[:len(MAGIC)] != MAGIC:
         raise _corrupt(uri, 0, "bad magic (not a beam_zdl WAL segment)")
-    trailer = _CRC.unpack_from(data, n - _CRC.size)[0] if n >= len(MAGIC) + _FRAME_OVERHEAD else None
+    trailer = (_CRC.unpack_from(data, n - _CRC.size)[0]
+               if n >= len(MAGIC) + _FRAME_OVERHEAD else None)
     length = 0
     while trailer is not None and length <= 1 << 20:  # 1 MiB: ~40k partitions
         pos = n - _FRAME_OVERHEAD - length

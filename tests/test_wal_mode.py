@@ -28,7 +28,6 @@ from beam_zdl.errors import WalCorruptionError
 from beam_zdl.options import ZdlConfig, ZdlOptions
 from beam_zdl.receiver import Receiver
 from beam_zdl.runners import pipeline_runner
-from beam_zdl.storage import open_storage
 from beam_zdl.wal import list_segments, read_segment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -478,3 +477,35 @@ def test_continuous_trigger_then_available_now(kafka, tmp_path):
 
     assert continuous["records"] + rest["records"] == 2000
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
+
+
+# --- pieces without a broker -------------------------------------------------------------------
+
+def test_read_footer_finds_the_footer_from_the_end(tmp_path):
+    from types import SimpleNamespace
+
+    from beam_zdl.wal import WalWriter, read_footer, verify_segment
+    writer = WalWriter(str(tmp_path), "w", epoch=1)
+    for i in range(500):
+        writer.append(SimpleNamespace(topic="t", partition=i % 7, offset=i, key=None,
+                                      value=b"v" * (i % 50), timestamp_ms=i, headers=[]))
+    ref = writer.seal()
+    data = Path(ref.uri).read_bytes()
+
+    assert read_footer(data, ref.uri) == verify_segment(ref.uri)[1]
+    with pytest.raises(WalCorruptionError, match="no intact footer"):
+        read_footer(data[:-1], ref.uri)
+    damaged = bytearray(data)
+    damaged[-6] ^= 1
+    with pytest.raises(WalCorruptionError, match="no intact footer"):
+        read_footer(bytes(damaged), ref.uri)
+
+
+def test_writer_epochs_are_unique_and_not_segments(any_storage_uri):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from beam_zdl.receiver import claim_writer_epoch
+    with ThreadPoolExecutor(4) as pool:
+        epochs = list(pool.map(lambda i: claim_writer_epoch(any_storage_uri, f"r{i}"), range(8)))
+    assert sorted(epochs) == list(range(1, 9))
+    assert list_segments(any_storage_uri) == []

@@ -90,7 +90,8 @@ class LocalKafka:
                "-cp", classpath]
         if not self._formatted:
             cluster_id = _kafka_uuid()
-            fmt = ServerProcess(jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+            fmt = ServerProcess(jvm + ["kafka.tools.StorageTool", "format",
+                                       f"--cluster-id={cluster_id}",
                                        "-c", str(props), "--ignore-formatted"],
                                 self.workdir / "format.log")
             fmt.start()
