@@ -17,6 +17,12 @@ process and plans batches of sealed segments (the shared loop is in
 
 There is no Kafka commit here: the receiver commits after each seal.
 
+Before planning, the spans of the new segments are checked against every
+known segment's (retained plans and unplanned ones): receivers hand a
+partition over at a sealed offset, so an overlap can only come from a
+receiver that sealed after losing its partitions, and it stops the run
+naming both segments instead of duplicating records.
+
 ``--trigger=available_now``: the receiver drains up to the end offsets seen
 when it starts, seals and stops; the driver plans batches meanwhile, and once
 the receiver has stopped, plans what is left and exits. ``continuous``: a batch
@@ -36,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_zdl.chaos import crash_point
 from beam_zdl.direct import PartitionRange
 from beam_zdl.driver import Batch, BuildFn, RunSummary, _Driver, _StopFlag
-from beam_zdl.errors import StorageError
+from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
 from beam_zdl.options import ZdlConfig
 from beam_zdl.receiver import Receiver, forget_segments, segment_refs
@@ -117,6 +123,8 @@ class _WalDriver(_Driver):
         if not unplanned:
             return None
         refs = segment_refs(unplanned)
+        self._check_no_overlap(refs, [seg for i in self.coordinator.planned_ids()
+                                      for seg in self._plan(i).segments])
         cap = self.config.max_records_per_partition
         chosen: list[checkpoint_pb2.SegmentRef] = []
         counts: dict[tuple[str, int], int] = {}
@@ -137,6 +145,33 @@ class _WalDriver(_Driver):
             batch_id=batch_id, mode=checkpoint_pb2.MODE_WAL, segments=chosen, epoch=self.epoch,
             ranges=[checkpoint_pb2.OffsetRange(topic=t, partition=p, start=a, stop=b + 1)
                     for (t, p), (a, b) in sorted(spans.items())])
+
+    @staticmethod
+    def _check_no_overlap(new: list[checkpoint_pb2.SegmentRef],
+                          planned: list[checkpoint_pb2.SegmentRef]) -> None:
+        """Refuse segments whose offsets overlap another segment's.
+
+        Receivers hand a partition over at a sealed offset, so two segments never hold
+        the same offset of a partition. An overlap means a receiver kept writing after
+        another member took its partitions (a process frozen past its session timeout
+        that sealed when it woke): planning it would duplicate records. Raise, naming
+        both segments, rather than duplicate silently.
+        """
+        spans: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
+        for ref in [*planned, *new]:
+            for s in ref.spans:
+                spans.setdefault((s.topic, s.partition), []).append(
+                    (s.first_offset, s.last_offset, ref.uri))
+        for (topic, partition), items in spans.items():
+            items.sort()
+            for (a_first, a_last, a_uri), (b_first, b_last, b_uri) in zip(items, items[1:]):
+                if b_first <= a_last:
+                    raise ZdlError(
+                        f"WAL segments {a_uri} and {b_uri} both hold {topic}[{partition}] "
+                        f"offsets [{b_first}, {min(a_last, b_last)}]: a receiver wrote after "
+                        "losing its partitions. Nothing was planned. Check the two segments "
+                        "(beam-zdl verify / inspect), delete the duplicate one from the WAL "
+                        "directory, and restart.")
 
     def _done_when_idle(self) -> bool:
         # Only when the receiver had stopped before the listing found nothing new.

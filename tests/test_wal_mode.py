@@ -509,3 +509,21 @@ def test_writer_epochs_are_unique_and_not_segments(any_storage_uri):
         epochs = list(pool.map(lambda i: claim_writer_epoch(any_storage_uri, f"r{i}"), range(8)))
     assert sorted(epochs) == list(range(1, 9))
     assert list_segments(any_storage_uri) == []
+
+
+def test_overlapping_segments_are_refused_not_duplicated(kafka, tmp_path):
+    """A segment holding offsets another segment holds (a zombie receiver) stops planning."""
+    from beam_zdl.wal import WalWriter
+    topic = kafka.create_topic(partitions=1)
+    _produce(kafka, topic, 300, partitions=1)
+    ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
+    Receiver(_config(kafka, topic, str(wal))).run(threading.Event(), drain_to_end=True)
+    zombie = WalWriter(str(wal), "zombie", epoch=99)
+    for offset in (250, 251):
+        zombie.append(next(r for seg in list_segments(str(wal)) for r in read_segment(seg.uri)
+                           if r.offset == offset))
+    zombie.seal()
+
+    with pytest.raises(beam_zdl.ZdlError, match=r"both hold .*offsets \[250, 251\]"):
+        beam_zdl.run_micro_batches(lambda r, b: None, ZdlOptions(_flags(kafka, topic, ckpt, wal)))
+    assert CheckpointCoordinator(str(ckpt)).planned_ids() == []
