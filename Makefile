@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 setup: check-tools $(BIN)/.installed jars
 
 jars: $(BIN)/.installed check-tools
-	$(BIN)/python -m beam_zdl.testing.jars
+	$(BIN)/python -c 'import sys; from beam_zdl.testing.jars import main; sys.exit(main())'
 
 # Prism (Beam's portable local runner) for streaming tests, built from the Beam Go
 # module of the installed Beam version (it cannot be downloaded at run time).

@@ -7,7 +7,8 @@ classpath is copied into ``<cache>/jars/<component>`` once; later runs reuse it.
 The cache is ``$BEAM_ZDL_CACHE`` if set, else ``.cache`` of the checkout the
 package lives in, else ``~/.cache/beam_zdl``.
 
-Run ``python -m beam_zdl.testing.jars kafka hdfs`` to resolve ahead of time.
+``make jars`` (or ``python -c 'from beam_zdl.testing.jars import main; main()'``)
+resolves every component ahead of time.
 """
 
 from __future__ import annotations
@@ -96,7 +97,14 @@ def classpath(component: str) -> str:
     return os.pathsep.join(sorted(str(p) for p in folder.glob("*.jar")))
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """Resolve the named components (default: all) and print where they are."""
     logging.basicConfig(level=logging.INFO)
-    for name in sys.argv[1:] or [p.name for p in _JAVA_DIR.iterdir() if p.is_dir()]:
+    names = argv if argv is not None else sys.argv[1:]
+    for name in names or sorted(p.name for p in _JAVA_DIR.iterdir() if p.is_dir()):
         print(f"{name}: {resolve(name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
