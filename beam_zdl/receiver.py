@@ -479,7 +479,6 @@ class Receiver:
     # --- rebalance callbacks (run inside consume()) ---------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
-        cfg = self.config
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.stats.rebalances += 1
         positions = self._resume_positions(consumer, tps)

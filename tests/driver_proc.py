@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import apache_beam as beam
 
@@ -24,6 +26,26 @@ def write_batch(rows: list, out_dir: str, batch_id: int) -> None:
         for row in sorted(rows):
             out.write(json.dumps(row) + "\n")
     os.replace(tmp, path)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_driver(out_dir, flags: list[str], crash_at: str | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run this script as a child process, optionally set to SIGKILL itself at ``crash_at``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    if crash_at:
+        env["BEAM_ZDL_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def read_batches(out_dir) -> dict[int, list[tuple]]:
+    """The rows of every batch-<id>.jsonl file, by batch id."""
+    return {int(p.stem.split("-")[1]): [tuple(json.loads(l)) for l in p.read_text().splitlines()]
+            for p in sorted(Path(out_dir).glob("batch-*.jsonl"))}
 
 
 def main(argv: list[str]) -> None:

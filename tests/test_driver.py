@@ -13,6 +13,7 @@ import pytest
 
 import beam_zdl
 from beam_zdl.coordinator import CheckpointCoordinator
+from tests.driver_proc import read_batches, run_driver
 from beam_zdl.errors import ConfigError
 from tests.beam_helpers import MULTI_WORKER
 
@@ -25,22 +26,10 @@ def _flags(kafka, topic, tmp_path, *extra):
             "--starting_offsets=earliest", *extra]
 
 
-def _run(out_dir, flags, crash_at=None, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("BEAM_ZDL_CRASH_AT", None)
-    if crash_at:
-        env["BEAM_ZDL_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def _output(out_dir) -> dict[int, list[tuple]]:
-    return {int(p.stem.split("-")[1]): [tuple(json.loads(l)) for l in p.read_text().splitlines()]
-            for p in sorted(Path(out_dir).glob("batch-*.jsonl"))}
 
 
 def _assert_exactly_once(kafka, topic, out_dir, ckpt_dir, group):
-    batches = _output(out_dir)
+    batches = read_batches(out_dir)
     rows = [row for batch in batches.values() for row in batch]
     ends = kafka.end_offsets(topic)
     expected = sorted((topic, p, o) for p, end in ends.items() for o in range(end))
@@ -69,15 +58,15 @@ def test_batches_read_everything_once_and_commit(kafka, tmp_path):
     kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(2000)))
     flags = _flags(kafka, topic, tmp_path, "--max_records_per_partition=200")
 
-    proc = _run(tmp_path / "out", flags)
+    proc = run_driver(tmp_path / "out", flags)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["records"] == 2000 and summary["batches"] == len(_output(tmp_path / "out"))
+    assert summary["records"] == 2000 and summary["batches"] == len(read_batches(tmp_path / "out"))
     _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
 
     kafka.produce(topic, ((None, b"more") for _ in range(100)))
-    proc = _run(tmp_path / "out", flags)
+    proc = run_driver(tmp_path / "out", flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["records"] == 100
     _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
@@ -92,7 +81,7 @@ def test_sigkilled_driver_replays_identically(kafka, tmp_path, point):
     kafka.produce(topic, ((None, f"v{i}".encode(), i % 4) for i in range(3000)))
     flags = _flags(kafka, topic, tmp_path, "--max_records_per_partition=300", *MULTI_WORKER)
 
-    crashed = _run(tmp_path / "out", flags, crash_at=f"{point}:2")
+    crashed = run_driver(tmp_path / "out", flags, crash_at=f"{point}:2")
 
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
@@ -104,7 +93,7 @@ def test_sigkilled_driver_replays_identically(kafka, tmp_path, point):
         assert [p.batch_id for p in pending] == [1]
         before = pending[0].SerializeToString()
 
-    restarted = _run(tmp_path / "out", flags)
+    restarted = run_driver(tmp_path / "out", flags)
 
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     summary = json.loads(restarted.stdout.strip().splitlines()[-1])
@@ -145,7 +134,7 @@ def test_continuous_trigger_picks_up_new_data_and_stops_cleanly_on_ctrl_c(kafka,
 
     def wait_for_batches(n):
         deadline = time.time() + 120
-        while len(_output(tmp_path / "out")) < n:
+        while len(read_batches(tmp_path / "out")) < n:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline, "no new batch within 120 s"
             time.sleep(0.2)

@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from beam_zdl.testing import LocalKafka
 

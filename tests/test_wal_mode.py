@@ -24,6 +24,7 @@ import pytest
 
 import beam_zdl
 from beam_zdl.coordinator import CheckpointCoordinator
+from tests.driver_proc import read_batches, run_driver
 from beam_zdl.errors import WalCorruptionError
 from beam_zdl.options import ZdlConfig, ZdlOptions
 from beam_zdl.receiver import Receiver
@@ -43,23 +44,11 @@ def _flags(kafka, topic, ckpt, wal, *extra):
             "--max_records_per_partition=300", *extra]
 
 
-def _run(out_dir, flags, crash_at=None, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("BEAM_ZDL_CRASH_AT", None)
-    if crash_at:
-        env["BEAM_ZDL_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
 
 def _summary(proc) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-def _output(out_dir) -> dict[int, list[tuple]]:
-    return {int(p.stem.split("-")[1]): [tuple(json.loads(l)) for l in p.read_text().splitlines()]
-            for p in sorted(Path(out_dir).glob("batch-*.jsonl"))}
 
 
 def _wal_offsets(wal) -> list[tuple]:
@@ -71,7 +60,7 @@ def _assert_exactly_once(kafka, topic, out_dir, ckpt, wal, *, all_retained=True)
     ckpt, wal = str(ckpt), str(wal)
     ends = kafka.end_offsets(topic)
     expected = sorted((topic, p, o) for p, end in ends.items() for o in range(end))
-    batches = _output(out_dir)
+    batches = read_batches(out_dir)
     rows = [row for batch in batches.values() for row in batch]
     assert len(rows) == len(set(rows)), "a record appears twice in the output"
     assert sorted(rows) == expected, "records missing from the output"
@@ -120,13 +109,13 @@ def test_wal_mode_end_to_end(kafka, tmp_path, any_storage_uri):
     ckpt, wal = f"{any_storage_uri}/ckpt", f"{any_storage_uri}/wal"
     flags = _flags(kafka, topic, ckpt, wal)
 
-    summary = _summary(_run(tmp_path / "out", flags))
+    summary = _summary(run_driver(tmp_path / "out", flags))
 
     assert summary["records"] == 2000 and summary["batches"] >= 2
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
 
     _produce(kafka, topic, 300, start=2000)
-    summary = _summary(_run(tmp_path / "out", flags))
+    summary = _summary(run_driver(tmp_path / "out", flags))
     assert summary["records"] == 300
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
 
@@ -144,7 +133,7 @@ def test_cleanup_keeps_the_last_retained_batches(kafka, tmp_path):
     _produce(kafka, topic, 3000, partitions=2)
     ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
 
-    summary = _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
+    summary = _summary(run_driver(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
                                                      "--retain_batches=2")))
 
     assert summary["batches"] >= 4
@@ -156,7 +145,7 @@ def test_cleanup_keeps_the_last_retained_batches(kafka, tmp_path):
     assert sorted(s.name for s in list_segments(str(wal))) == names
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal, all_retained=False)
     # a restart with nothing new resumes after the WAL and plans nothing
-    assert _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
+    assert _summary(run_driver(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
                                                   "--retain_batches=2")))["records"] == 0
 
 
@@ -179,13 +168,13 @@ def _crash_and_recover(kafka, tmp_path, root, point):
     if point.startswith("after_segment_delete"):
         flags[-1] = "--retain_batches=1"
 
-    crashed = _run(tmp_path / "out", flags, crash_at=point)
+    crashed = run_driver(tmp_path / "out", flags, crash_at=point)
 
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-4000:]
     if point.startswith(("after_plan", "after_run")):
         assert [p.batch_id for p in CheckpointCoordinator(ckpt).pending()] == [1]
 
-    restarted = _summary(_run(tmp_path / "out", flags))
+    restarted = _summary(run_driver(tmp_path / "out", flags))
 
     if point.startswith(("after_plan", "after_run")):
         assert restarted["replayed"] == 1 and restarted["batch_ids"][0] == 1
@@ -386,9 +375,9 @@ def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path
     assert len(_read_full(tmp_path / "replay")) == 599
 
     # The pending batch is replayed with the same segments and the frame skipped.
-    summary = _summary(_run(tmp_path / "out", _flags(
+    summary = _summary(run_driver(tmp_path / "out", _flags(
         kafka, topic, ckpt, wal, "--max_records_per_partition=0", "--fail_on_data_loss=false")))
-    rows = [row for batch in _output(tmp_path / "out").values() for row in batch]
+    rows = [row for batch in read_batches(tmp_path / "out").values() for row in batch]
     assert summary["replayed"] == 1 and summary["records"] == 599
     assert len(rows) == len(set(rows)) == 599 and (topic, 0, 300) not in rows
 
@@ -419,7 +408,7 @@ def test_standalone_receive_command_killed_restarted_then_batches(kafka, tmp_pat
     assert json.loads(out.strip().splitlines()[-1])["segments"] >= 1
     assert len(rows) == len(set(rows)) == 2000
 
-    summary = _summary(_run(tmp_path / "out", flags))
+    summary = _summary(run_driver(tmp_path / "out", flags))
 
     assert summary["records"] == 2000
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
@@ -467,13 +456,13 @@ def test_continuous_trigger_then_available_now(kafka, tmp_path):
     topic = kafka.create_topic(partitions=2)
     _produce(kafka, topic, 1500, partitions=2)
     ckpt, wal = tmp_path / "ckpt", tmp_path / "wal"
-    continuous = _summary(_run(tmp_path / "out", _flags(
+    continuous = _summary(run_driver(tmp_path / "out", _flags(
         kafka, topic, ckpt, wal, "--trigger=continuous", "--batch_interval_s=0.5",
         "--max_batches=2")))
     assert continuous["batches"] == 2 and 0 < continuous["records"] <= 1500
     _produce(kafka, topic, 500, partitions=2, start=1500)
 
-    rest = _summary(_run(tmp_path / "out", _flags(kafka, topic, ckpt, wal)))
+    rest = _summary(run_driver(tmp_path / "out", _flags(kafka, topic, ckpt, wal)))
 
     assert continuous["records"] + rest["records"] == 2000
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)

@@ -12,10 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from beam_zdl.errors import ZdlError
 from beam_zdl.testing import jars
