@@ -8,10 +8,16 @@ Initial Restriction
     ``OffsetRange(start, stop)`` of the element. An empty range completes at once.
 
 Splitting
-    A range of more than ``2 * MIN_SPLIT_RECORDS`` offsets is split up front
-    into at most ``SPLITS_PER_RANGE`` chunks so several workers can share one
-    partition; the tracker (Beam's ``OffsetRestrictionTracker``) also supports
-    dynamic splits by the runner.
+    A range of more than ``2 * MIN_SPLIT_RECORDS`` offsets is cut into at most
+    ``SPLITS_PER_RANGE`` chunks (:func:`split_range`). ``ReadFromKafka`` emits
+    the chunks as elements and reshuffles them, so a runner hands them to all
+    its workers; the initial split of a restriction makes the same cut. Every
+    chunk costs a new assignment and a prefetch that overruns its end, so
+    chunks are large (``MIN_SPLIT_RECORDS`` = 500k by default; both knobs can
+    be set for tuning with ``$BEAM_ZDL_MIN_SPLIT_RECORDS`` and
+    ``$BEAM_ZDL_SPLITS_PER_RANGE``). The tracker
+    (Beam's ``OffsetRestrictionTracker``) also supports dynamic splits by the
+    runner.
 
 Checkpoint and Resume
     A range is bounded and never self-checkpoints; a runner's split leaves a
@@ -23,11 +29,19 @@ Gaps
     reaches ``stop`` the restriction is finished by claiming ``stop`` itself,
     so a range whose last offsets are markers still completes.
 
+Claiming
+    Each poll is claimed at once by claiming its last offset (which claims
+    every offset below it) before any of its records is emitted; when that
+    claim fails (the runner split meanwhile) records are claimed one by one
+    and reading stops at the first refused one.
+
 Data loss
     A range starting below the partition's log start offset (retention deleted
-    it) raises :class:`~beam_zdl.errors.DataLossError` naming the topic,
-    partition and missing offsets. With ``fail_on_data_loss=False`` the gap is
-    skipped, counted in the ``beam_zdl/data_loss_records`` counter and logged.
+    it) comes back from ``consume`` as an out-of-range error (the consumer runs
+    with ``auto.offset.reset=error``); the reader then raises
+    :class:`~beam_zdl.errors.DataLossError` naming the topic, partition and
+    missing offsets. With ``fail_on_data_loss=False`` the gap is skipped,
+    counted in the ``beam_zdl/data_loss_records`` counter and logged.
 
 Progress and Size
     ``restriction_size`` is the number of offsets left; the tracker reports
@@ -45,6 +59,7 @@ Consumers are assigned (never subscribed: no group membership), created in
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
@@ -52,22 +67,30 @@ import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.utils.windowed_value import create as _windowed
 
 from beam_zdl.errors import DataLossError, ZdlError
 from beam_zdl.records import KafkaHeader, KafkaRecord
 
 __all__ = ["PartitionRange", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
-           "MIN_SPLIT_RECORDS", "SPLITS_PER_RANGE"]
+           "MIN_SPLIT_RECORDS", "SPLITS_PER_RANGE", "split_range"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _NAMESPACE = "beam_zdl"
 _POLL_TIMEOUT_S = 1.0
+# What consume() reports for an offset outside the log: with auto.offset.reset=error,
+# KafkaError._AUTO_OFFSET_RESET (-140); the broker's OFFSET_OUT_OF_RANGE (1) for safety.
+_OUT_OF_RANGE = (-140, 1)
 # How long a range may see no progress before the read fails, naming it.
 _STALL_TIMEOUT_S = 120.0
-MIN_SPLIT_RECORDS = 50_000
-SPLITS_PER_RANGE = 4
+# A bounded reader never waits for new data: a fetch that long-polls at a range's end
+# (librdkafka's default is 500 ms) holds back the next range's first fetch on the
+# same broker connection.
+_READER_CONFIG = {"fetch.wait.max.ms": 10}
+MIN_SPLIT_RECORDS = int(os.environ.get("BEAM_ZDL_MIN_SPLIT_RECORDS", 500_000))
+SPLITS_PER_RANGE = int(os.environ.get("BEAM_ZDL_SPLITS_PER_RANGE", 4))
 
 
 class PartitionRange(NamedTuple):
@@ -88,6 +111,25 @@ class ReadSettings:
     poll_batch: int = 10_000
 
 
+def _split_offsets(restriction: OffsetRange) -> Iterator[OffsetRange]:
+    size = restriction.size()
+    if size <= 2 * MIN_SPLIT_RECORDS:
+        yield restriction
+        return
+    chunk = max(MIN_SPLIT_RECORDS, -(-size // SPLITS_PER_RANGE))
+    yield from restriction.split(chunk, MIN_SPLIT_RECORDS // 2)
+
+
+def split_range(rng: PartitionRange) -> list[PartitionRange]:
+    """``rng`` in the chunks of the initial split (see Splitting), as PartitionRanges.
+
+    Reading chunks as separate elements lets a runner hand them to different
+    workers; the SDF does not split a chunk further.
+    """
+    return [PartitionRange(rng.topic, rng.partition, r.start, r.stop)
+            for r in _split_offsets(OffsetRange(rng.start, rng.stop))]
+
+
 class OffsetRangeProvider(RestrictionProvider):
     """Restrictions are ``OffsetRange``s of a PartitionRange's offsets."""
 
@@ -98,12 +140,7 @@ class OffsetRangeProvider(RestrictionProvider):
         return OffsetRestrictionTracker(restriction)
 
     def split(self, element: PartitionRange, restriction: OffsetRange):
-        size = restriction.size()
-        if size <= 2 * MIN_SPLIT_RECORDS:
-            yield restriction
-            return
-        chunk = max(MIN_SPLIT_RECORDS, -(-size // SPLITS_PER_RANGE))
-        yield from restriction.split(chunk, MIN_SPLIT_RECORDS // 2)
+        yield from _split_offsets(restriction)
 
     def restriction_size(self, element: PartitionRange, restriction: OffsetRange) -> int:
         return restriction.size()
@@ -122,7 +159,8 @@ class ReadOffsetRangesFn(beam.DoFn):
     def setup(self) -> None:
         from beam_zdl.kafka import new_consumer
         s = self._settings
-        self._consumer = new_consumer(s.bootstrap_servers, s.consumer_group, s.consumer_config)
+        self._consumer = new_consumer(s.bootstrap_servers, s.consumer_group,
+                                      {**_READER_CONFIG, **s.consumer_config})
 
     def teardown(self) -> None:
         if self._consumer is not None:
@@ -132,9 +170,10 @@ class ReadOffsetRangesFn(beam.DoFn):
     def process(
         self,
         element: PartitionRange,
+        window=beam.DoFn.WindowParam,
         tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(OffsetRangeProvider()),
-    ) -> Iterator[TimestampedValue]:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    ) -> Iterator[WindowedValue]:
+        from confluent_kafka import KafkaException, TopicPartition
         import time
 
         rng = tracker.current_restriction()
@@ -142,17 +181,18 @@ class ReadOffsetRangesFn(beam.DoFn):
             return
         topic, partition = element.topic, element.partition
         consumer = self._consumer
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=30, cached=False)
+        # No up-front watermark query: it queues behind the consumer's last fetch, which
+        # long-polls at a log end (up to fetch.wait.max.ms per range). A start below the
+        # log start comes back from consume() as an out-of-range error, handled below.
         start = rng.start
-        if start < low:
-            start = self._on_missing(tracker, topic, partition, start, min(low, rng.stop))
-            if start >= rng.stop:
-                return
         consumer.assign([TopicPartition(topic, partition, start)])
         lag = Metrics.gauge(_NAMESPACE, f"lag/{topic}/{partition}")
+        tpart = TopicPartition(topic, partition)
         stop = rng.stop
         next_offset = start
+        claimed = start - 1  # every offset up to here is ours (claimed)
+        windows = (window,)  # the input's window: ranges come from Create, the global window
+        new_record = tuple.__new__
         last_progress = time.monotonic()
         try:
             while next_offset < stop:
@@ -170,39 +210,66 @@ class ReadOffsetRangesFn(beam.DoFn):
                             f"{position}); is the broker up and does it still hold them?")
                     continue
                 last_progress = time.monotonic()
+                # Claim the whole poll at once: claiming its last offset claims every offset
+                # below it, so a split can only fall after this poll's records. If the claim
+                # fails (split meanwhile) each record is claimed on its own below.
+                tail = messages[-1]
+                if tail.error() is None:
+                    tail_offset = tail.offset()
+                    if claimed < tail_offset < stop and tracker.try_claim(tail_offset):
+                        claimed = tail_offset
                 nbytes = 0
                 count = 0
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() != KafkaError._OFFSET_OUT_OF_RANGE:
+                        if err.code() not in _OUT_OF_RANGE:
                             raise KafkaException(err)
-                        low, _ = consumer.get_watermark_offsets(
+                        low, high = consumer.get_watermark_offsets(
                             TopicPartition(topic, partition), timeout=30, cached=False)
+                        if low <= next_offset:
+                            raise ZdlError(
+                                f"{topic}[{partition}] offset {next_offset} is out of range "
+                                f"but the log holds [{low}, {high}): the partition was "
+                                f"truncated below the planned range [{rng.start}, {stop})")
                         next_offset = self._on_missing(
                             tracker, topic, partition, next_offset, min(low, stop))
+                        if next_offset >= stop:
+                            break
                         consumer.assign([TopicPartition(topic, partition, next_offset)])
                         break
                     offset = msg.offset()
-                    if offset >= stop:
-                        next_offset = stop
-                        break
-                    if not tracker.try_claim(offset):
-                        # Split off: the residual belongs to another bundle.
-                        return
+                    if offset > claimed:
+                        if offset >= stop:
+                            next_offset = stop
+                            break
+                        if not tracker.try_claim(offset):
+                            # Split off: the residual belongs to another bundle.
+                            return
+                        claimed = offset
                     next_offset = offset + 1
                     key = msg.key()
                     value = msg.value()
                     headers = msg.headers()
-                    nbytes += (len(value) if value else 0) + (len(key) if key else 0)
+                    if value is not None:
+                        nbytes += len(value)
+                    if key is not None:
+                        nbytes += len(key)
                     count += 1
-                    record = KafkaRecord(
-                        topic, partition, offset, key, value, msg.timestamp()[1],
-                        [KafkaHeader(k, v) for k, v in headers] if headers else [])
-                    yield TimestampedValue(record, record.timestamp_ms / 1000.0)
+                    ts = msg.timestamp()[1]
+                    # tuple.__new__ skips NamedTuple's Python-level __new__; same object.
+                    record = new_record(KafkaRecord, (
+                        topic, partition, offset, key, value, ts,
+                        [KafkaHeader(k, v) for k, v in headers] if headers else []))
+                    # A WindowedValue in the input's window, timestamp in micros: what
+                    # TimestampedValue + window assignment produce, without their per-record cost.
+                    yield _windowed(record, ts * 1000, windows)
                 self._records.inc(count)
                 self._bytes.inc(nbytes)
-                lag.set(max(0, high - next_offset))
+                # The high watermark of the last fetch response: local, no broker round trip.
+                high = consumer.get_watermark_offsets(tpart, cached=True)[1]
+                if high >= 0:
+                    lag.set(max(0, high - next_offset))
             # Claiming stop finishes a range whose last offsets held no records.
             tracker.try_claim(stop)
         finally:

@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.direct import PartitionRange, ReadOffsetRangesFn, ReadSettings
+from beam_zdl.direct import PartitionRange, ReadOffsetRangesFn, ReadSettings, split_range
 from beam_zdl.options import ZdlConfig
 from beam_zdl.records import KafkaRecord
 
@@ -81,9 +81,13 @@ class ReadFromKafka(beam.PTransform):
             ranges = plan_bounded_ranges(config)
             _LOGGER.info("ReadFromKafka planned %d ranges, %d records", len(ranges),
                          sum(r.stop - r.start for r in ranges))
-        ranges = [r for r in ranges if r.stop > r.start]
-        return (pbegin
-                | "Ranges" >> beam.Create(ranges, reshuffle=False)
+        # Chunks of the initial split as elements, spread by a shuffle: a runner then hands
+        # them to all its workers (one Create element would keep them on one).
+        chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
+        chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
+        if len(chunks) > 1:
+            chunked = chunked | "Spread" >> beam.Reshuffle()
+        return (chunked
                 | "Read" >> beam.ParDo(ReadOffsetRangesFn(read_settings(config)))
                 .with_output_types(KafkaRecord))
 
