@@ -146,6 +146,50 @@ class OffsetRangeProvider(RestrictionProvider):
         return restriction.size()
 
 
+class Poll(list):
+    """The records of one poll, as WindowedValues: what the SDF emits (see UnbatchFn)."""
+
+
+class _PollCoder(beam.coders.Coder):
+    """Pickles a Poll (it normally never leaves its fused stage); sizes it cheaply.
+
+    The runner samples element sizes; the default coder would pickle a whole poll
+    to learn its size.
+    """
+
+    def encode(self, value: Poll) -> bytes:
+        import pickle
+        return pickle.dumps(list(value), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Poll:
+        import pickle
+        return Poll(pickle.loads(encoded))
+
+    def estimate_size(self, value: Poll) -> int:
+        if not value:
+            return 0
+        first = value[0].value
+        return len(value) * (64 + len(first.value or b"") + len(first.key or b""))
+
+    def is_deterministic(self) -> bool:
+        return False
+
+
+beam.coders.registry.register_coder(Poll, _PollCoder)
+
+
+class UnbatchFn(beam.DoFn):
+    """Emits the records of one poll (a list of WindowedValues) as elements.
+
+    The SDF yields one list per poll so that the runner's per-output work for a
+    splittable DoFn (watermark estimator, timestamp objects) is paid per poll;
+    this plain DoFn, fused with it, returns the records themselves.
+    """
+
+    def process(self, polled: Poll) -> Poll:
+        return polled
+
+
 class ReadOffsetRangesFn(beam.DoFn):
     """Reads exactly the offsets of each PartitionRange as KafkaRecords."""
 
@@ -220,6 +264,8 @@ class ReadOffsetRangesFn(beam.DoFn):
                         claimed = tail_offset
                 nbytes = 0
                 count = 0
+                polled = Poll()
+                emit = polled.append
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -245,6 +291,8 @@ class ReadOffsetRangesFn(beam.DoFn):
                             break
                         if not tracker.try_claim(offset):
                             # Split off: the residual belongs to another bundle.
+                            if polled:
+                                yield polled
                             return
                         claimed = offset
                     next_offset = offset + 1
@@ -263,7 +311,9 @@ class ReadOffsetRangesFn(beam.DoFn):
                         [KafkaHeader(k, v) for k, v in headers] if headers else []))
                     # A WindowedValue in the input's window, timestamp in micros: what
                     # TimestampedValue + window assignment produce, without their per-record cost.
-                    yield _windowed(record, ts * 1000, windows)
+                    emit(_windowed(record, ts * 1000, windows))
+                if polled:
+                    yield polled
                 self._records.inc(count)
                 self._bytes.inc(nbytes)
                 # The high watermark of the last fetch response: local, no broker round trip.

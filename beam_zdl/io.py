@@ -14,7 +14,8 @@ from typing import Iterable, Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.direct import PartitionRange, ReadOffsetRangesFn, ReadSettings, split_range
+from beam_zdl.direct import (PartitionRange, Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn,
+                             split_range)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.records import KafkaRecord
 
@@ -89,7 +90,8 @@ class ReadFromKafka(beam.PTransform):
             chunked = chunked | "Spread" >> beam.Reshuffle()
         return (chunked
                 | "Read" >> beam.ParDo(ReadOffsetRangesFn(read_settings(config)))
-                .with_output_types(KafkaRecord))
+                .with_output_types(Poll)
+                | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
 
 
 def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
