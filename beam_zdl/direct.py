@@ -235,6 +235,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         stop = rng.stop
         next_offset = start
         claimed = start - 1  # every offset up to here is ours (claimed)
+        attempted = claimed  # the highest offset a claim was tried for
         windows = (window,)  # the input's window: ranges come from Create, the global window
         new_record = tuple.__new__
         last_progress = time.monotonic()
@@ -260,8 +261,16 @@ class ReadOffsetRangesFn(beam.DoFn):
                 tail = messages[-1]
                 if tail.error() is None:
                     tail_offset = tail.offset()
-                    if claimed < tail_offset < stop and tracker.try_claim(tail_offset):
-                        claimed = tail_offset
+                    if claimed < tail_offset < stop:
+                        attempted = tail_offset
+                        if tracker.try_claim(tail_offset):
+                            claimed = tail_offset
+                        else:
+                            # A split fell after our last claim, inside this poll. Offsets
+                            # below the new end are still ours (claims must not go back
+                            # down, so they are emitted unclaimed); nothing from there on.
+                            stop = tracker.current_restriction().stop
+                            claimed = stop - 1
                 nbytes = 0
                 count = 0
                 polled = Poll()
@@ -289,6 +298,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                         if offset >= stop:
                             next_offset = stop
                             break
+                        attempted = offset
                         if not tracker.try_claim(offset):
                             # Split off: the residual belongs to another bundle.
                             if polled:
@@ -321,7 +331,8 @@ class ReadOffsetRangesFn(beam.DoFn):
                 if high >= 0:
                     lag.set(max(0, high - next_offset))
             # Claiming stop finishes a range whose last offsets held no records.
-            tracker.try_claim(stop)
+            if attempted < stop:
+                tracker.try_claim(stop)
         finally:
             consumer.unassign()
 
