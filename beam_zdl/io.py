@@ -135,8 +135,8 @@ class _ReadSegmentsFn(beam.DoFn):
         self._lost_frames = Metrics.counter("beam_zdl", "wal_lost_frames")
         self._lost_records = Metrics.counter("beam_zdl", "wal_lost_records")
 
-    def process(self, uri: str):
-        from apache_beam.transforms.window import TimestampedValue
+    def process(self, uri: str, window=beam.DoFn.WindowParam):
+        from apache_beam.utils.windowed_value import create as windowed
 
         from beam_zdl.records import KafkaHeader
         from beam_zdl.wal import ReadReport, read_segment
@@ -152,16 +152,23 @@ class _ReadSegmentsFn(beam.DoFn):
                           ", and an unknown number more" if report.unknown_loss else "")
         count = 0
         nbytes = 0
+        windows = (window,)  # the segment URI's window: the global window of a Create
+        new_record = tuple.__new__
         for rec in records:
             key = rec.key if rec.HasField("key") else None
             value = rec.value if rec.HasField("value") else None
             headers = [KafkaHeader(h.key, h.value if h.HasField("value") else None)
-                       for h in rec.headers]
+                       for h in rec.headers] if rec.headers else []
             count += 1
-            nbytes += len(key or b"") + len(value or b"")
-            yield TimestampedValue(
-                KafkaRecord(rec.topic, rec.partition, rec.offset, key, value, rec.timestamp_ms,
-                            headers), rec.timestamp_ms / 1000.0)
+            if key is not None:
+                nbytes += len(key)
+            if value is not None:
+                nbytes += len(value)
+            ts = rec.timestamp_ms
+            # As direct mode: KafkaRecord without NamedTuple's Python __new__, and a
+            # WindowedValue (timestamp in micros) instead of TimestampedValue + assignment.
+            yield windowed(new_record(KafkaRecord, (rec.topic, rec.partition, rec.offset, key,
+                                                    value, ts, headers)), ts * 1000, windows)
         self._records.inc(count)
         self._bytes.inc(nbytes)
         self._segments.inc()

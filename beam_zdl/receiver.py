@@ -33,7 +33,8 @@ Rebalance
 Backpressure
     Memory is bounded by ``--max_buffered_bytes``: segments seal at
     ``min(--wal_segment_bytes, max_buffered_bytes / 2)``, librdkafka's
-    prefetch queue is capped at the other half, and when sealing falls behind
+    prefetch queue is capped at the other half (one fetch response at a
+    quarter), and when sealing falls behind
     (slow or failing storage) the receiver pauses its partitions until the
     buffer is sealed. Batches that fall behind leave sealed segments on
     storage, not records in memory.
@@ -281,7 +282,9 @@ class Receiver:
                                  max_bytes=min(cfg.wal_segment_bytes, half),
                                  max_records=cfg.wal_segment_records,
                                  max_age_s=cfg.wal_segment_age_s)
-        fetch = max(1024, min(64 * 1024 * 1024, half))
+        # A fetch response is held until its last record is freed: a quarter of the budget
+        # (a half measured ~100 MB more peak RSS on 1M 100-byte records).
+        fetch = max(1024, min(64 * 1024 * 1024, half // 2))
         extra = {"queued.max.messages.kbytes": max(1, min(64 * 1024, half // 1024)),
                  "fetch.max.bytes": fetch,
                  "message.max.bytes": min(1_000_000, fetch),  # librdkafka: <= fetch.max.bytes

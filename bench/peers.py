@@ -3,19 +3,31 @@
     python -m bench.peers <peer> --bootstrap_servers=... --topics=... [--workdir=...]
 
 The parent (bench/run.py) runs each peer as a child so that peak RSS is the
-peer's own and a crash of one peer does not end the run.
+peer's own and a crash of one peer does not end the run. A peer that cannot
+run prints ``{"error": "<why>"}`` and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import re
 import resource
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Callable
 
 PEERS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def peer(name: str):
@@ -49,20 +61,29 @@ def bare_consumer(args: argparse.Namespace) -> dict:
     return {"records": records, "bytes": nbytes, "seconds": seconds}
 
 
-def _micro_batches(args: argparse.Namespace, extra: list[str]) -> dict:
+def _build(records, batch) -> None:
+    """The batch pipeline of every micro-batch peer: touch every value, sum the bytes."""
     import apache_beam as beam
+    (records | beam.Map(lambda r: len(r.value or b"")) | beam.CombineGlobally(sum))
+
+
+_WORKERS = {1: ["--direct_num_workers=1"],
+            2: ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]}
+
+
+def _zdl_flags(args: argparse.Namespace, checkpoint_dir: str, *extra: str) -> list[str]:
+    return [f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+            f"--checkpoint_dir={checkpoint_dir}", f"--consumer_group=bench-{uuid.uuid4().hex}",
+            "--starting_offsets=earliest", "--trigger=available_now", *extra]
+
+
+def _micro_batches(args: argparse.Namespace, extra: list[str],
+                   checkpoint_dir: str | None = None) -> dict:
     import beam_zdl
-
-    def build(records, batch):
-        (records | beam.Map(lambda r: len(r.value or b"")) | beam.CombineGlobally(sum))
-
-    options = beam_zdl.ZdlOptions([
-        f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
-        f"--checkpoint_dir={args.workdir}/ckpt-{time.time_ns()}",
-        f"--consumer_group=bench-{time.time_ns()}", "--starting_offsets=earliest",
-        "--trigger=available_now", *extra])
+    options = beam_zdl.ZdlOptions(_zdl_flags(
+        args, checkpoint_dir or f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *extra))
     started = time.monotonic()
-    summary = beam_zdl.run_micro_batches(build, options)
+    summary = beam_zdl.run_micro_batches(_build, options)
     seconds = time.monotonic() - started
     return {"records": summary.records, "bytes": summary.records * args.value_bytes,
             "seconds": seconds, "batches": summary.batches}
@@ -70,13 +91,221 @@ def _micro_batches(args: argparse.Namespace, extra: list[str]) -> dict:
 
 @peer("direct_1_worker")
 def direct_1(args: argparse.Namespace) -> dict:
-    return _micro_batches(args, ["--direct_num_workers=1"])
+    return _micro_batches(args, _WORKERS[1])
 
 
 @peer("direct_2_workers")
 def direct_2(args: argparse.Namespace) -> dict:
-    return _micro_batches(args, ["--direct_num_workers=2",
-                                 "--direct_running_mode=multi_processing"])
+    return _micro_batches(args, _WORKERS[2])
+
+
+@peer("batch_overhead")
+def batch_overhead(args: argparse.Namespace) -> dict:
+    """The driver's fixed cost per batch: one batch of a tiny topic (``--topics``), per
+    worker setting: pipeline construction, runner and worker start-up, plan, complete,
+    commit. Its seconds are almost all fixed cost."""
+    out = {}
+    for workers, flags in _WORKERS.items():
+        r = _micro_batches(args, flags)
+        out[f"{workers}_worker_s"] = round(r["seconds"], 3)
+        out[f"{workers}_worker_records"] = r["records"]
+    return out
+
+
+def _wal(args: argparse.Namespace, root: str) -> dict:
+    result = _micro_batches(args, [*_WORKERS[2], "--zdl_mode=wal", f"--wal_dir={root}/wal"],
+                            checkpoint_dir=f"{root}/ckpt")
+    result["workers"] = 2
+    return result
+
+
+@peer("wal_local")
+def wal_local(args: argparse.Namespace) -> dict:
+    """WAL mode end to end on local disk: receiver thread → sealed segments → batches."""
+    return _wal(args, f"{args.workdir}/wal-{uuid.uuid4().hex}")
+
+
+@peer("wal_gcs")
+def wal_gcs(args: argparse.Namespace) -> dict:
+    """WAL mode with WAL and checkpoint on the GCS emulator ($STORAGE_EMULATOR_HOST)."""
+    if not os.environ.get("STORAGE_EMULATOR_HOST") or not args.gcs_bucket:
+        return {"error": "no GCS emulator (STORAGE_EMULATOR_HOST / --gcs_bucket unset)"}
+    return _wal(args, f"gs://{args.gcs_bucket}/{uuid.uuid4().hex}")
+
+
+@peer("java_kafkaio_xlang")
+def java_kafkaio_xlang(args: argparse.Namespace) -> dict:
+    """Beam's Java KafkaIO through apache_beam.io.kafka.ReadFromKafka (cross-language).
+
+    Needs the Beam Java IO expansion service of the installed Beam version (resolved
+    with Maven) and a Java SDK harness, which Beam starts as a Docker container.
+    """
+    import apache_beam as beam
+    version = beam.__version__
+    artifact = f"org.apache.beam:beam-sdks-java-io-expansion-service:{version}"
+    jar, why = _resolve_jar(artifact)
+    if jar is None:
+        return {"error": why}
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True,
+                                        timeout=30).returncode != 0:
+        return {"error": f"{artifact} resolved, but the Java SDK harness that runs KafkaIO "
+                         "needs a Docker engine (Beam's default environment for Java "
+                         "transforms) and none runs here"}
+    from apache_beam.io.kafka import ReadFromKafka
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms.external import JavaJarExpansionService
+    total = args.records
+    started = time.monotonic()
+    with beam.Pipeline(options=PipelineOptions(["--runner=PrismRunner"])) as p:
+        (p | ReadFromKafka(consumer_config={"bootstrap.servers": args.bootstrap_servers,
+                                            "auto.offset.reset": "earliest",
+                                            "group.id": f"bench-{uuid.uuid4().hex}"},
+                           topics=[args.topics], max_num_records=total,
+                           expansion_service=JavaJarExpansionService(str(jar)))
+         | beam.Map(lambda kv: len(kv[1] or b"")) | beam.CombineGlobally(sum))
+    seconds = time.monotonic() - started
+    return {"records": total, "bytes": total * args.value_bytes, "seconds": seconds}
+
+
+def _resolve_jar(artifact: str) -> tuple[Path | None, str]:
+    """The artifact's jar from Maven (shared cache), or None and the reason."""
+    from beam_zdl.testing.jars import cache_dir
+    group, name, version = artifact.split(":")
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return None, f"Maven (mvn) is not on PATH, so {artifact} cannot be resolved"
+    repo = cache_dir() / "m2"
+    jar = repo.joinpath(*group.split("."), name, version, f"{name}-{version}.jar")
+    if jar.exists():
+        return jar, ""
+    with tempfile.TemporaryDirectory() as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(
+            '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0'
+            '</modelVersion><groupId>bench</groupId><artifactId>xlang</artifactId>'
+            '<version>1</version><dependencies><dependency>'
+            f'<groupId>{group}</groupId><artifactId>{name}</artifactId>'
+            f'<version>{version}</version><scope>runtime</scope></dependency></dependencies>'
+            '</project>')
+        try:
+            proc = subprocess.run([mvn, "-q", "-B", f"-Dmaven.repo.local={repo}", "-f", str(pom),
+                                   "-U", "dependency:resolve"],
+                                  capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            return None, f"Maven did not resolve {artifact} within 180 s"
+    if jar.exists():
+        return jar, ""
+    served = _served_versions(repo / group.replace(".", "/") / "beam-sdks-java-core")
+    return None, (f"Maven could not resolve {artifact} (exit {proc.returncode}): the package "
+                  f"registry reachable here does not serve Beam Java {version}"
+                  f"{f' (Beam Java versions in the local Maven cache: {served})' if served else ''}"
+                  "; and even with an older expansion service the Java SDK harness that runs "
+                  "KafkaIO needs a Docker engine, which does not run here")
+
+
+def _served_versions(folder: Path) -> str:
+    found = sorted((p.name for p in folder.glob("*") if (p / f"{folder.name}-{p.name}.jar")
+                    .exists()), key=lambda v: [int(x) for x in re.findall(r"\d+", v)])
+    return ", ".join(found[-3:])
+
+
+# --- recovery and memory --------------------------------------------------------------------
+
+@peer("driver_child")
+def driver_child(args: argparse.Namespace) -> dict:
+    """A driver for the recovery peer: logs at INFO to stderr, checkpoint in --workdir."""
+    logging.getLogger("beam_zdl").setLevel(logging.INFO)  # batch lines, timed by the parent
+    import beam_zdl
+    options = beam_zdl.ZdlOptions([
+        f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+        f"--checkpoint_dir={args.workdir}/ckpt", f"--consumer_group={args.group}",
+        "--starting_offsets=earliest", "--trigger=available_now",
+        f"--max_records_per_partition={args.batch_per_partition}", *_WORKERS[1]])
+    summary = beam_zdl.run_micro_batches(_build, options)
+    return {"records": summary.records, "batches": summary.batches,
+            "replayed": summary.replayed}
+
+
+def _run_child(args: argparse.Namespace, workdir: str, group: str, env: dict) -> dict:
+    """Run driver_child; time its start-up, first completed batch and exit."""
+    cmd = [sys.executable, "-m", "bench.peers", "driver_child",
+           f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+           f"--workdir={workdir}", f"--group={group}",
+           f"--batch_per_partition={args.batch_per_partition}"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    times: dict[str, float] = {}
+    tail: list[str] = []
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            now = time.monotonic() - started
+            tail.append(line)
+            del tail[:-20]
+            if "driver epoch" in line:
+                times.setdefault("startup_s", now)
+            elif " done: " in line:
+                times.setdefault("first_batch_s", now)
+                times["last_batch_s"] = now
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    out = proc.stdout.read()
+    proc.wait()
+    reader.join()
+    times["exit_s"] = time.monotonic() - started
+    return {"returncode": proc.returncode, "times": times,
+            "result": json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else None,
+            "tail": "".join(tail[-3:])}
+
+
+@peer("recovery")
+def recovery(args: argparse.Namespace) -> dict:
+    """SIGKILL a direct-mode driver after its 2nd batch ran but before it completed
+    (``BEAM_ZDL_CRASH_AT=after_run:2``); restart it; time the restart to its first
+    completed batch (the replay) and to catch-up (every record read, exit)."""
+    workdir = f"{args.workdir}/recovery-{uuid.uuid4().hex}"
+    group = f"bench-recovery-{uuid.uuid4().hex}"
+    env = dict(os.environ, BEAM_ZDL_CRASH_AT="after_run:2")
+    first = _run_child(args, workdir, group, env)
+    if first["returncode"] != -signal.SIGKILL:
+        return {"error": f"the first driver was not killed (exit {first['returncode']}): "
+                         f"{first['tail'][-300:]}"}
+    env.pop("BEAM_ZDL_CRASH_AT")
+    second = _run_child(args, workdir, group, env)
+    if second["returncode"] != 0 or second["result"] is None:
+        return {"error": f"the restarted driver failed (exit {second['returncode']}): "
+                         f"{second['tail'][-300:]}"}
+    t = second["times"]
+    return {"killed_after_s": round(first["times"]["exit_s"], 2),
+            "restart_startup_s": round(t.get("startup_s", float("nan")), 2),
+            "restart_to_first_batch_s": round(t.get("first_batch_s", float("nan")), 2),
+            "restart_to_catch_up_s": round(t["exit_s"], 2),
+            "batch_records": args.batch_per_partition * args.partitions,
+            "replayed": second["result"]["replayed"], "records_after_restart":
+            second["result"]["records"], "batches_after_restart": second["result"]["batches"]}
+
+
+@peer("receiver_rss")
+def receiver_rss(args: argparse.Namespace) -> dict:
+    """A WAL receiver alone (local disk) draining the whole backlog: its rate and peak RSS."""
+    from beam_zdl.options import ZdlConfig, ZdlOptions
+    from beam_zdl.receiver import Receiver
+    config = ZdlConfig.from_options(ZdlOptions([
+        f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+        "--starting_offsets=earliest", "--zdl_mode=wal",
+        f"--wal_dir={args.workdir}/rss-wal-{uuid.uuid4().hex}",
+        f"--consumer_group=bench-{uuid.uuid4().hex}"]))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.monotonic()
+    stats = Receiver(config, name="bench").run(threading.Event(), drain_to_end=True)
+    seconds = time.monotonic() - started
+    return {"records": stats.records, "bytes": stats.records * args.value_bytes,
+            "seconds": seconds, "segments": stats.segments,
+            "peak_buffered_mb": stats.peak_buffered_bytes / 1e6,
+            "rss_after_imports_mb": baseline}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topics", required=True)
     parser.add_argument("--workdir", default="/tmp")
     parser.add_argument("--value_bytes", type=int, default=100)
+    parser.add_argument("--records", type=int, default=0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--gcs_bucket", default="")
+    parser.add_argument("--group", default="")
+    parser.add_argument("--batch_per_partition", type=int, default=62_500)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
     result = PEERS[args.peer](args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

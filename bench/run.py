@@ -1,6 +1,6 @@
 """`make bench`: run every peer side by side on one broker and one topic, in one run.
 
-Writes a table to stdout, ``bench/out/results.json`` and ``bench/out/results.png``.
+Writes a table to stdout, ``bench/results.json`` and ``bench/results.png``.
 Sizes are adjustable: ``python -m bench.run --records 1000000 --partitions 4``.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -19,32 +20,58 @@ from tqdm import tqdm
 
 from beam_zdl.testing import LocalKafka
 
-OUT = Path(__file__).resolve().parent / "out"
-DEFAULT_PEERS = ["bare_consumer", "direct_1_worker", "direct_2_workers"]
+HERE = Path(__file__).resolve().parent
+# Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
+THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
+              "java_kafkaio_xlang", "receiver_rss"]
+OTHER = ["batch_overhead", "recovery"]
+DEFAULT_PEERS = THROUGHPUT + OTHER
+LABELS = {
+    "bare_consumer": "(a) bare confluent-kafka loop",
+    "direct_1_worker": "(b) direct, 1 worker",
+    "direct_2_workers": "(b) direct, 2 workers",
+    "wal_local": "(c) WAL, local disk",
+    "wal_gcs": "(c) WAL, GCS emulator",
+    "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
+    "receiver_rss": "(f) WAL receiver alone",
+}
+PEER_TIMEOUT_S = 600
 
 
-def run_peer(name: str, kafka: LocalKafka, topic: str, workdir: str, value_bytes: int) -> dict:
+def run_peer(name: str, kafka: LocalKafka, topic: str, workdir: str, args: argparse.Namespace,
+             extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "bench.peers", name, f"--bootstrap_servers={kafka.bootstrap_servers}",
-           f"--topics={topic}", f"--workdir={workdir}", f"--value_bytes={value_bytes}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+           f"--topics={topic}", f"--workdir={workdir}", f"--value_bytes={args.value_bytes}",
+           f"--records={args.records}", f"--partitions={args.partitions}", *extra]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent,
+                              timeout=PEER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {PEER_TIMEOUT_S} s"}
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.monotonic() - started
+    return result
 
 
-def chart(results: dict, path: Path) -> None:
+def chart(results: dict, base: float | None, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [n for n, r in results.items() if "records_per_s" in r]
+    names = [n for n in THROUGHPUT if "records_per_s" in results.get(n, {})]
     values = [results[n]["records_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
-    ax.barh(names, values, color="#4472c4")
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:,.0f}", va="center")
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.6))
+    ax.barh([LABELS.get(n, n) for n in names], values,
+            color=["#7f7f7f" if n == "bare_consumer" else "#4472c4" for n in names])
+    for i, (n, v) in enumerate(zip(names, values)):
+        ratio = f"  ({v / base:.2f}x)" if base else ""
+        ax.text(v, i, f" {v:,.0f}{ratio}", va="center", fontsize=9)
     ax.set_xlabel("records/s (higher is better)")
+    ax.set_xlim(0, max(values) * 1.35)
     ax.invert_yaxis()
+    ax.set_title("beam_zdl: 1 run, same broker and topic", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -55,45 +82,110 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--value_bytes", type=int, default=100)
     parser.add_argument("--peers", default=",".join(DEFAULT_PEERS))
+    parser.add_argument("--out", default=str(HERE), help="folder of results.json / results.png")
     args = parser.parse_args(argv)
     peers = args.peers.split(",")
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    run_started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="beam-zdl-bench-") as workdir, LocalKafka() as kafka:
-        topic = kafka.create_topic(partitions=args.partitions)
-        value = b"x" * args.value_bytes
-        t0 = time.monotonic()
-        with tqdm(total=args.records, desc="produce", unit="rec", file=sys.stderr) as bar:
-            def records():
-                for i in range(args.records):
-                    if i % 10_000 == 0:
-                        bar.update(min(10_000, args.records - i))
-                    yield None, value, i % args.partitions
-            kafka.produce(topic, records())
-        produce_s = time.monotonic() - t0
-        for name in tqdm(peers, desc="peers", file=sys.stderr):
-            result = run_peer(name, kafka, topic, workdir, args.value_bytes)
-            if "seconds" in result and result["seconds"] > 0:
-                result["records_per_s"] = result["records"] / result["seconds"]
-                result["mb_per_s"] = result["bytes"] / result["seconds"] / 1e6
-            results[name] = result
+        gcs = None
+        extra: list[str] = []
+        if "wal_gcs" in peers:
+            from beam_zdl.testing.gcs import LocalGcs
+            gcs = LocalGcs().start()  # sets STORAGE_EMULATOR_HOST for the peers
+            extra.append(f"--gcs_bucket={gcs.create_bucket()}")
+        try:
+            topic = kafka.create_topic(partitions=args.partitions)
+            small = kafka.create_topic(partitions=args.partitions)
+            value = b"x" * args.value_bytes
+            t0 = time.monotonic()
+            with tqdm(total=args.records, desc="produce", unit="rec", file=sys.stderr) as bar:
+                def records():
+                    for i in range(args.records):
+                        if i % 10_000 == 0:
+                            bar.update(min(10_000, args.records - i))
+                        yield None, value, i % args.partitions
+                kafka.produce(topic, records())
+            produce_s = time.monotonic() - t0
+            kafka.produce(small, ((None, value, i % args.partitions) for i in range(1000)))
+            with tqdm(peers, desc="peers", file=sys.stderr) as bar:
+                for name in bar:
+                    bar.set_postfix_str(name)
+                    results[name] = run_peer(name, kafka, small if name == "batch_overhead"
+                                             else topic, workdir, args, extra)
+        finally:
+            if gcs is not None:
+                gcs.stop()
+    for r in results.values():
+        if r.get("seconds"):
+            r["records_per_s"] = r["records"] / r["seconds"]
+            r["mb_per_s"] = r["bytes"] / r["seconds"] / 1e6
     base = results.get("bare_consumer", {}).get("records_per_s")
-    print(f"\n{args.records} records of {args.value_bytes} B in {args.partitions} partitions "
-          f"(produced in {produce_s:.1f} s), {os.cpu_count()} cores\n")
-    print(f"{'peer':<24}{'records/s':>12}{'MB/s':>8}{'x bare':>8}{'peak RSS MB':>13}")
-    for name, r in results.items():
+    meta = {"records": args.records, "partitions": args.partitions,
+            "value_bytes": args.value_bytes, "cores": os.cpu_count(),
+            "python": platform.python_version(), "produce_s": round(produce_s, 1),
+            "bench_s": round(time.monotonic() - run_started, 1)}
+    lines = report(results, base, meta)
+    print("\n".join(lines))
+    (out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    chart(results, base, out / "results.png")
+    print(f"\nwrote {out / 'results.json'} and {out / 'results.png'}")
+    return 0
+
+
+def report(results: dict, base: float | None, meta: dict) -> list[str]:
+    """The table and notes printed on stdout."""
+    lines = [f"\n{meta['records']:,} records of {meta['value_bytes']} B in {meta['partitions']} "
+             f"partitions (produced in {meta['produce_s']} s), {meta['cores']} cores, "
+             f"Python {meta['python']}\n",
+             f"{'peer':<32}{'records/s':>11}{'MB/s':>7}{'x (a)':>7}{'peak RSS MB':>13}"]
+    for name in THROUGHPUT:
+        r = results.get(name)
+        if r is None:
+            continue
+        label = LABELS.get(name, name)
         if "records_per_s" not in r:
-            print(f"{name:<24}  could not run: {r.get('error')}")
+            lines.append(f"{label:<32}  could not run: {r.get('error')}")
             continue
         ratio = r["records_per_s"] / base if base else float("nan")
-        rss = max(r.get("peak_rss_mb", 0), r.get("peak_children_rss_mb", 0))
-        print(f"{name:<24}{r['records_per_s']:>12,.0f}{r['mb_per_s']:>8.1f}{ratio:>8.2f}{rss:>13.0f}")
-    (OUT / "results.json").write_text(json.dumps(
-        {"records": args.records, "partitions": args.partitions, "value_bytes": args.value_bytes,
-         "results": results}, indent=2))
-    chart(results, OUT / "results.png")
-    print(f"\nwrote {OUT / 'results.json'} and {OUT / 'results.png'}")
-    return 0
+        rss = f"{r.get('peak_rss_mb', 0):.0f}"
+        if r.get("peak_children_rss_mb"):
+            rss += f" (+{r['peak_children_rss_mb']:.0f} worker)"
+        lines.append(f"{label:<32}{r['records_per_s']:>11,.0f}{r['mb_per_s']:>7.1f}"
+                     f"{ratio:>7.2f}{rss:>13}")
+    d1, d2 = results.get("direct_1_worker", {}), results.get("direct_2_workers", {})
+    wal = results.get("wal_local", {})
+    if "records_per_s" in wal and "records_per_s" in d2:
+        lines.append(f"\nWAL local / direct 2 workers: "
+                     f"{wal['records_per_s'] / d2['records_per_s']:.2f}x")
+    ov = results.get("batch_overhead", {})
+    if "1_worker_s" in ov:
+        lines.append(f"per-batch fixed cost (one batch of {ov['1_worker_records']} records): "
+                     f"{ov['1_worker_s']:.2f} s with 1 worker (in process), "
+                     f"{ov['2_worker_s']:.2f} s with 2 workers (worker processes start per batch)")
+    elif ov:
+        lines.append(f"per-batch fixed cost: could not run: {ov.get('error')}")
+    rec = results.get("recovery", {})
+    if "restart_to_first_batch_s" in rec:
+        lines.append(
+            f"(e) recovery (direct, 1 worker, batches of {rec['batch_records']:,} records, "
+            f"SIGKILL after batch 2 ran, before it completed): restart to driver up "
+            f"{rec['restart_startup_s']:.2f} s, to first completed batch (the replay) "
+            f"{rec['restart_to_first_batch_s']:.2f} s, to catch-up "
+            f"{rec['restart_to_catch_up_s']:.2f} s ({rec['records_after_restart']:,} records, "
+            f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
+    elif rec:
+        lines.append(f"(e) recovery: could not run: {rec.get('error')}")
+    rx = results.get("receiver_rss", {})
+    if "peak_rss_mb" in rx and "records" in rx:
+        lines.append(f"(f) peak RSS with the {meta['records']:,}-record backlog: receiver "
+                     f"{rx['peak_rss_mb']:.0f} MB (after imports {rx['rss_after_imports_mb']:.0f} "
+                     f"MB); driver, 1 worker in process {d1.get('peak_rss_mb', 0):.0f} MB; "
+                     f"driver with 2 workers {d2.get('peak_rss_mb', 0):.0f} MB + "
+                     f"{d2.get('peak_children_rss_mb', 0):.0f} MB per worker process")
+    return lines
 
 
 if __name__ == "__main__":
