@@ -140,7 +140,8 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
     lines = [f"\n{meta['records']:,} records of {meta['value_bytes']} B in {meta['partitions']} "
              f"partitions (produced in {meta['produce_s']} s), {meta['cores']} cores, "
              f"Python {meta['python']}\n",
-             f"{'peer':<32}{'records/s':>11}{'MB/s':>7}{'x (a)':>7}{'peak RSS MB':>13}"]
+             f"{'peer':<32}{'records/s':>11}{'MB/s':>7}{'x (a)':>7}{'RSS MB':>8}"
+             f"{'worker RSS MB':>15}"]
     for name in THROUGHPUT:
         r = results.get(name)
         if r is None:
@@ -150,11 +151,9 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             lines.append(f"{label:<32}  could not run: {r.get('error')}")
             continue
         ratio = r["records_per_s"] / base if base else float("nan")
-        rss = f"{r.get('peak_rss_mb', 0):.0f}"
-        if r.get("peak_children_rss_mb"):
-            rss += f" (+{r['peak_children_rss_mb']:.0f} worker)"
+        workers = f"{r['peak_children_rss_mb']:.0f}" if r.get("peak_children_rss_mb") else "-"
         lines.append(f"{label:<32}{r['records_per_s']:>11,.0f}{r['mb_per_s']:>7.1f}"
-                     f"{ratio:>7.2f}{rss:>13}")
+                     f"{ratio:>7.2f}{r.get('peak_rss_mb', 0):>8.0f}{workers:>15}")
     d1, d2 = results.get("direct_1_worker", {}), results.get("direct_2_workers", {})
     wal = results.get("wal_local", {})
     if "records_per_s" in wal and "records_per_s" in d2:
