@@ -31,9 +31,11 @@ Gaps
 
 Claiming
     Each poll is claimed at once by claiming its last offset (which claims
-    every offset below it) before any of its records is emitted; when that
-    claim fails (the runner split meanwhile) records are claimed one by one
-    and reading stops at the first refused one.
+    every offset below it) before any of its records is emitted. When that
+    claim fails, the runner split the range after our last claim: the records
+    below the new end are still ours and are emitted (claims may not go back
+    down, so they are not claimed one by one), and reading stops there.
+    A poll that runs past the range's end is claimed record by record.
 
 Data loss
     A range starting below the partition's log start offset (retention deleted
