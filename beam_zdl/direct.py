@@ -75,7 +75,7 @@ from apache_beam.utils.windowed_value import create as _windowed
 from beam_zdl.errors import DataLossError, ZdlError
 from beam_zdl.records import KafkaHeader, KafkaRecord
 
-__all__ = ["PartitionRange", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
+__all__ = ["PartitionRange", "plan_ranges", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
            "MIN_SPLIT_RECORDS", "SPLITS_PER_RANGE", "split_range"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,6 +101,23 @@ class PartitionRange(NamedTuple):
     partition: int
     start: int
     stop: int
+
+
+def plan_ranges(partitions: list[tuple[str, int]], starts: dict, ends: dict,
+                cap: int = 0) -> list[PartitionRange]:
+    """``[start, end)`` per partition, at most ``cap`` offsets each (0: no cap).
+
+    A partition whose end is at or below its start gets an empty range, so a
+    plan always lists every partition and its position.
+    """
+    ranges = []
+    for tp in partitions:
+        start = starts[tp]
+        stop = max(start, ends.get(tp, start))
+        if cap:
+            stop = min(stop, start + cap)
+        ranges.append(PartitionRange(tp[0], tp[1], start, stop))
+    return ranges
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from apache_beam.runners.runner import PipelineState
 from beam_zdl import kafka
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CheckpointCoordinator
-from beam_zdl.direct import PartitionRange
+from beam_zdl.direct import PartitionRange, plan_ranges
 from beam_zdl.errors import ZdlError
 from beam_zdl.io import ReadFromKafka
 from beam_zdl.options import ZdlConfig
@@ -369,14 +369,8 @@ class _DirectDriver(_Driver):
         cfg = self.config
         partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
         ends = targets if targets is not None else self._end_offsets(consumer)
-        positions = self._positions(consumer, partitions)
-        ranges = []
-        for tp in partitions:
-            start = positions[tp]
-            stop = max(start, ends.get(tp, start))
-            if cfg.max_records_per_partition:
-                stop = min(stop, start + cfg.max_records_per_partition)
-            ranges.append(PartitionRange(tp[0], tp[1], start, stop))
+        ranges = plan_ranges(partitions, self._positions(consumer, partitions), ends,
+                             cfg.max_records_per_partition)
         if all(r.stop == r.start for r in ranges):
             return None
         return tuple(ranges)

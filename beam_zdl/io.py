@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.direct import (PartitionRange, Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn,
-                             split_range)
+                             plan_ranges, split_range)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.records import KafkaRecord
 
@@ -46,13 +46,8 @@ def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
         ends = kafka.watermarks(consumer, partitions, config.bootstrap_servers)
     finally:
         consumer.close()
-    ranges = []
-    for tp in partitions:
-        stop = ends[tp][1]
-        if config.max_records_per_partition:
-            stop = min(stop, starts[tp] + config.max_records_per_partition)
-        ranges.append(PartitionRange(tp[0], tp[1], starts[tp], max(starts[tp], stop)))
-    return ranges
+    return plan_ranges(partitions, starts, {tp: high for tp, (_, high) in ends.items()},
+                       config.max_records_per_partition)
 
 
 class ReadFromKafka(beam.PTransform):
