@@ -73,6 +73,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.utils.windowed_value import create as _windowed
 
 from beam_zdl.errors import DataLossError, ZdlError
+from beam_zdl.kafka import OUT_OF_RANGE_CODES
 from beam_zdl.records import KafkaHeader, KafkaRecord
 
 __all__ = ["PartitionRange", "plan_ranges", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -82,9 +83,6 @@ _LOGGER = logging.getLogger(__name__)
 
 _NAMESPACE = "beam_zdl"
 _POLL_TIMEOUT_S = 1.0
-# What consume() reports for an offset outside the log: with auto.offset.reset=error,
-# KafkaError._AUTO_OFFSET_RESET (-140); the broker's OFFSET_OUT_OF_RANGE (1) for safety.
-_OUT_OF_RANGE = (-140, 1)
 # How long a range may see no progress before the read fails, naming it.
 _STALL_TIMEOUT_S = 120.0
 # A bounded reader never waits for new data: a fetch that long-polls at a range's end
@@ -297,7 +295,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() not in _OUT_OF_RANGE:
+                        if err.code() not in OUT_OF_RANGE_CODES:
                             raise KafkaException(err)
                         low, high = consumer.get_watermark_offsets(
                             TopicPartition(topic, partition), timeout=30, cached=False)

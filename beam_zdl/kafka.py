@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 from beam_zdl.errors import KafkaUnavailableError, ZdlError
 
 __all__ = [
+    "OUT_OF_RANGE_CODES",
     "TopicPartitionKey",
     "consumer_settings",
     "new_consumer",
@@ -33,6 +34,11 @@ _LOGGER = logging.getLogger(__name__)
 TopicPartitionKey = tuple  # (topic: str, partition: int)
 
 _METADATA_TIMEOUT_S = 30.0
+
+# What consume() reports for a position outside the log. With auto.offset.reset=error,
+# librdkafka gives KafkaError._AUTO_OFFSET_RESET (-140); the broker's
+# OFFSET_OUT_OF_RANGE (1) is kept for safety. (There is no KafkaError._OFFSET_OUT_OF_RANGE.)
+OUT_OF_RANGE_CODES = (-140, 1)
 
 
 def consumer_settings(bootstrap_servers: str, group: str,

@@ -13,8 +13,13 @@ Initial Restriction
     records written before they were discovered are read too.
 
 Splitting
-    The restriction is tracked by :class:`~beam_zdl.trackers.GrowableOffsetRangeTracker`;
-    a runner may split the open tail at a fraction of the estimated backlog.
+    The restriction is tracked by a :class:`~beam_zdl.trackers.GrowableOffsetRangeTracker`
+    that accepts only checkpoint splits (``try_split(0)``), never a split at a
+    fraction of the backlog: a partition is read by one bundle at a time, so the
+    offset a finished bundle commits always ends a completed prefix of the
+    partition. (With a runner's dynamic split, a residual's bundle could commit
+    past a primary that had not finished, or that failed on lost data, and a
+    fresh restart from the group's offset would skip the primary's records.)
 
 Checkpoint and Resume
     When a poll returns nothing, or a call has read for ``_MAX_CALL_S``, the
@@ -69,6 +74,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_zdl.errors import DataLossError
+from beam_zdl.kafka import OUT_OF_RANGE_CODES
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
 
@@ -127,6 +133,18 @@ class PartitionOffsets(OffsetRange):
     def __repr__(self) -> str:
         stop = "open" if self.stop == OPEN_END else self.stop
         return f"PartitionOffsets({self.topic}[{self.partition}], {self.start}, {stop})"
+
+
+class _CheckpointOnlyTracker(GrowableOffsetRangeTracker):
+    """Refuses splits at a fraction of the remainder; checkpoints (fraction 0) pass.
+
+    See Splitting in the module doc: the committed offset must end a prefix.
+    """
+
+    def try_split(self, fraction_of_remainder: float):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
 
 
 def _retrying(fn: Callable[[], int], what: str, timeout_s: float = 60.0) -> int:
@@ -280,7 +298,7 @@ class _PartitionProvider(RestrictionProvider):
         return PartitionOffsets(sp.topic, sp.partition, start, OPEN_END)
 
     def create_tracker(self, restriction: PartitionOffsets) -> GrowableOffsetRangeTracker:
-        return GrowableOffsetRangeTracker(restriction, self._estimator(restriction))
+        return _CheckpointOnlyTracker(restriction, self._estimator(restriction))
 
     def _estimator(self, r: PartitionOffsets) -> Callable[[], int]:
         settings = self._settings
@@ -348,7 +366,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         tracker=beam.DoFn.RestrictionParam(),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ) -> Iterator[TimestampedValue]:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaException
 
         tp = (sp.topic, sp.partition)
         start = tracker.current_restriction().start
@@ -370,12 +388,15 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() != KafkaError._OFFSET_OUT_OF_RANGE:
+                        if err.code() not in OUT_OF_RANGE_CODES:
                             raise KafkaException(err)
                         entry[1] = None  # re-seek next call
-                        resume = self._on_missing(client, tp, start if last_claimed is None
-                                                  else last_claimed + 1)
-                        # Claiming nothing below resume: the residual starts there.
+                        first_missing = start if last_claimed is None else last_claimed + 1
+                        resume = self._on_missing(client, tp, first_missing)
+                        # Claim the skipped offsets (by claiming the last one) so the
+                        # checkpoint's residual starts at resume, not at the gap again.
+                        if resume > first_missing and tracker.try_claim(resume - 1):
+                            last_claimed = resume - 1
                         self._consumer_at(tp, resume)
                         tracker.defer_remainder(Duration.of(0))
                         return

@@ -268,3 +268,43 @@ def test_partitions_added_while_running_are_discovered_and_read_from_their_start
         job.kill()
     assert sorted(_ids(job.out)) == sorted(
         [(0, o) for o in range(100)] + [(p, o) for p in (1, 2) for o in range(50)])
+
+
+def _lose_records_below(kafka, topic: str, group: str, committed: int, log_start: int) -> None:
+    """The group committed ``committed``; then retention removed everything below ``log_start``."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False})
+    consumer.commit(offsets=[TopicPartition(topic, 0, committed)], asynchronous=False)
+    consumer.close()
+    admin = kafka.admin()  # must outlive its futures
+    for future in admin.delete_records([TopicPartition(topic, 0, log_start)]).values():
+        future.result(timeout=30)
+
+
+def test_streaming_data_loss_fails_naming_the_offsets_or_is_skipped_when_allowed(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=1)
+    kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(100)))
+    group = f"g-{topic}"
+    _lose_records_below(kafka, topic, group, committed=10, log_start=40)
+
+    strict = _Job(kafka, topic, group, "prism", "ids", tmp_path / "strict",
+                  "--starting_offsets=committed")
+    try:
+        strict.proc.wait(timeout=180)
+    finally:
+        strict.kill()
+    log = strict.log.read_text(errors="replace")
+    assert strict.proc.returncode != 0
+    assert f"{topic}[0] offsets [10, 40) no longer exist" in log
+    assert _ids(strict.out) == []
+    assert kafka.committed(group, topic) == {0: 10}  # nothing past the gap was committed
+
+    lenient = _Job(kafka, topic, group, "prism", "ids", tmp_path / "lenient",
+                   "--starting_offsets=committed", "--fail_on_data_loss=false")
+    try:
+        lenient.wait_for(lambda: len(_ids(lenient.out)) >= 60, 180, "60 records after the gap")
+        time.sleep(2)  # would-be extra records have time to show up
+    finally:
+        lenient.kill()
+    assert sorted(_ids(lenient.out)) == [(0, o) for o in range(40, 100)]
