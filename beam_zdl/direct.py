@@ -72,8 +72,8 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.utils.windowed_value import create as _windowed
 
-from beam_zdl.errors import DataLossError, ZdlError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES
+from beam_zdl.errors import ZdlError
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 
 __all__ = ["PartitionRange", "plan_ranges", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -305,7 +305,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                                 f"but the log holds [{low}, {high}): the partition was "
                                 f"truncated below the planned range [{rng.start}, {stop})")
                         next_offset = self._on_missing(
-                            tracker, topic, partition, next_offset, min(low, stop))
+                            topic, partition, next_offset, min(low, stop))
                         if next_offset >= stop:
                             break
                         consumer.assign([TopicPartition(topic, partition, next_offset)])
@@ -353,17 +353,9 @@ class ReadOffsetRangesFn(beam.DoFn):
         finally:
             consumer.unassign()
 
-    def _on_missing(self, tracker: OffsetRestrictionTracker, topic: str, partition: int,
-                    first_missing: int, resume_at: int) -> int:
+    def _on_missing(self, topic: str, partition: int, first_missing: int,
+                    resume_at: int) -> int:
         """Report offsets [first_missing, resume_at) as lost; return where to resume."""
-        what = (f"{topic}[{partition}] offsets [{first_missing}, {resume_at}) no longer exist "
-                f"(the partition's log now starts at {resume_at}; retention or truncation "
-                "removed them before they were read)")
-        if self._settings.fail_on_data_loss:
-            raise DataLossError(
-                what + ". Nothing was skipped. To skip lost records instead, run with "
-                "--fail_on_data_loss=false (they are then counted in the "
-                "beam_zdl/data_loss_records metric).")
-        _LOGGER.warning("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
-        self._lost.inc(resume_at - first_missing)
+        self._lost.inc(lost_offsets(topic, partition, first_missing, resume_at,
+                                    self._settings.fail_on_data_loss))
         return resume_at

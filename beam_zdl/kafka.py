@@ -16,10 +16,11 @@ import logging
 import time
 from typing import Iterable, Mapping
 
-from beam_zdl.errors import KafkaUnavailableError, ZdlError
+from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
 
 __all__ = [
     "OUT_OF_RANGE_CODES",
+    "lost_offsets",
     "TopicPartitionKey",
     "consumer_settings",
     "new_consumer",
@@ -169,3 +170,22 @@ def starting_positions(consumer, partitions: Iterable[tuple[str, int]], policy: 
     committed = committed_offsets(consumer, partitions, bootstrap_servers)
     return {tp: committed.get(tp) if committed.get(tp) is not None else low
             for tp, (low, _) in marks.items()}
+
+
+def lost_offsets(topic: str, partition: int, first_missing: int, log_start: int,
+                 fail_on_data_loss: bool, why: str = "retention or truncation removed "
+                 "them before they were read") -> int:
+    """Offsets ``[first_missing, log_start)`` no longer exist in Kafka.
+
+    Raises DataLossError naming them, unless the user opted out with
+    ``--fail_on_data_loss=false``; then logs loudly and returns how many were
+    skipped, for the caller's metric.
+    """
+    what = (f"{topic}[{partition}] offsets [{first_missing}, {log_start}) no longer exist "
+            f"(the partition's log now starts at {log_start}; {why})")
+    if fail_on_data_loss:
+        raise DataLossError(what + ". Nothing was skipped. To skip lost records instead, run "
+                            "with --fail_on_data_loss=false (they are then counted in the "
+                            "beam_zdl/data_loss_records metric).")
+    _LOGGER.error("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
+    return log_start - first_missing

@@ -516,13 +516,9 @@ class Receiver:
         for tp in tps:
             low = marks[tp][0]
             if positions[tp] < low:
-                what = (f"{tp[0]}[{tp[1]}] offsets [{positions[tp]}, {low}) no longer exist "
-                        f"(the log now starts at {low}); they were never written to the WAL")
-                if cfg.fail_on_data_loss:
-                    raise DataLossError(what + ". Nothing was skipped; to skip them, run with "
-                                        "--fail_on_data_loss=false.")
-                _LOGGER.error("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
-                self.lost_records += low - positions[tp]
+                self.lost_records += kafka.lost_offsets(
+                    tp[0], tp[1], positions[tp], low, cfg.fail_on_data_loss,
+                    why="they were never written to the WAL")
                 positions[tp] = low
         repair = {tp: pos for tp, pos in positions.items()
                   if committed.get(tp) is not None and pos > committed[tp]

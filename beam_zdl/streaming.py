@@ -73,8 +73,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from beam_zdl.errors import DataLossError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
 
@@ -446,15 +445,8 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
             low, _ = watermarks(client.consumer, [tp], self._settings.bootstrap_servers)[tp]
         if low <= first_missing:
             return first_missing
-        what = (f"{tp[0]}[{tp[1]}] offsets [{first_missing}, {low}) no longer exist (the "
-                f"partition's log now starts at {low}; retention or truncation removed them "
-                "before they were read)")
-        if self._settings.fail_on_data_loss:
-            raise DataLossError(what + ". Nothing was skipped. To skip lost records instead, "
-                                "run with --fail_on_data_loss=false (they are then counted "
-                                "in the beam_zdl/data_loss_records metric).")
-        _LOGGER.warning("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
-        self._lost.inc(low - first_missing)
+        self._lost.inc(lost_offsets(tp[0], tp[1], first_missing, low,
+                                    self._settings.fail_on_data_loss))
         return low
 
 
