@@ -14,6 +14,7 @@ __all__ = [
     "StorageError",
     "ObjectExistsError",
     "KafkaUnavailableError",
+    "PartitionsUnavailableError",
 ]
 
 
@@ -51,3 +52,8 @@ class ObjectExistsError(StorageError):
 
 class KafkaUnavailableError(ZdlError):
     """Kafka could not be reached with the configured --bootstrap_servers."""
+
+
+class PartitionsUnavailableError(ZdlError):
+    """An ``available_now`` run could not finish: other group members held partitions
+    past ``--drain_timeout_s``; names the partitions and the members."""
