@@ -11,7 +11,8 @@ Sub-commands::
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
         runs a WAL-mode receiver (the same one run_micro_batches starts as a
         thread) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
-        --drain_to_end stops once the end offsets seen at start are sealed.
+        --drain_to_end stops once the group has committed every partition up to
+        the end offsets seen at start (sealed here or by another receiver).
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "--wal_dir, --wal_segment_*, --max_buffered_bytes, --checkpoint_dir, ...). "
                     "Runs until Ctrl-C or SIGTERM, then seals, commits and leaves the group.")
     receive.add_argument("--drain_to_end", action="store_true",
-                         help="stop once the end offsets seen at start are sealed")
+                         help="stop once the group has committed every partition of --topics "
+                              "up to the end offsets seen at start (sealed by this receiver or "
+                              "another; waits up to --drain_timeout_s for partitions other "
+                              "members hold)")
     receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
     receive.set_defaults(func=_receive)
     return parser
