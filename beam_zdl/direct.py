@@ -123,7 +123,7 @@ class ReadSettings:
     """What a reading worker needs: where Kafka is and how strict to be."""
     bootstrap_servers: str
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     fail_on_data_loss: bool = True
     poll_batch: int = 10_000
 
@@ -216,6 +216,12 @@ class ReadOffsetRangesFn(beam.DoFn):
         self._records = Metrics.counter(_NAMESPACE, "records")
         self._bytes = Metrics.counter(_NAMESPACE, "bytes")
         self._lost = Metrics.counter(_NAMESPACE, "data_loss_records")
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        s = self._settings
+        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
+                "fail_on_data_loss": s.fail_on_data_loss}
 
     def setup(self) -> None:
         from beam_zdl.kafka import new_consumer

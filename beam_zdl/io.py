@@ -66,10 +66,24 @@ class ReadFromKafka(beam.PTransform):
         super().__init__()
         self._options = options
         self._ranges = None if ranges is None else [PartitionRange(*r) for r in ranges]
+        self._config: Optional[ZdlConfig] = None
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        shown: dict = {}
+        if self._config is not None:
+            cfg = self._config
+            shown.update(display_data(cfg.bootstrap_servers, cfg.consumer_group,
+                                      cfg.consumer_config))
+            shown.update(topics=",".join(cfg.topics), starting_offsets=cfg.starting_offsets)
+        if self._ranges is not None:
+            shown.update(ranges=len(self._ranges),
+                         planned_records=sum(r.stop - r.start for r in self._ranges))
+        return shown
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         options = self._options or pbegin.pipeline.options
-        config = ZdlConfig.from_options(options)
+        config = self._config = ZdlConfig.from_options(options)
         if self._ranges is None and _streaming(options, pbegin):
             return pbegin | "Stream" >> _read_streaming(config)
         ranges = self._ranges
@@ -129,6 +143,9 @@ class _ReadSegmentsFn(beam.DoFn):
         self._segments = Metrics.counter("beam_zdl", "wal_segments")
         self._lost_frames = Metrics.counter("beam_zdl", "wal_lost_frames")
         self._lost_records = Metrics.counter("beam_zdl", "wal_lost_records")
+
+    def display_data(self) -> dict:
+        return {"fail_on_data_loss": self._fail_on_data_loss}
 
     def process(self, uri: str, window=beam.DoFn.WindowParam):
         from apache_beam.utils.windowed_value import create as windowed
@@ -197,6 +214,9 @@ class ReadFromWal(beam.PTransform):
                              segments_or_wal_dir)
         else:
             self._uris = [getattr(s, "uri", s) for s in segments_or_wal_dir]
+
+    def display_data(self) -> dict:
+        return {"segments": len(self._uris)}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         from beam_zdl.options import ZdlOptions

@@ -21,6 +21,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.errors import ConfigError
+from beam_zdl.secrets import literal_secrets
 
 __all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS"]
 
@@ -56,7 +57,9 @@ class ZdlOptions(PipelineOptions):
         parser.add_argument(
             "--consumer_config", default="{}",
             help='Extra confluent-kafka settings as a JSON object, e.g. '
-                 '\'{"security.protocol": "SASL_SSL"}\'.')
+                 '\'{"security.protocol": "SASL_SSL", '
+                 '"sasl.password": "${env:KAFKA_PASSWORD}"}\'. Give secrets as ${env:NAME} or ${file:PATH} references: runners keep '
+                 'pipeline options in job descriptions.')
         parser.add_argument(
             "--checkpoint_dir", default=None,
             help="Where batch plans and completions are recorded: a local path, "
@@ -131,7 +134,7 @@ class ZdlConfig:
     bootstrap_servers: str
     topics: tuple[str, ...]
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     checkpoint_dir: str | None = None
     mode: str = "direct"
     wal_dir: str | None = None
@@ -160,8 +163,9 @@ class ZdlConfig:
         try:
             consumer_config = json.loads(o.get("consumer_config") or "{}")
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--consumer_config is not valid JSON ({exc}): "
-                              f"{o.get('consumer_config')!r}") from None
+            # The value is not echoed: it may hold a password.
+            raise ConfigError(f"--consumer_config is not valid JSON ({exc}); give a JSON "
+                              'object such as {"security.protocol": "SASL_SSL"}') from None
         if not isinstance(consumer_config, dict):
             raise ConfigError("--consumer_config must be a JSON object of confluent-kafka "
                               f"settings, got {type(consumer_config).__name__}")
@@ -169,6 +173,7 @@ class ZdlConfig:
             if owned in consumer_config:
                 raise ConfigError(f"--consumer_config may not set {owned!r}: beam_zdl owns it "
                                   "(use --consumer_group / --bootstrap_servers)")
+        _warn_literal_secrets(consumer_config)
         _choice(o, "zdl_mode", MODES)
         _choice(o, "starting_offsets", STARTING_OFFSETS)
         _choice(o, "trigger", TRIGGERS)
@@ -228,6 +233,20 @@ class ZdlConfig:
         relevant = {k: v for k, v in asdict(self).items()
                     if k in ("topics", "mode", "consumer_group", "wal_dir")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_WARNED_SECRETS: set[tuple[str, ...]] = set()
+
+
+def _warn_literal_secrets(consumer_config: dict) -> None:
+    """Say once per process which secrets are given literally (never their values)."""
+    keys = tuple(literal_secrets(consumer_config))
+    if keys and keys not in _WARNED_SECRETS:
+        _WARNED_SECRETS.add(keys)
+        _LOGGER.warning("--consumer_config gives %s as literal values; runners keep pipeline "
+                        "options in job descriptions, so give them as ${env:NAME} or "
+                        "${file:PATH} references instead (beam_zdl never logs them)",
+                        ", ".join(keys))
 
 
 def _choice(o: dict, name: str, allowed: tuple[str, ...]) -> None:

@@ -95,7 +95,7 @@ class StreamSettings:
     """What streaming workers need: where Kafka is, where to start, how to behave."""
     bootstrap_servers: str
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     starting_offsets: str = "committed"
     fail_on_data_loss: bool = True
     discovery_interval_s: float = 60.0
@@ -457,6 +457,12 @@ class ReadStreaming(beam.PTransform):
         super().__init__()
         self._topics = tuple(topics)
         self._settings = settings
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        s = self._settings
+        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
+                "topics": ",".join(self._topics), "starting_offsets": s.starting_offsets}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         topics = self._topics
