@@ -430,7 +430,7 @@ class CheckpointCoordinator:
         """
         done = set(self.completed_ids())
         self._map(lambda i: self._read_or_none(self.read_completion, _completion_name(i), i),
-                  done)
+                  sorted(done))
         planned = self.planned_ids()
         plans = self._map(lambda i: self._read_or_none(self.read_plan, _plan_name(i), i), planned)
         return [plan for i, plan in zip(planned, plans) if i not in done and plan is not None]
@@ -444,12 +444,38 @@ class CheckpointCoordinator:
             return None  # removed by retention meanwhile
 
     @staticmethod
-    def _map(fn: Callable, items) -> list:
-        items = sorted(items)
+    def _map(fn: Callable, items: list) -> list:
         if len(items) < 2:
             return [fn(i) for i in items]
         with concurrent.futures.ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
             return list(pool.map(fn, items))
+
+    def damaged_files(self) -> list[CheckpointCorruptionError]:
+        """Check every file of the directory (config, epochs, plans, completions).
+
+        Returns:
+            One error per file that fails its check, by URI; empty when all check out. A
+            format-1 directory gives only its config's :class:`UnsupportedCheckpointFormatError`.
+        """
+        def check(job: tuple[Callable[[int], object], str, int]) -> CheckpointCorruptionError | None:
+            read, name, arg = job
+            try:
+                self._read_or_none(read, name, arg)
+            except CheckpointCorruptionError as exc:
+                return exc
+            return None
+
+        if self.has_config():
+            found = check((lambda _: self.read_config(), _CONFIG, 0))
+            if isinstance(found, UnsupportedCheckpointFormatError):
+                return [found]
+        else:
+            found = None
+        jobs = ([(self.epoch_claim, _epoch_name(i), i) for i in _ids(self.storage, _EPOCHS)]
+                + [(self.read_plan, _plan_name(i), i) for i in self.planned_ids()]
+                + [(self.read_completion, _completion_name(i), i) for i in self.completed_ids()])
+        problems = [found] + self._map(check, jobs)
+        return sorted((p for p in problems if p is not None), key=lambda p: p.uri)
 
     def next_batch_id(self) -> int:
         """One more than the highest planned (or completed) batch id; 0 for a new checkpoint."""
@@ -595,3 +621,101 @@ def _plan_name(batch_id: int) -> str:
 
 def _completion_name(batch_id: int) -> str:
     return f"{_COMPLETIONS}{batch_id:012d}.pb"
+
+
+def migrate_format1(old_dir: str, new_dir: str) -> list[str]:
+    """Copy a format-1 (unframed) checkpoint into a new directory in the current format.
+
+    Steps:
+        1. Refuse unless ``old_dir``'s config is a format-1 config and no file of it is
+           framed already (a directory a newer driver wrote into is not migrated).
+        2. Decode every file as format 1 (protobuf, JSON epochs) and check each id
+           against its name; any failure names the file and nothing is written. Format 1
+           had no checksums, so this is all that can be checked.
+        3. Write every file framed into ``new_dir`` create-once: epochs, plans,
+           completions, the config last. A file already there with the same bytes (a
+           rerun after a crash) is kept; rerun until this succeeds.
+
+    ``old_dir`` is only read. Stop every driver and receiver using it first.
+
+    Args:
+        old_dir: the format-1 checkpoint.
+        new_dir: an empty (or half-migrated) directory for the format-2 copy.
+
+    Returns:
+        The URIs written (or found written) in ``new_dir``, config last.
+
+    Raises:
+        ZdlError: ``old_dir`` is not a format-1 checkpoint, or ``new_dir`` holds other data.
+        CheckpointCorruptionError: a format-1 file does not decode or has the wrong id.
+    """
+    old, new = open_storage(old_dir), open_storage(new_dir)
+    advice = (f"Nothing was written to {new_dir}. Restore the file from a copy and rerun, "
+              "or start over with a new --checkpoint_dir.")
+    # Step 1
+    try:
+        raw_config = old.read(_CONFIG)
+    except StorageError:
+        raise ZdlError(f"{old_dir} is not a beam_zdl checkpoint (no {_CONFIG})") from None
+    if raw_config.startswith(MAGIC):
+        raise ZdlError(f"{old_dir} is in format {FORMAT_VERSION} already: nothing to migrate "
+                       "(`beam-zdl inspect` names damaged files; migrate repairs nothing)")
+    if not raw_config.startswith(_FORMAT1_CONFIG_PREFIX):
+        raise CheckpointCorruptionError(old.uri(_CONFIG), "neither format 2 (no magic) nor a "
+                                        "format-1 config (format_version 1)", advice)
+
+    def load(name: str) -> bytes:
+        data = old.read(name)
+        if data.startswith(MAGIC):
+            raise ZdlError(f"{old_dir} mixes formats: {old.uri(name)} is in format "
+                           f"{FORMAT_VERSION} but the config is in format 1 (a newer driver ran "
+                           "on it?). Nothing was written; restore the directory from a copy.")
+        return data
+
+    def parse(message: type[_M], name: str, data: bytes) -> _M:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            raise CheckpointCorruptionError(old.uri(name), f"this format-1 file does not decode "
+                                            f"as a {message.__name__} ({exc})", advice) from None
+
+    # Step 2
+    config = parse(checkpoint_pb2.CheckpointConfig, _CONFIG, raw_config)
+    config.format_version = CONFIG_FORMAT_VERSION
+    files: list[tuple[str, bytes]] = []
+    for epoch in _ids(old, _EPOCHS):
+        name = _epoch_name(epoch)
+        try:
+            claim = json.loads(load(name))
+            if not isinstance(claim, dict):
+                raise ValueError(f"a JSON {type(claim).__name__}, not an object")
+        except ValueError as exc:
+            raise CheckpointCorruptionError(old.uri(name), f"this format-1 epoch claim does not "
+                                            f"decode ({exc})", advice) from None
+        claim["epoch"] = epoch
+        files.append((name, encode_checkpoint_file(KIND_EPOCH, json.dumps(claim).encode())))
+    for prefix, message, kind, name_of in (
+            (_PLANS, checkpoint_pb2.BatchPlan, KIND_PLAN, _plan_name),
+            (_COMPLETIONS, checkpoint_pb2.Completion, KIND_COMPLETION, _completion_name)):
+        for batch_id in _ids(old, prefix, ".pb"):
+            name = name_of(batch_id)
+            data = load(name)
+            stored = parse(message, name, data).batch_id
+            if stored != batch_id:
+                raise CheckpointCorruptionError(old.uri(name), f"this format-1 file holds batch "
+                                                f"{stored}, not {batch_id}", advice)
+            files.append((name, encode_checkpoint_file(kind, data)))
+    files.append((_CONFIG, encode_checkpoint_file(KIND_CONFIG, config.SerializeToString())))
+    # Step 3
+    written = []
+    for name, data in files:
+        try:
+            new.create(name, data)
+        except ObjectExistsError:
+            if new.read(name) != data:
+                raise ZdlError(f"{new.uri(name)} exists and differs from the migrated "
+                               f"{old.uri(name)}: migrate into an empty directory") from None
+        written.append(new.uri(name))
+    _LOGGER.info("migrated checkpoint %s (format 1) to %s (format %d): %d files", old_dir,
+                 new_dir, FORMAT_VERSION, len(written))
+    return written
