@@ -19,6 +19,7 @@ from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
 from beam_zdl.receiver import wal_resume_positions
 from beam_zdl.storage import join, open_storage
 from beam_zdl.v1 import checkpoint_pb2 as pb
+from tests.test_coordinator import _config, _plan
 
 KINDS = [KIND_CONFIG, KIND_EPOCH, KIND_PLAN, KIND_COMPLETION]
 
@@ -84,18 +85,6 @@ def test_messages_say_what_is_wrong() -> None:
 
 
 # --- on real storage --------------------------------------------------------------------------
-
-def _config(**overrides) -> pb.CheckpointConfig:
-    fields = dict(topics=["a"], mode=pb.MODE_DIRECT, consumer_group="g")
-    fields.update(overrides)
-    return pb.CheckpointConfig(**fields)
-
-
-def _plan(batch_id: int) -> pb.BatchPlan:
-    return pb.BatchPlan(batch_id=batch_id, mode=pb.MODE_DIRECT,
-                        ranges=[pb.OffsetRange(topic="a", partition=0, start=batch_id * 10,
-                                               stop=batch_id * 10 + 10)])
-
 
 def _replace(storage, name: str, data: bytes) -> None:
     storage.delete(name)
@@ -218,7 +207,7 @@ def _format1_checkpoint(ckpt: str) -> None:
     """What beam_zdl wrote before checkpoint files were framed."""
     storage = open_storage(ckpt)
     storage.create("config.pb", pb.CheckpointConfig(
-        format_version=1, topics=["a"], mode=pb.MODE_DIRECT, consumer_group="g",
+        format_version=1, topics=["a", "b"], mode=pb.MODE_DIRECT, consumer_group="g",
         created_ms=1).SerializeToString())
     for epoch in (1, 2):
         storage.create(f"epochs/{epoch:012d}",
