@@ -13,6 +13,7 @@ from beam_zdl.storage import open_storage
 from tests.driver_proc import read_batches, run_driver
 from tests.test_checkpoint_format import _flip, _replace, _truncate
 from tests.test_driver import _assert_exactly_once, _flags
+from tests import test_wal_mode
 
 
 def _newest_epoch(storage) -> str:
@@ -57,3 +58,31 @@ def test_driver_stops_naming_the_damaged_file(kafka, tmp_path, damages) -> None:
     assert summary["replayed"] == 1 and summary["batch_ids"][0] == 1
     assert CheckpointCoordinator(str(ckpt)).read_plan(1).SerializeToString() == pending
     _assert_exactly_once(kafka, topic, out, ckpt, f"g-{topic}")
+
+
+@pytest.mark.slow
+def test_wal_mode_driver_and_receiver_stop_naming_a_damaged_plan(kafka, tmp_path) -> None:
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(1200)))
+    out, ckpt, wal = tmp_path / "out", tmp_path / "ckpt", tmp_path / "wal"
+    flags = test_wal_mode._flags(kafka, topic, ckpt, wal)
+    crashed = run_driver(out, flags, crash_at="after_plan:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    storage = open_storage(str(ckpt))
+    written = read_batches(out)
+    for name in ("plans/000000000001.pb", "plans/000000000000.pb"):
+        original = _flip(storage, name, byte=20)
+
+        failed = run_driver(out, flags)
+
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        assert f"checkpoint file {storage.uri(name)} cannot be used: CRC32C mismatch" \
+            in failed.stderr, failed.stderr[-3000:]
+        assert read_batches(out) == written
+        _replace(storage, name, original)
+
+    restarted = run_driver(out, flags)
+
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert json.loads(restarted.stdout.strip().splitlines()[-1])["batch_ids"][0] == 1
+    test_wal_mode._assert_exactly_once(kafka, topic, out, ckpt, wal)
