@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect", help="show a checkpoint: config, epoch, completed and pending batches, WAL",
-        description="Show a checkpoint directory's config, current epoch, last completed "
-                    "batch, pending batches (their offset ranges or WAL segments) and the WAL "
-                    "segments with their sizes. Reads only; safe while a driver runs.")
+        description="Check every file of a checkpoint directory (magic, format version, "
+                    "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
+                    "current epoch, last completed batch, pending batches (their offset ranges "
+                    "or WAL segments) and the WAL segments with their sizes. Reads only; safe "
+                    "while a driver runs.")
     inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
     inspect.add_argument("--wal_dir", default=None,
                          help="WAL directory to list (default: the one in the checkpoint config)")

@@ -15,8 +15,8 @@ from beam_zdl.coordinator import (KIND_COMPLETION, KIND_CONFIG, KIND_EPOCH, KIND
                                   CheckpointCoordinator, decode_checkpoint_file,
                                   encode_checkpoint_file, migrate_format1)
 from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError, StorageError,
-                             UnsupportedCheckpointFormatError, ZdlError)
-from beam_zdl.receiver import wal_resume_positions
+                             UnsupportedCheckpointFormatError, WalCorruptionError, ZdlError)
+from beam_zdl.receiver import claim_writer_epoch, parse_writer_claim, wal_resume_positions
 from beam_zdl.storage import join, open_storage
 from beam_zdl.v1 import checkpoint_pb2 as pb
 from tests.test_coordinator import _config, _plan
@@ -155,6 +155,18 @@ def test_no_reader_skips_a_damaged_file(any_storage_uri: str) -> None:
     storage.delete("plans/000000000000.pb")
     storage.delete("completions/000000000000.pb")
     assert [p.batch_id for p in coord.pending()] == [1]
+
+
+def test_an_undecodable_writer_claim_names_its_uri(tmp_path) -> None:
+    wal = str(tmp_path / "wal")
+    epoch = claim_writer_epoch(wal, "recv-1")
+    assert parse_writer_claim(wal, epoch)["owner"] == "recv-1"
+    storage = open_storage(wal)
+    name = f"_writers/{epoch:08d}"
+    _truncate(storage, name)
+    with pytest.raises(WalCorruptionError, match=re.escape(f"WAL writer claim {storage.uri(name)} "
+                                                           "does not decode")):
+        parse_writer_claim(wal, epoch)
 
 
 def test_misplaced_files_are_refused(any_storage_uri: str) -> None:
