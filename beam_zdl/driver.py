@@ -223,8 +223,39 @@ class _Driver:
         """With nothing to plan: True ends the run, False waits for more."""
         return self.config.trigger == "available_now"
 
+    def _finished(self) -> None:
+        """Called when an ``available_now`` run has nothing left to plan; raise if it is
+        not really finished."""
+
     def _idle_wait_s(self, since: float) -> float:
         return max(0.0, self.config.batch_interval_s - (time.monotonic() - since))
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        cfg = self.config
+        return kafka.end_offsets(self.consumer, cfg.topics, cfg.bootstrap_servers)
+
+    def _verify_finished(self, targets: dict[tuple[str, int], int]) -> None:
+        """An ``available_now`` run ends only with the group's offsets at the end offsets
+        seen at start (every batch below them completed first).
+
+        Raises:
+            ZdlError: names the partitions whose committed offset stayed short.
+        """
+        cfg = self.config
+        committed = kafka.committed_offsets(self.consumer, targets, cfg.bootstrap_servers)
+        short = {tp: committed.get(tp) for tp, end in targets.items()
+                 if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
+        if short:
+            raise ZdlError(
+                "--trigger=available_now: every batch completed, but the offsets of consumer "
+                f"group {cfg.consumer_group} did not reach the end offsets seen at start: "
+                + ", ".join(f"{t}[{p}] committed {c if c is not None else 'none'} of "
+                            f"{targets[(t, p)]}" for (t, p), c in sorted(short.items()))
+                + ". Nothing was lost (the checkpoint holds the progress); check that the "
+                "brokers accept commits from this group, then run again.")
+        _LOGGER.info("available_now: every partition of %s is done up to the end offsets seen "
+                     "at start, and group %s has committed them", ",".join(cfg.topics),
+                     cfg.consumer_group)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -260,6 +291,8 @@ class _Driver:
                     plan = self._next_plan(batch_id)
                     if plan is None:
                         if self._done_when_idle():
+                            self._check()
+                            self._finished()
                             break
                         stop.sleep(self._idle_wait_s(next_started))
                         continue
@@ -317,7 +350,14 @@ class _DirectDriver(_Driver):
     def _start(self, stop: "_StopFlag") -> None:
         self._targets = None
         if self.config.trigger == "available_now":
-            self._targets = self._end_offsets(self.consumer)
+            self._targets = self._end_offsets()
+
+    def _finished(self) -> None:
+        # Every batch up to the targets is complete, so the next positions are safe to
+        # commit: this repairs a commit that failed after its batch completed, and commits
+        # the start of a partition nothing was planned for (--starting_offsets=latest).
+        kafka.commit_offsets(self.consumer, self._positions(self.consumer, list(self._targets)))
+        self._verify_finished(self._targets)
 
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
@@ -341,12 +381,6 @@ class _DirectDriver(_Driver):
                              {(r.topic, r.partition): r.stop for r in batch.ranges})
         self.coordinator.retain(self.config.retain_batches)
 
-    def _end_offsets(self, consumer) -> dict[tuple[str, int], int]:
-        cfg = self.config
-        partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-        return {tp: high for tp, (_, high) in
-                kafka.watermarks(consumer, partitions, cfg.bootstrap_servers).items()}
-
     def _positions(self, consumer, partitions) -> dict[tuple[str, int], int]:
         """Next offset to read per partition: the checkpoint's, else --starting_offsets."""
         cfg = self.config
@@ -368,7 +402,7 @@ class _DirectDriver(_Driver):
         """The next batch's ranges, or None when there is nothing new to read."""
         cfg = self.config
         partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-        ends = targets if targets is not None else self._end_offsets(consumer)
+        ends = targets if targets is not None else self._end_offsets()
         ranges = plan_ranges(partitions, self._positions(consumer, partitions), ends,
                              cfg.max_records_per_partition)
         if all(r.stop == r.start for r in ranges):

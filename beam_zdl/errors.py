@@ -16,6 +16,7 @@ __all__ = [
     "StorageError",
     "ObjectExistsError",
     "KafkaUnavailableError",
+    "PartitionsUnavailableError",
 ]
 
 
@@ -82,3 +83,8 @@ class ObjectExistsError(StorageError):
 
 class KafkaUnavailableError(ZdlError):
     """Kafka could not be reached with the configured --bootstrap_servers."""
+
+
+class PartitionsUnavailableError(ZdlError):
+    """An ``available_now`` run could not finish: other group members held partitions
+    past ``--drain_timeout_s``; names the partitions and the members."""

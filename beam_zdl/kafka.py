@@ -26,8 +26,10 @@ __all__ = [
     "new_consumer",
     "partitions_of",
     "watermarks",
+    "end_offsets",
     "committed_offsets",
     "commit_offsets",
+    "group_holders",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,6 +109,14 @@ def watermarks(consumer, partitions: Iterable[tuple[str, int]],
                 f"{bootstrap_servers} ({exc.args[0]})") from None
         out[(topic, partition)] = (low, high)
     return out
+
+
+def end_offsets(consumer, topics: Iterable[str],
+                bootstrap_servers: str) -> dict[tuple[str, int], int]:
+    """The end offset (last stable offset) of every partition of ``topics``, now."""
+    partitions = partitions_of(consumer, topics, bootstrap_servers)
+    return {tp: high for tp, (_, high) in watermarks(consumer, partitions,
+                                                     bootstrap_servers).items()}
 
 
 def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
@@ -189,3 +199,40 @@ def lost_offsets(topic: str, partition: int, first_missing: int, log_start: int,
                             "beam_zdl/data_loss_records metric).")
     _LOGGER.error("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
     return log_start - first_missing
+
+
+# Client settings an admin client needs to reach the same cluster as the consumers
+# (security, networking); consumer-only settings would only draw librdkafka warnings.
+_ADMIN_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "api.")
+
+
+def group_holders(bootstrap_servers: str, group: str,
+                  extra: Mapping[str, object] | None = None,
+                  timeout_s: float = 10.0) -> dict[tuple[str, int], str]:
+    """Which member of ``group`` holds each assigned partition, for messages to people.
+
+    Each value reads ``member <id> (client <client.id>, host <host>[, instance <id>])``.
+    A member killed without leaving keeps its partitions here until its session times
+    out. Returns {} when the group cannot be described (the caller only logs it).
+    """
+    from confluent_kafka.admin import AdminClient
+    settings = {"bootstrap.servers": bootstrap_servers}
+    settings.update({k: v for k, v in (extra or {}).items() if k.startswith(_ADMIN_PREFIXES)})
+    admin = AdminClient(settings)  # held until the future resolves (see DESIGN.md)
+    try:
+        description = admin.describe_consumer_groups([group],
+                                                     request_timeout=timeout_s)[group].result(
+                                                         timeout=timeout_s + 1)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only; nothing depends on it
+        _LOGGER.info("could not describe consumer group %s: %s", group, exc)
+        return {}
+    out = {}
+    for member in description.members:
+        who = f"member {member.member_id} (client {member.client_id}, host {member.host}"
+        if member.group_instance_id:
+            who += f", instance {member.group_instance_id}"
+        who += ")"
+        for tp in member.assignment.topic_partitions if member.assignment else ():
+            out[(tp.topic, tp.partition)] = who
+    del admin
+    return out

@@ -110,6 +110,11 @@ class ZdlOptions(PipelineOptions):
             help="WAL mode: bytes the receiver may hold before it pauses its "
                  "partitions (backpressure).")
         parser.add_argument(
+            "--drain_timeout_s", type=float, default=300.0,
+            help="WAL mode, --trigger=available_now: how long to wait for partitions that "
+                 "other members of --consumer_group hold (a killed member keeps them until "
+                 "its session times out, 45 s by default) before failing, naming them.")
+        parser.add_argument(
             "--partition_discovery_interval_s", type=float, default=60.0,
             help="Streaming: seconds between checks for new partitions of --topics.")
         parser.add_argument(
@@ -141,6 +146,7 @@ class ZdlConfig:
     wal_segment_records: int = 100_000
     wal_segment_age_s: float = 2.0
     max_buffered_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 300.0
     partition_discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
 
@@ -172,7 +178,7 @@ class ZdlConfig:
         if o["retain_batches"] < 1:
             raise ConfigError(f"--retain_batches must be >= 1 (the last batch's plan holds "
                               f"where reading resumes), got {o['retain_batches']}")
-        for name in ("batch_interval_s", "wal_segment_age_s"):
+        for name in ("batch_interval_s", "wal_segment_age_s", "drain_timeout_s"):
             if not o[name] > 0:
                 raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")
         if not o.get("partition_discovery_interval_s", 60.0) > 0:
@@ -212,6 +218,7 @@ class ZdlConfig:
             wal_segment_records=o["wal_segment_records"],
             wal_segment_age_s=o["wal_segment_age_s"],
             max_buffered_bytes=o["max_buffered_bytes"],
+            drain_timeout_s=o["drain_timeout_s"],
             partition_discovery_interval_s=o.get("partition_discovery_interval_s", 60.0),
             idle_watermark_delay_s=o.get("idle_watermark_delay_s", 2.0),
         )

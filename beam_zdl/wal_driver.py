@@ -23,9 +23,13 @@ partition over at a sealed offset, so an overlap can only come from a
 receiver that sealed after losing its partitions, and it stops the run
 naming both segments instead of duplicating records.
 
-``--trigger=available_now``: the receiver drains up to the end offsets seen
-when it starts, seals and stops; the driver plans batches meanwhile, and once
-the receiver has stopped, plans what is left and exits. ``continuous``: a batch
+``--trigger=available_now``: the driver reads the end offsets of every
+partition of ``--topics`` at start; the receiver drains up to them — and waits
+until the group has committed each of them, whichever member sealed the
+records (a killed member's partitions come to it when its session times out;
+it fails after ``--drain_timeout_s``) — then stops. The driver plans batches
+meanwhile, and once the receiver has stopped, plans what is left, checks that
+the group's offsets reached those ends, and exits. ``continuous``: a batch
 of whatever is sealed every ``--batch_interval_s``. ``--max_records_per_partition``
 caps a batch at segment granularity (a batch takes at least one segment).
 """
@@ -84,10 +88,12 @@ class _WalDriver(_Driver):
 
     def _start(self, stop: _StopFlag) -> None:
         drain = self.config.trigger == "available_now"
+        self._targets = self._end_offsets() if drain else None
 
         def receive() -> None:
             try:
-                self.receiver.run(self._receiver_stop, drain_to_end=drain)
+                self.receiver.run(self._receiver_stop, drain_to_end=drain,
+                                  targets=self._targets)
             except BaseException as exc:  # surfaced by _check in the driver's thread
                 self._receiver_error = exc
                 _LOGGER.error("WAL receiver failed: %s", exc)
@@ -176,6 +182,12 @@ class _WalDriver(_Driver):
     def _done_when_idle(self) -> bool:
         # Only when the receiver had stopped before the listing found nothing new.
         return self.config.trigger == "available_now" and self._receiver_done_before_listing
+
+    def _finished(self) -> None:
+        if not self.receiver.drained:
+            raise ZdlError("--trigger=available_now: the WAL receiver stopped before every "
+                           "partition was drained; the run is not finished (run it again)")
+        self._verify_finished(self._targets)
 
     def _idle_wait_s(self, since: float) -> float:
         if self.config.trigger == "available_now":
