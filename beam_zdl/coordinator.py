@@ -422,18 +422,20 @@ class CheckpointCoordinator:
         """Plans without a completion, by ascending batch id: replay these first.
 
         Every retained plan and completion is read and checked (in parallel), so a damaged
-        one stops a driver at its start instead of being skipped. A completed batch's
-        files removed meanwhile (retention by another process) are passed over.
+        one stops a driver at its start instead of being skipped. Only a *completed*
+        batch's files removed meanwhile (retention by another process) are passed over.
 
         Raises:
             CheckpointCorruptionError: a plan or completion file is damaged.
+            StorageError: a pending batch's plan cannot be read.
         """
         done = set(self.completed_ids())
         self._map(lambda i: self._read_or_none(self.read_completion, _completion_name(i), i),
                   sorted(done))
         planned = self.planned_ids()
-        plans = self._map(lambda i: self._read_or_none(self.read_plan, _plan_name(i), i), planned)
-        return [plan for i, plan in zip(planned, plans) if i not in done and plan is not None]
+        plans = self._map(lambda i: (self._read_or_none(self.read_plan, _plan_name(i), i)
+                                     if i in done else self.read_plan(i)), planned)
+        return [plan for i, plan in zip(planned, plans) if i not in done]
 
     def _read_or_none(self, read: Callable[[int], _M], name: str, batch_id: int) -> _M | None:
         try:
