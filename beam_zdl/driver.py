@@ -49,7 +49,7 @@ __all__ = ["Batch", "RunSummary", "run_micro_batches"]
 
 _LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MODES = {"direct": checkpoint_pb2.MODE_DIRECT, "wal": checkpoint_pb2.MODE_WAL}
 
 

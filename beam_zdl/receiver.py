@@ -659,8 +659,20 @@ class Receiver:
 
 
 def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
-    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection."""
-    return json.loads(open_storage(wal_dir).read(f"{_WRITERS}{epoch:08d}"))
+    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
+
+    Raises:
+        WalCorruptionError: the claim is not a JSON object; names its URI.
+    """
+    storage, name = open_storage(wal_dir), f"{_WRITERS}{epoch:08d}"
+    try:
+        claim = json.loads(storage.read(name))
+        if not isinstance(claim, dict):
+            raise ValueError(f"a JSON {type(claim).__name__}, not an object")
+    except ValueError as exc:
+        raise WalCorruptionError(f"WAL writer claim {storage.uri(name)} does not decode ({exc}); "
+                                 "it is only informational: delete it or restore it") from None
+    return claim
 
 
 def is_segment(name: str) -> bool:
