@@ -37,7 +37,7 @@ from apache_beam.runners.runner import PipelineState
 
 from beam_zdl import kafka
 from beam_zdl.chaos import crash_point
-from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.direct import PartitionRange, plan_ranges
 from beam_zdl.errors import ZdlError
 from beam_zdl.io import ReadFromKafka
@@ -49,7 +49,6 @@ __all__ = ["Batch", "RunSummary", "run_micro_batches"]
 
 _LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
 _MODES = {"direct": checkpoint_pb2.MODE_DIRECT, "wal": checkpoint_pb2.MODE_WAL}
 
 
@@ -268,7 +267,7 @@ class _Driver:
             with _StopFlag() as stop:
                 # Step 0
                 self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
-                    format_version=FORMAT_VERSION, topics=list(cfg.topics),
+                    format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
                     mode=self.mode, consumer_group=cfg.consumer_group,
                     wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
                     created_ms=int(time.time() * 1000)))
