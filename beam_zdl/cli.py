@@ -26,6 +26,7 @@ or unreadable storage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -349,9 +350,7 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=args.drain_to_end)
-    print(json.dumps({"records": stats.records, "segments": stats.segments,
-                      "sealed_bytes": stats.sealed_bytes, "commits": stats.commits,
-                      "failed_commits": stats.failed_commits, "pauses": stats.pauses}), file=out)
+    print(json.dumps(dataclasses.asdict(stats)), file=out)
     return EXIT_OK
 
 

@@ -35,7 +35,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from beam_zdl import kafka
+from beam_zdl import kafka, metrics
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.direct import PartitionRange, plan_ranges
@@ -170,8 +170,8 @@ def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
     if state != PipelineState.DONE:
         raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
                        "pending and is replayed with the same input on the next start")
-    counters = result.metrics().query(MetricsFilter().with_namespace("beam_zdl")
-                                      .with_name("records"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE)
+                                      .with_name(metrics.RECORDS))["counters"]
     return int(sum(c.committed or 0 for c in counters))
 
 
@@ -373,7 +373,7 @@ class _DirectDriver(_Driver):
             epoch=self.epoch)
 
     def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromKafka(self.options, ranges=batch.ranges)
+        return ReadFromKafka(ranges=batch.ranges, options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         kafka.commit_offsets(self.consumer,

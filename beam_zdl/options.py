@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -154,18 +154,48 @@ class ZdlConfig:
     idle_watermark_delay_s: float = 2.0
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False) -> "ZdlConfig":
-        """Validate ``options``; raise ConfigError naming the first bad flag."""
+    def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False,
+                     overrides: Mapping[str, Any] | None = None,
+                     source: str = "") -> "ZdlConfig":
+        """Validate ``options``; raise ConfigError naming the first bad flag.
+
+        Args:
+            options: pipeline options holding the ZdlOptions flags.
+            need_checkpoint: require ``--checkpoint_dir``.
+            overrides: values that replace flags, by flag name without dashes (a
+                transform's keyword arguments); ``None`` values are ignored.
+                ``topics`` may be a list, ``consumer_config`` a dict.
+            source: what the overrides came from, for errors (e.g. ``ReadFromKafka``):
+                an error about an overridden value names ``source(name=...)``.
+        """
         o: dict[str, Any] = options.get_all_options(retain_unknown_options=True)
-        topics = tuple(t.strip() for t in (o.get("topics") or "").split(",") if t.strip())
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        o.update(given)
+        try:
+            return cls._validate(o, need_checkpoint)
+        except ConfigError as exc:
+            message = str(exc)
+            for name in given:
+                message = message.replace(f"--{name}", f"{source or 'argument'}({name}=...)")
+            raise ConfigError(message) from None
+
+    @classmethod
+    def _validate(cls, o: dict[str, Any], need_checkpoint: bool) -> "ZdlConfig":
+        raw_topics = o.get("topics") or ""
+        if isinstance(raw_topics, str):
+            raw_topics = raw_topics.split(",")
+        topics = tuple(str(t).strip() for t in raw_topics if str(t).strip())
         if not topics:
             raise ConfigError("--topics is required: a comma-separated list of Kafka topics")
-        try:
-            consumer_config = json.loads(o.get("consumer_config") or "{}")
-        except json.JSONDecodeError as exc:
-            # The value is not echoed: it may hold a password.
-            raise ConfigError(f"--consumer_config is not valid JSON ({exc}); give a JSON "
-                              'object such as {"security.protocol": "SASL_SSL"}') from None
+        if isinstance(o.get("consumer_config"), Mapping):
+            consumer_config = dict(o["consumer_config"])
+        else:
+            try:
+                consumer_config = json.loads(o.get("consumer_config") or "{}")
+            except json.JSONDecodeError as exc:
+                # The value is not echoed: it may hold a password.
+                raise ConfigError(f"--consumer_config is not valid JSON ({exc}); give a JSON "
+                                  'object such as {"security.protocol": "SASL_SSL"}') from None
         if not isinstance(consumer_config, dict):
             raise ConfigError("--consumer_config must be a JSON object of confluent-kafka "
                               f"settings, got {type(consumer_config).__name__}")

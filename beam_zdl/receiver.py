@@ -225,6 +225,7 @@ class ReceiverStats:
     pauses: int = 0
     rebalances: int = 0
     peak_buffered_bytes: int = 0
+    lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
 
 
 def _to_wal(msg) -> wal_pb2.WalRecord:
@@ -268,7 +269,6 @@ class Receiver:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.stats = ReceiverStats()
         self.epoch: int | None = None
-        self.lost_records = 0
         self._consumer = None
         self._writer: WalWriter | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -367,9 +367,11 @@ class Receiver:
                 consumer.close()
             finally:
                 self._consumer = None
-        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s",
+        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s%s",
                      self.owner, self.stats.records, self.stats.segments,
-                     self.stats.sealed_bytes, time.monotonic() - started)
+                     self.stats.sealed_bytes, time.monotonic() - started,
+                     f"; {self.stats.lost_records} records LOST (--fail_on_data_loss=false)"
+                     if self.stats.lost_records else "")
         return self.stats
 
     def _append(self, messages) -> None:
@@ -611,7 +613,7 @@ class Receiver:
         for tp in tps:
             low = marks[tp][0]
             if positions[tp] < low:
-                self.lost_records += kafka.lost_offsets(
+                self.stats.lost_records += kafka.lost_offsets(
                     tp[0], tp[1], positions[tp], low, cfg.fail_on_data_loss,
                     why="they were never written to the WAL")
                 positions[tp] = low

@@ -73,6 +73,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from beam_zdl import metrics
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
@@ -82,7 +83,6 @@ __all__ = ["StreamSettings", "StreamPartition", "PartitionOffsets",
 
 _LOGGER = logging.getLogger(__name__)
 
-_NAMESPACE = "beam_zdl"
 _POLL_TIMEOUT_S = 0.25       # an empty poll this long → checkpoint
 _MAX_CALL_S = 2.0            # a call reading this long → checkpoint (finalize, commit)
 _RESUME_DELAY_S = 0.2        # when an idle partition is polled again
@@ -327,9 +327,9 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
 
     def __init__(self, settings: StreamSettings) -> None:
         _PartitionProvider.__init__(self, settings)
-        self._records = Metrics.counter(_NAMESPACE, "records")
-        self._bytes = Metrics.counter(_NAMESPACE, "bytes")
-        self._lost = Metrics.counter(_NAMESPACE, "data_loss_records")
+        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
+        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
+        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
 
     def setup(self) -> None:
         # tp → (consumer, offset it will deliver next), least recently used first

@@ -204,7 +204,7 @@ class _WalDriver(_Driver):
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
     def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromWal(list(batch.segments), self.options)
+        return ReadFromWal(segments=list(batch.segments), options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""
