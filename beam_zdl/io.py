@@ -51,6 +51,8 @@ def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
 
 
 # What Beam's own ReadFromKafka takes inside consumer_config, mapped to our settings.
+# auto.offset.reset=earliest means "committed, else earliest" (our `committed`);
+# latest maps to `latest` (from the end even where the group has committed offsets).
 _BEAM_STYLE_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consumer_group",
                     "auto.offset.reset": "starting_offsets"}
 
@@ -173,6 +175,10 @@ def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
         for key, name in _BEAM_STYLE_KEYS.items():
             if key in config:
                 value = config.pop(key)
+                if key == "auto.offset.reset" and value in ("earliest", "smallest",
+                                                            "beginning"):
+                    # Kafka's meaning: the committed offset, else the log start.
+                    value = "committed"
                 if name in out and out[name] != value:
                     raise ConfigError(f"{source}: consumer_config[{key!r}] and {name}= "
                                       "disagree; give one of them")
