@@ -72,7 +72,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.utils.windowed_value import create as _windowed
 
-from beam_zdl import metrics
+import beam_zdl.metrics as metrics
 from beam_zdl.errors import ZdlError
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord

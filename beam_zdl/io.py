@@ -36,7 +36,7 @@ def read_settings(config: ZdlConfig) -> ReadSettings:
 
 def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
     """From ``--starting_offsets`` to the current end offsets of every partition."""
-    from beam_zdl import kafka
+    import beam_zdl.kafka as kafka
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
     try:
@@ -202,7 +202,7 @@ def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
 
 def _read_streaming(config: ZdlConfig) -> beam.PTransform:
     """The unbounded read (see beam_zdl.streaming); checks the topics exist first."""
-    from beam_zdl import kafka
+    import beam_zdl.kafka as kafka
     from beam_zdl.streaming import ReadStreaming, StreamSettings
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
@@ -228,7 +228,7 @@ class _ReadSegmentsFn(beam.DoFn):
     def __init__(self, fail_on_data_loss: bool) -> None:
         from apache_beam.metrics import Metrics
         self._fail_on_data_loss = fail_on_data_loss
-        from beam_zdl import metrics
+        import beam_zdl.metrics as metrics
         ns = metrics.NAMESPACE
         self._records = Metrics.counter(ns, metrics.RECORDS)
         self._bytes = Metrics.counter(ns, metrics.BYTES)

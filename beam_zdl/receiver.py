@@ -71,7 +71,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from beam_zdl import kafka
+import beam_zdl.kafka as kafka
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import (DataLossError, ObjectExistsError, PartitionsUnavailableError,
                              StorageError, WalCorruptionError, ZdlError)

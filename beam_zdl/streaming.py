@@ -73,7 +73,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from beam_zdl import metrics
+import beam_zdl.metrics as metrics
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
