@@ -224,8 +224,10 @@ class BatchLoop(abc.ABC):
                 f"group {cfg.consumer_group} did not reach the end offsets seen at start: "
                 + ", ".join(f"{t}[{p}] committed {c if c is not None else 'none'} of "
                             f"{targets[(t, p)]}" for (t, p), c in sorted(short.items()))
-                + ". Nothing was lost (the checkpoint holds the progress); check that the "
-                "brokers accept commits from this group, then run again.")
+                + ". Nothing was lost (the checkpoint holds the progress). The brokers refused "
+                "or lost the commits: check the log above for the reason (a group with "
+                "active members, such as another application using --consumer_group, refuses "
+                "commits from beam_zdl's driver), then run again.")
         _LOGGER.info("available_now: every partition of %s is done up to the end offsets seen "
                      "at start, and group %s has committed them", ",".join(cfg.topics),
                      cfg.consumer_group)
