@@ -57,7 +57,6 @@ __all__ = ["Batch", "BatchLoop", "BuildFn", "DirectDriver", "RunSummary", "StopF
 
 _LOGGER = logging.getLogger(__name__)
 
-_MODES = {"direct": checkpoint_pb2.MODE_DIRECT, "wal": checkpoint_pb2.MODE_WAL}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from beam_zdl.secrets import redact, resolve
 __all__ = [
     "OUT_OF_RANGE_CODES",
     "lost_offsets",
-    "TopicPartitionKey",
     "consumer_settings",
     "new_consumer",
     "partitions_of",
@@ -35,8 +34,6 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-
-TopicPartitionKey = tuple  # (topic: str, partition: int)
 
 _METADATA_TIMEOUT_S = 30.0
 

@@ -78,7 +78,7 @@ from beam_zdl.errors import (DataLossError, ObjectExistsError, PartitionsUnavail
 from beam_zdl.options import ZdlConfig
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2, wal_pb2
-from beam_zdl.wal import (SegmentInfo, WalWriter, decode_segment, list_segments, parse_segment_name,
+from beam_zdl.wal import (SegmentInfo, WalWriter, decode_segment, list_segments,
                           read_footer)
 
 __all__ = ["Receiver", "ReceiverStats", "claim_writer_epoch", "segment_refs",
@@ -676,7 +676,3 @@ def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
                                  "it is only informational: delete it or restore it") from None
     return claim
 
-
-def is_segment(name: str) -> bool:
-    """Whether an object name in a WAL directory is a segment."""
-    return parse_segment_name(name) is not None

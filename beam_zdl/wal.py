@@ -230,11 +230,6 @@ class WalWriter:
         """Records appended since the last seal."""
         return len(self._frames)
 
-    @property
-    def last_offsets(self) -> dict[tuple[str, int], int]:
-        """The last offset appended per ``(topic, partition)`` (sealed or not)."""
-        return dict(self._last_offsets)
-
     def append(self, record: Any) -> bool:
         """Buffer one record for the next segment.
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["free_port", "wait_until", "ServerProcess", "JavaProcess"]
+__all__ = ["free_port", "wait_until", "ServerProcess"]
 
 
 def free_port() -> int:
@@ -91,6 +91,3 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
-
-# The old name, from when every harness server was a JVM.
-JavaProcess = ServerProcess
