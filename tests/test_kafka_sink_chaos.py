@@ -35,7 +35,7 @@ def _flags(kafka, topic, tmp_path, mode, *extra):
              '--consumer_config={"session.timeout.ms": 4000, "heartbeat.interval.ms": 500}']
     if mode == "wal":
         flags += ["--zdl_mode=wal", f"--wal_dir={tmp_path / 'wal'}",
-                  "--wal_segment_records=100", "--wal_segment_age_s=0.3"]
+                  "--wal_segment_records=300", "--wal_segment_age_s=0.5"]
     return flags + list(extra)
 
 
@@ -104,7 +104,8 @@ def _chaos(kafka, tmp_path, mode, crash_points, random_kills, records=4000,
 
 @pytest.mark.parametrize("mode", ["direct", "wal"])
 def test_kafka_to_kafka_exactly_once_through_driver_sigkills(kafka, tmp_path, mode):
-    _chaos(kafka, tmp_path, mode, CRASH_POINTS[:6], random_kills=3)
+    _chaos(kafka, tmp_path, mode, CRASH_POINTS[:6], random_kills=3,
+           records=4000 if mode == "direct" else 2400)
 
 
 @pytest.mark.slow
