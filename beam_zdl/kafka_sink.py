@@ -221,6 +221,7 @@ class ShardWriter:
         self.transactional_id = transactional_id(sink_id, shard)
         self._settings = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5,
                           "acks": "all", "enable.idempotence": True,
+                          "delivery.report.only.error": True,
                           **dict(producer_config),
                           "transactional.id": self.transactional_id}
         self._producer = None
@@ -499,18 +500,26 @@ class WriteToKafka(beam.PTransform):
                 "or exactly_once=False (at-least-once) in streaming")
         limit = self._size_limit()
         topic, key_fn, value_fn = self._topic, self._key_fn, self._value_fn
-        records = pcoll | "ToRecord" >> beam.Map(
-            lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
+        # Only failed deliveries call back into Python: one call per record costs throughput.
         settings = {"bootstrap.servers": self._bootstrap_servers, "linger.ms": 5,
+                    "delivery.report.only.error": True,
                     **self._producer_config, "message.max.bytes": limit}
         if not self._exactly_once:
             settings.update({"enable.idempotence": True, "acks": "all"})
-            return records | "Write" >> beam.ParDo(
-                _WriteAtLeastOnceFn(topic, settings, self._timeout_s))
+            return (pcoll
+                    | "ToRecord" >> beam.Map(
+                        lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
+                    | "Write" >> beam.ParDo(
+                        _WriteAtLeastOnceFn(topic, settings, self._timeout_s)))
         settings.pop("bootstrap.servers")
         shards = self._shards
-        return (records
-                | "Shard" >> beam.Map(lambda r: (shard_of(r, shards), r))
+
+        def keyed(element):
+            record = _check_size(to_record(element, key_fn, value_fn), limit, topic)
+            return shard_of(record, shards), record
+
+        return (pcoll
+                | "ToShardedRecord" >> beam.Map(keyed)
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShardsFn(
                     topic, self._bootstrap_servers, settings, self._sink_id,
