@@ -78,12 +78,12 @@ def _zdl_flags(args: argparse.Namespace, checkpoint_dir: str, *extra: str) -> li
 
 
 def _micro_batches(args: argparse.Namespace, extra: list[str],
-                   checkpoint_dir: str | None = None) -> dict:
+                   checkpoint_dir: str | None = None, build: Callable = _build) -> dict:
     import beam_zdl
     options = beam_zdl.ZdlOptions(_zdl_flags(
         args, checkpoint_dir or f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *extra))
     started = time.monotonic()
-    summary = beam_zdl.run_micro_batches(_build, options)
+    summary = beam_zdl.run_micro_batches(build, options)
     seconds = time.monotonic() - started
     return {"records": summary.records, "bytes": summary.records * args.value_bytes,
             "seconds": seconds, "batches": summary.batches}
@@ -347,21 +347,15 @@ def _sink(args: argparse.Namespace, exactly_once: bool) -> dict:
     import apache_beam as beam
     import beam_zdl
     out_topic = _output_topic(args)
-    options = beam_zdl.ZdlOptions(_zdl_flags(
-        args, f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *_WORKERS[1],
-        f"--max_records_per_partition={args.batch_per_partition}"))
 
     def build(records, batch) -> None:
         (records
          | beam.Map(lambda r: (r.id, r.value))
-         | beam_zdl.WriteToKafka.from_options(options, out_topic, batch=batch,
-                                              exactly_once=exactly_once, shards=4))
+         | beam_zdl.WriteToKafka(out_topic, args.bootstrap_servers, batch=batch,
+                                 exactly_once=exactly_once, shards=4))
 
-    started = time.monotonic()
-    summary = beam_zdl.run_micro_batches(build, options)
-    seconds = time.monotonic() - started
-    return {"records": summary.records, "bytes": summary.records * args.value_bytes,
-            "seconds": seconds, "batches": summary.batches}
+    return _micro_batches(args, [*_WORKERS[1], f"--max_records_per_partition="
+                                 f"{args.batch_per_partition}"], build=build)
 
 
 @peer("sink_exactly_once")

@@ -20,20 +20,13 @@ from pathlib import Path
 import apache_beam as beam
 
 import beam_zdl
+from tests.driver_proc import _env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(out_topic: str, shards: int, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "tests.kafka_sink_proc", out_topic, str(shards), *flags]
-
-
-def _env(crash_at: str | None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("BEAM_ZDL_CRASH_AT", None)
-    if crash_at:
-        env["BEAM_ZDL_CRASH_AT"] = crash_at
-    return env
 
 
 def run_sink_driver(out_topic: str, shards: int, flags: list[str], crash_at: str | None = None,
