@@ -4,6 +4,7 @@ checked with a ``read_committed`` consumer of the output topic."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ import beam_zdl
 from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.kafka_sink import ShardWriter, WriteToKafka, progress_group, shard_of, to_record
 from beam_zdl.runners import pipeline_runner
+from beam_zdl.testing import LocalKafka
 from tests.kafka_sink_proc import output_counts, read_committed
 
 SHARDS = 3
@@ -144,3 +146,26 @@ def test_a_record_too_large_fails_the_batch_before_any_shard_writes(kafka):
     # Without the big record the same batch then goes through.
     _write(kafka, topic, _elements(200), batch=0)
     assert Counter(read_committed(kafka.bootstrap_servers, topic)) == Counter(_elements(200))
+
+
+class _NoTransactionsKafka(LocalKafka):
+    """A broker whose transaction state log cannot be created (replication factor 3 on one
+    broker): it refuses every transactional producer."""
+
+    def _write_config(self):
+        props = super()._write_config()
+        props.write_text(props.read_text().replace(
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.replication.factor=3"))
+        return props
+
+
+@pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                    reason="needs a broker of its own")
+def test_a_broker_refusing_transactions_is_named_and_nothing_is_written(tmp_path):
+    with _NoTransactionsKafka(workdir=tmp_path / "kafka") as broker:
+        topic = broker.create_topic(partitions=2)
+        with pytest.raises(Exception, match="refused transactions for transactional.id "
+                                            f"beam-zdl-sink-{topic}-"):
+            _write(broker, topic, _elements(50), batch=0, timeout_s=8)
+        assert read_committed(broker.bootstrap_servers, topic) == []
