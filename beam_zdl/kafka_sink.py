@@ -314,17 +314,34 @@ class ShardWriter:
             self._producer.send_offsets_to_transaction(
                 [progress], self._consumer.consumer_group_metadata(), self.timeout_s)
             self._producer.flush(self.timeout_s)
-            self._producer.commit_transaction(self.timeout_s)
         except KafkaException as exc:
-            err = exc.args[0]
-            if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
-                                              "INVALID_PRODUCER_EPOCH"):
+            self._check_fenced(exc.args[0])
+            self._abort(f"recording batch {batch_id} in the progress record: {exc.args[0]}")
+        for attempt in range(1, 4):
+            try:
+                self._producer.commit_transaction(self.timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                self._check_fenced(err)
+                if err.retriable() and attempt < 3:
+                    continue  # a commit that timed out may be retried (librdkafka)
+                if err.txn_requires_abort():
+                    self._abort(f"committing batch {batch_id}: {err}")
                 raise ZdlError(
-                    f"shard {self.shard} of sink {self.sink_id!r} (transactional.id "
-                    f"{self.transactional_id}) was fenced by a newer writer: another driver "
-                    "took over this sink, so this one is a zombie. Its transaction did not "
-                    "commit; nothing of it is visible.") from None
-            self._abort(f"committing batch {batch_id}: {err}")
+                    f"committing shard {self.shard} of sink {self.sink_id!r} (batch "
+                    f"{batch_id}) ended undecided: {err}. The next writer of this shard "
+                    "completes or aborts it (init_transactions), and the batch, which stays "
+                    "pending, then skips the shard if it committed.") from None
+
+    def _check_fenced(self, err) -> None:
+        if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
+                                          "INVALID_PRODUCER_EPOCH"):
+            raise ZdlError(
+                f"shard {self.shard} of sink {self.sink_id!r} (transactional.id "
+                f"{self.transactional_id}) was fenced by a newer writer: another driver took "
+                "over this sink, so this one is a zombie. Its transaction did not commit; "
+                "nothing of it is visible.")
 
     def write_batch(self, batch_id: int, records: Iterable[OutputRecord]) -> Optional[int]:
         """Steps 4-7 for one batch: records written, or None when already committed."""
