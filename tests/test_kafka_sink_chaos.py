@@ -105,7 +105,7 @@ def _chaos(kafka, tmp_path, mode, crash_points, random_kills, records=4000,
 @pytest.mark.parametrize("mode", ["direct", "wal"])
 def test_kafka_to_kafka_exactly_once_through_driver_sigkills(kafka, tmp_path, mode):
     _chaos(kafka, tmp_path, mode, CRASH_POINTS[:6], random_kills=3,
-           records=4000 if mode == "direct" else 2400)
+           records=4000 if mode == "direct" else 3000)
 
 
 @pytest.mark.slow
