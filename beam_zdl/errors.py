@@ -10,6 +10,8 @@ __all__ = [
     "DataLossError",
     "WalCorruptionError",
     "CheckpointConflictError",
+    "CheckpointCorruptionError",
+    "UnsupportedCheckpointFormatError",
     "ConfigMismatchError",
     "StorageError",
     "ObjectExistsError",
@@ -36,6 +38,35 @@ class WalCorruptionError(ZdlError):
 
 class CheckpointConflictError(ZdlError):
     """Another driver owns the checkpoint (fenced by a newer epoch) or wrote first."""
+
+
+class CheckpointCorruptionError(ZdlError):
+    """A checkpoint file failed its magic, format-version, length or CRC32C check, or its
+    checked payload could not be decoded.
+
+    The message names the file, what is wrong and what to do. Deliberately *not* a
+    :class:`StorageError`: callers that treat a StorageError as "removed by retention
+    meanwhile" must never skip a damaged file.
+
+    Attributes:
+        uri: the damaged file.
+        reason: what is wrong with it.
+        advice: what to do about it.
+    """
+
+    def __init__(self, uri: str, reason: str, advice: str) -> None:
+        super().__init__(f"checkpoint file {uri} cannot be used: {reason}. {advice}")
+        self.uri = uri
+        self.reason = reason
+        self.advice = advice
+
+    def __reduce__(self):
+        return type(self), (self.uri, self.reason, self.advice)
+
+
+class UnsupportedCheckpointFormatError(CheckpointCorruptionError):
+    """A checkpoint file is in a format this code does not read: the unframed format 1 of
+    older beam_zdl versions (migrate it with ``beam-zdl migrate``), or a newer one."""
 
 
 class ConfigMismatchError(ZdlError):

@@ -17,6 +17,7 @@ import time
 from typing import Iterable, Mapping
 
 from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
+from beam_zdl.secrets import redact, resolve
 
 __all__ = [
     "OUT_OF_RANGE_CODES",
@@ -30,6 +31,7 @@ __all__ = [
     "committed_offsets",
     "commit_offsets",
     "group_holders",
+    "display_data",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,7 +48,11 @@ OUT_OF_RANGE_CODES = (-140, 1)
 
 def consumer_settings(bootstrap_servers: str, group: str,
                       extra: Mapping[str, object] | None = None) -> dict:
-    """The confluent-kafka settings of every beam_zdl consumer."""
+    """The confluent-kafka settings of every beam_zdl consumer.
+
+    ``${env:NAME}`` / ``${file:PATH}`` values in ``extra`` are resolved here, where
+    the client is created (see :mod:`beam_zdl.secrets`).
+    """
     settings = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": group,
@@ -59,8 +65,16 @@ def consumer_settings(bootstrap_servers: str, group: str,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.max.messages.kbytes": 64 * 1024,
     }
-    settings.update(extra or {})
+    settings.update(resolve(extra or {}))
     return settings
+
+
+def display_data(bootstrap_servers: str, group: str,
+                 extra: Mapping[str, object] | None = None) -> dict[str, str]:
+    """What a transform or DoFn shows of its Kafka client in a runner's UI (secrets redacted)."""
+    import json
+    return {"bootstrap_servers": bootstrap_servers, "consumer_group": group,
+            "consumer_config": json.dumps(redact(extra or {}), sort_keys=True)}
 
 
 def new_consumer(bootstrap_servers: str, group: str, extra: Mapping[str, object] | None = None):
@@ -217,7 +231,8 @@ def group_holders(bootstrap_servers: str, group: str,
     """
     from confluent_kafka.admin import AdminClient
     settings = {"bootstrap.servers": bootstrap_servers}
-    settings.update({k: v for k, v in (extra or {}).items() if k.startswith(_ADMIN_PREFIXES)})
+    settings.update(resolve({k: v for k, v in (extra or {}).items()
+                             if k.startswith(_ADMIN_PREFIXES)}))
     admin = AdminClient(settings)  # held until the future resolves (see DESIGN.md)
     try:
         description = admin.describe_consumer_groups([group],

@@ -71,7 +71,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from beam_zdl import kafka
+import beam_zdl.kafka as kafka
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import (DataLossError, ObjectExistsError, PartitionsUnavailableError,
                              StorageError, WalCorruptionError, ZdlError)
@@ -225,6 +225,7 @@ class ReceiverStats:
     pauses: int = 0
     rebalances: int = 0
     peak_buffered_bytes: int = 0
+    lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
 
 
 def _to_wal(msg) -> wal_pb2.WalRecord:
@@ -268,7 +269,6 @@ class Receiver:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.stats = ReceiverStats()
         self.epoch: int | None = None
-        self.lost_records = 0
         self._consumer = None
         self._writer: WalWriter | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -367,9 +367,11 @@ class Receiver:
                 consumer.close()
             finally:
                 self._consumer = None
-        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s",
+        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s%s",
                      self.owner, self.stats.records, self.stats.segments,
-                     self.stats.sealed_bytes, time.monotonic() - started)
+                     self.stats.sealed_bytes, time.monotonic() - started,
+                     f"; {self.stats.lost_records} records LOST (--fail_on_data_loss=false)"
+                     if self.stats.lost_records else "")
         return self.stats
 
     def _append(self, messages) -> None:
@@ -611,7 +613,7 @@ class Receiver:
         for tp in tps:
             low = marks[tp][0]
             if positions[tp] < low:
-                self.lost_records += kafka.lost_offsets(
+                self.stats.lost_records += kafka.lost_offsets(
                     tp[0], tp[1], positions[tp], low, cfg.fail_on_data_loss,
                     why="they were never written to the WAL")
                 positions[tp] = low
@@ -659,8 +661,20 @@ class Receiver:
 
 
 def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
-    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection."""
-    return json.loads(open_storage(wal_dir).read(f"{_WRITERS}{epoch:08d}"))
+    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
+
+    Raises:
+        WalCorruptionError: the claim is not a JSON object; names its URI.
+    """
+    storage, name = open_storage(wal_dir), f"{_WRITERS}{epoch:08d}"
+    try:
+        claim = json.loads(storage.read(name))
+        if not isinstance(claim, dict):
+            raise ValueError(f"a JSON {type(claim).__name__}, not an object")
+    except ValueError as exc:
+        raise WalCorruptionError(f"WAL writer claim {storage.uri(name)} does not decode ({exc}); "
+                                 "it is only informational: delete it or restore it") from None
+    return claim
 
 
 def is_segment(name: str) -> bool:

@@ -1,19 +1,18 @@
 """WAL mode of run_micro_batches: a receiver thread fills the WAL, batches read it.
 
 The driver runs a :class:`~beam_zdl.receiver.Receiver` as a thread of its own
-process and plans batches of sealed segments (the shared loop is in
-:mod:`beam_zdl.driver`):
+process and plans batches of sealed segments. The steps are numbered as in
+:mod:`beam_zdl.driver` (Steps 0, 1 and 4 are the shared loop's):
 
-1. plan     — the sealed segments not referenced by any stored plan, in
-              (epoch, seq) order, as ``SegmentRef``s (with their per-partition
-              spans), written create-once before the batch runs;
-2. run      — :class:`~beam_zdl.io.ReadFromWal` reads exactly those segments;
-3. complete — the completion is written;
-4. cleanup  — segments of completed batches older than the last
-              ``--retain_batches`` are deleted, then those batches' metadata
-              (segments first: a crash in between leaves a plan naming
-              deleted segments of a completed batch, which is harmless, never
-              an unreferenced segment that would be planned again).
+* Step 2: plan — the sealed segments not referenced by any stored plan, in
+  (epoch, seq) order, as ``SegmentRef``s (with their per-partition spans),
+  written create-once before the batch runs;
+* Step 3: run — :class:`~beam_zdl.io.ReadFromWal` reads exactly those segments;
+* Step 5: cleanup — segments of completed batches older than the last
+  ``--retain_batches`` are deleted, then those batches' metadata (segments
+  first: a crash in between leaves a plan naming deleted segments of a
+  completed batch, which is harmless, never an unreferenced segment that
+  would be planned again).
 
 There is no Kafka commit here: the receiver commits after each seal.
 
@@ -45,7 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.chaos import crash_point
 from beam_zdl.direct import PartitionRange
-from beam_zdl.driver import Batch, BuildFn, RunSummary, _Driver, _StopFlag
+from beam_zdl.driver import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
 from beam_zdl.options import ZdlConfig
@@ -54,24 +53,20 @@ from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import list_segments
 
-__all__ = ["run_wal_micro_batches"]
+__all__ = ["WalDriver"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2
 
 
-def run_wal_micro_batches(build_fn: BuildFn, options: PipelineOptions,
-                          config: ZdlConfig) -> RunSummary:
-    """:func:`beam_zdl.run_micro_batches` with ``--zdl_mode=wal`` (see the module doc)."""
-    return _WalDriver(build_fn, options, config).run()
-
-
 def _name(uri: str) -> str:
     return uri.rstrip("/").rpartition("/")[2]
 
 
-class _WalDriver(_Driver):
+class WalDriver(BatchLoop):
+    """WAL mode's batch loop (see the module doc)."""
+
     mode = checkpoint_pb2.MODE_WAL
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
@@ -86,7 +81,7 @@ class _WalDriver(_Driver):
 
     # --- the receiver thread --------------------------------------------------------------
 
-    def _start(self, stop: _StopFlag) -> None:
+    def _start(self, stop: StopFlag) -> None:
         drain = self.config.trigger == "available_now"
         self._targets = self._end_offsets() if drain else None
 
@@ -204,7 +199,7 @@ class _WalDriver(_Driver):
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
     def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromWal(list(batch.segments), self.options)
+        return ReadFromWal(segments=list(batch.segments), options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""

@@ -76,6 +76,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, force=True)  # importing Beam configured WARNING
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     main(sys.argv[1:])

@@ -82,7 +82,10 @@ def _chaos_driver(kafka, tmp_path, root: str, rounds: int) -> None:
     topic = kafka.create_topic(partitions=4)
     kafka.produce(topic, ((None, f"v{i}".encode(), i % 4) for i in range(6000)))
     ckpt, wal, out = f"{root}/ckpt", f"{root}/wal", tmp_path / "out"
-    flags = _flags(kafka, topic, ckpt, wal, "--retain_batches=1000")
+    # Batches of up to 1500 records per partition: the final run catches up in a few
+    # batches, also on slow storage (HDFS, under load).
+    flags = _flags(kafka, topic, ckpt, wal, "--retain_batches=1000",
+                   "--max_records_per_partition=1500")
     rng = random.Random(f"{topic}-driver")
     kills = 0
     with _Producer(kafka, topic, 4):
@@ -90,7 +93,7 @@ def _chaos_driver(kafka, tmp_path, root: str, rounds: int) -> None:
             driver = start_driver(out, flags, tmp_path / f"driver-{i}.log")
             kills += _kill_while_busy(driver, _progress(wal, out), rng)
 
-    final = run_driver(out, flags)
+    final = run_driver(out, flags, timeout=600)
 
     summary = _summary(final)
     print(f"driver SIGKILLs delivered mid-run: {kills} of {rounds}; final run: "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.testing import jars
+import beam_zdl.testing.jars as jars
 
 __all__ = ["MAIN_CLASS", "FlinkCheckpointOptions", "job_server_jar", "flink_runner_args"]
 
