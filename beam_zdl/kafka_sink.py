@@ -76,6 +76,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from beam_zdl import metrics, secrets
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
 
@@ -233,7 +234,8 @@ class ShardWriter:
     def open(self) -> None:
         """Fence every older writer of this shard and end the transaction it left open."""
         from confluent_kafka import Consumer, KafkaException, Producer
-        self._producer = Producer(self._settings)
+        settings = secrets.resolve(self._settings)
+        self._producer = Producer(settings)
         try:
             self._producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
@@ -248,7 +250,7 @@ class ShardWriter:
                                    "group.id": progress_group(self.sink_id, self.shard),
                                    "enable.auto.commit": False,
                                    "isolation.level": "read_committed",
-                                   **{k: v for k, v in self._settings.items()
+                                   **{k: v for k, v in settings.items()
                                       if k.startswith(("security.", "sasl.", "ssl."))}})
 
     # Step 4
@@ -373,9 +375,9 @@ class _WriteShardsFn(beam.DoFn):
         self._progress_topic = progress_topic
         self._batch_id = batch_id
         self._timeout_s = timeout_s
-        self._written = Metrics.counter("beam_zdl", "sink_records_written")
-        self._committed = Metrics.counter("beam_zdl", "sink_shards_committed")
-        self._skipped = Metrics.counter("beam_zdl", "sink_shards_skipped")
+        self._written = Metrics.counter(metrics.NAMESPACE, "sink_records_written")
+        self._committed = Metrics.counter(metrics.NAMESPACE, "sink_shards_committed")
+        self._skipped = Metrics.counter(metrics.NAMESPACE, "sink_shards_skipped")
 
     def process(self, element):
         shard, records = element
@@ -399,11 +401,11 @@ class _WriteAtLeastOnceFn(beam.DoFn):
 
     def __init__(self, topic: str, settings: dict, timeout_s: float) -> None:
         self._topic, self._settings, self._timeout_s = topic, settings, timeout_s
-        self._written = Metrics.counter("beam_zdl", "sink_records_written")
+        self._written = Metrics.counter(metrics.NAMESPACE, "sink_records_written")
 
     def setup(self) -> None:
         from confluent_kafka import Producer
-        self._producer = Producer(self._settings)
+        self._producer = Producer(secrets.resolve(self._settings))
         self._failures: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -446,7 +448,9 @@ class WriteToKafka(beam.PTransform):
         topic: the output topic (must exist).
         bootstrap_servers: Kafka brokers.
         producer_config: extra confluent-kafka producer settings (security,
-            ``compression.type``, ``message.max.bytes``, ...).
+            ``compression.type``, ``message.max.bytes``, ...); values may be
+            ``${env:NAME}`` / ``${file:PATH}`` references, resolved where the
+            producer is created (see :mod:`beam_zdl.secrets`).
         key_fn: element → key (bytes, str or None).
         value_fn: element → value (bytes, str or None).
         batch: the :class:`~beam_zdl.Batch` (or its id) ``build_fn`` was given.
@@ -492,6 +496,10 @@ class WriteToKafka(beam.PTransform):
                 "are keyed by its id)")
         if self._shards < 1:
             raise ConfigError(f"WriteToKafka: shards must be >= 1, got {shards}")
+        for key in secrets.literal_secrets(self._producer_config):
+            _LOGGER.warning("WriteToKafka: producer_config[%r] holds a literal secret, which "
+                            "runners keep in job descriptions; use ${env:NAME} or "
+                            "${file:PATH} instead", key)
         if "transactional.id" in self._producer_config:
             raise ConfigError("WriteToKafka: producer_config must not set transactional.id; "
                               "it is derived from sink_id and the shard (pass sink_id=)")
@@ -550,7 +558,7 @@ class WriteToKafka(beam.PTransform):
         settings = {"bootstrap.servers": self._bootstrap_servers}
         settings.update({k: v for k, v in self._producer_config.items()
                          if k.startswith(("security.", "sasl.", "ssl.", "socket.", "client."))})
-        admin = AdminClient(settings)  # held until the futures resolve (see DESIGN.md)
+        admin = AdminClient(secrets.resolve(settings))  # held until futures resolve (DESIGN.md)
         for name in {self._topic, self._progress_topic}:
             try:
                 info = admin.list_topics(name, timeout=self._timeout_s).topics.get(name)
