@@ -15,10 +15,11 @@ transaction (``send_offsets_to_transaction``): group
 ``beam-zdl-sink-<sink_id>-<shard>``, partition 0 of the progress topic (the
 output topic unless ``progress_topic=`` names another one; the offset only
 needs an existing partition), offset ``batch_id + 1``, metadata
-``sink=<id> shard=<s> batch=<b> records=<n>``. Kafka makes it visible exactly
+``sink=<id> shard=<s> batch=<b> records=<n> input=<crc32 of the batch's
+planned ranges/segments>``. Kafka makes it visible exactly
 when the shard's records are (both or neither), and a ``committed()`` call
 reads it back. Batches of one sink complete in order, so an offset
-``>= batch_id + 1`` means this shard of this batch is already committed.
+``batch_id + 1`` means this shard of this batch is already committed.
 
 Protocol of one batch (``exactly_once``)
 ---------------------------------------
@@ -36,8 +37,11 @@ Protocol of one batch (``exactly_once``)
   fences every earlier producer with that id (a zombie driver's writer: its
   later commit fails) and completes or aborts the transaction it left open.
 * Step 4 — read the shard's progress record (after Step 3, so no older
-  writer can still commit). ``>= batch_id + 1``: the shard is already in
-  Kafka; skip it.
+  writer can still commit). ``batch_id + 1`` (for the same input
+  fingerprint): the shard is already in Kafka; skip it. Past it, or this
+  batch for another input: the batch fails, writing nothing — a run's batches
+  reach a shard in order, so only a zombie driver or a second pipeline with
+  the same ``sink_id`` (or a new ``--checkpoint_dir``) gets there.
 * Step 5 — ``begin_transaction()``; produce the shard's records; ``flush()``.
   A record that fails (too large for the broker, topic gone, ...) aborts
   the transaction and fails the batch naming topic and partition.
@@ -81,7 +85,7 @@ from beam_zdl.chaos import crash_point
 from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
 
 __all__ = ["WriteToKafka", "ShardWriter", "OutputRecord", "shard_of", "progress_group",
-           "transactional_id", "read_progress"]
+           "transactional_id", "read_progress", "input_fingerprint"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -171,8 +175,9 @@ _COORDINATOR_MOVING = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS",
 
 
 def read_progress(consumer, progress_topic: str,
-                  timeout_s: float = _TIMEOUT_S) -> Optional[int]:
-    """The batch id the shard's progress record says was last committed, None if none.
+                  timeout_s: float = _TIMEOUT_S) -> tuple[Optional[int], str]:
+    """The batch id the shard's progress record says was last committed (None if none),
+    and the record's metadata (``sink=... shard=... batch=... records=... input=...``).
 
     ``consumer`` belongs to the shard's :func:`progress_group`; with
     ``isolation.level=read_committed`` librdkafka asks for stable offsets, so a
@@ -196,7 +201,27 @@ def read_progress(consumer, progress_topic: str,
                 f"could not read the sink's progress record (group offsets on "
                 f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
     offset = found[0].offset
-    return offset - 1 if offset > 0 else None
+    return (offset - 1 if offset > 0 else None), (found[0].metadata or "")
+
+
+def input_fingerprint(batch: Any) -> str:
+    """A CRC32 of a batch's planned input (offset ranges, WAL segments), or "" for a bare
+    batch id: the progress record carries it, so a record written by another pipeline
+    with the same ``sink_id`` is told apart from this one's."""
+    ranges = getattr(batch, "ranges", None)
+    if ranges is None:
+        return ""
+    text = ";".join(f"{r.topic}/{r.partition}/{r.start}/{r.stop}" for r in sorted(ranges))
+    text += "|" + ";".join(sorted(getattr(batch, "segments", ()) or ()))
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def _field(metadata: str, name: str) -> str:
+    for item in metadata.split():
+        key, _, value = item.partition("=")
+        if key == name:
+            return value
+    return ""
 
 
 class ShardWriter:
@@ -254,8 +279,9 @@ class ShardWriter:
                                       if k.startswith(("security.", "sasl.", "ssl."))}})
 
     # Step 4
-    def last_batch(self) -> Optional[int]:
-        """The last batch id this shard committed (read after :meth:`open`), or None."""
+    def last_batch(self) -> tuple[Optional[int], str]:
+        """The last batch id this shard committed (read after :meth:`open`), or None, and
+        its progress record's metadata."""
         return read_progress(self._consumer, self.progress_topic, self.timeout_s)
 
     # Step 5
@@ -306,12 +332,12 @@ class ShardWriter:
             "stays pending and is replayed on the next start.")
 
     # Steps 6-7
-    def commit(self, batch_id: int) -> None:
+    def commit(self, batch_id: int, fingerprint: str = "") -> None:
         """Add the progress record to the transaction and commit both."""
         from confluent_kafka import KafkaException, TopicPartition
         progress = TopicPartition(self.progress_topic, 0, batch_id + 1,
                                   f"sink={self.sink_id} shard={self.shard} batch={batch_id} "
-                                  f"records={self._written}")
+                                  f"records={self._written} input={fingerprint or '-'}")
         try:
             self._producer.send_offsets_to_transaction(
                 [progress], self._consumer.consumer_group_metadata(), self.timeout_s)
@@ -345,17 +371,35 @@ class ShardWriter:
                 "over this sink, so this one is a zombie. Its transaction did not commit; "
                 "nothing of it is visible.")
 
-    def write_batch(self, batch_id: int, records: Iterable[OutputRecord]) -> Optional[int]:
-        """Steps 4-7 for one batch: records written, or None when already committed."""
-        last = self.last_batch()
-        if last is not None and last >= batch_id:
-            _LOGGER.info("sink %s shard %d: batch %d already committed (progress: batch %d); "
-                         "skipped", self.sink_id, self.shard, batch_id, last)
+    def write_batch(self, batch_id: int, records: Iterable[OutputRecord],
+                    fingerprint: str = "") -> Optional[int]:
+        """Steps 4-7 for one batch: records written, or None when already committed.
+
+        Raises:
+            ZdlError: the progress record is past this batch, or holds this batch for
+                another input: a zombie driver, or another pipeline (or a new
+                ``--checkpoint_dir``) writing with this ``sink_id``. Nothing is written.
+        """
+        last, metadata = self.last_batch()
+        theirs = _field(metadata, "input")
+        if last is not None and (last > batch_id or (
+                last == batch_id and fingerprint and theirs not in ("", "-", fingerprint))):
+            raise ZdlError(
+                f"shard {self.shard} of sink {self.sink_id!r} already committed batch {last} "
+                f"({metadata!r}), so it cannot write batch {batch_id}"
+                + (f" (input {fingerprint})" if fingerprint else "") + ". A run's batches "
+                "reach a shard in order, so either this driver is a zombie (a newer one "
+                "took over) or another pipeline, or this one started over with a new "
+                "--checkpoint_dir, writes with the same sink_id: give each its own "
+                "sink_id. Nothing was written; the batch stays pending.")
+        if last == batch_id:
+            _LOGGER.info("sink %s shard %d: batch %d already committed; skipped",
+                         self.sink_id, self.shard, batch_id)
             return None
         self.begin()
         written = self.produce(records)
         crash_point("before_shard_commit")
-        self.commit(batch_id)
+        self.commit(batch_id, fingerprint)
         crash_point("after_shard_commit")
         return written
 
@@ -370,10 +414,12 @@ class _WriteShardsFn(beam.DoFn):
     """Writes each ``(shard, records)`` group in one transaction (exactly_once)."""
 
     def __init__(self, topic: str, bootstrap_servers: str, producer_config: dict,
-                 sink_id: str, progress_topic: str, batch_id: int, timeout_s: float) -> None:
+                 sink_id: str, progress_topic: str, batch_id: int, fingerprint: str,
+                 timeout_s: float) -> None:
         self._args = (topic, bootstrap_servers, producer_config, sink_id)
         self._progress_topic = progress_topic
         self._batch_id = batch_id
+        self._fingerprint = fingerprint
         self._timeout_s = timeout_s
         self._written = Metrics.counter(metrics.NAMESPACE, "sink_records_written")
         self._committed = Metrics.counter(metrics.NAMESPACE, "sink_shards_committed")
@@ -385,7 +431,7 @@ class _WriteShardsFn(beam.DoFn):
                              timeout_s=self._timeout_s)
         try:
             writer.open()
-            written = writer.write_batch(self._batch_id, records)
+            written = writer.write_batch(self._batch_id, records, self._fingerprint)
         finally:
             writer.close()
         if written is None:
@@ -483,6 +529,7 @@ class WriteToKafka(beam.PTransform):
         self._producer_config = dict(producer_config or {})
         self._key_fn, self._value_fn = key_fn, value_fn
         self._batch_id = None if batch is None else int(getattr(batch, "batch_id", batch))
+        self._fingerprint = input_fingerprint(batch)
         self._exactly_once = (self._batch_id is not None) if exactly_once is None \
             else bool(exactly_once)
         self._sink_id = sink_id or topic
@@ -548,7 +595,8 @@ class WriteToKafka(beam.PTransform):
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShardsFn(
                     topic, self._bootstrap_servers, settings, self._sink_id,
-                    self._progress_topic, self._batch_id, self._timeout_s)))
+                    self._progress_topic, self._batch_id, self._fingerprint,
+                    self._timeout_s)))
 
     def _size_limit(self) -> int:
         """The smaller of the topic's max.message.bytes and the producer's message.max.bytes;

@@ -100,6 +100,22 @@ def test_a_zombie_writer_is_fenced_and_its_records_never_visible(kafka):
     assert Counter(read_committed(kafka.bootstrap_servers, topic)) == Counter(elements)
 
 
+def test_a_sink_id_shared_with_another_input_fails_instead_of_skipping(kafka):
+    """A progress record past the batch, or at it for another input, means a second
+    pipeline (or a new checkpoint) writes with this sink_id: fail, write nothing."""
+    from beam_zdl.direct import PartitionRange
+    topic = kafka.create_topic(partitions=2)
+    ours = beam_zdl.Batch(3, (PartitionRange("in", 0, 0, 10),))
+    theirs = beam_zdl.Batch(3, (PartitionRange("in", 0, 0, 20),))
+    _write(kafka, topic, _elements(60), batch=ours)
+    assert _write(kafka, topic, _elements(60), batch=ours)["sink_shards_skipped"] == SHARDS
+    with pytest.raises(Exception, match="already committed batch 3"):
+        _write(kafka, topic, _elements(60, start=60), batch=theirs)
+    with pytest.raises(Exception, match="already committed batch 3"):
+        _write(kafka, topic, _elements(60, start=60), batch=1)
+    assert Counter(read_committed(kafka.bootstrap_servers, topic)) == Counter(_elements(60))
+
+
 def test_without_a_batch_writes_at_least_once_with_an_idempotent_producer(kafka):
     topic = kafka.create_topic(partitions=2)
     _write(kafka, topic, _elements(100))
