@@ -31,6 +31,7 @@ _PUBLIC = {
     "run_micro_batches": "beam_zdl.micro_batches",
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",
+    "WriteToKafka": "beam_zdl.kafka_sink",
     "KafkaRecord": "beam_zdl.records",
     "KafkaHeader": "beam_zdl.records",
     "ZdlOptions": "beam_zdl.options",

@@ -78,12 +78,12 @@ def _zdl_flags(args: argparse.Namespace, checkpoint_dir: str, *extra: str) -> li
 
 
 def _micro_batches(args: argparse.Namespace, extra: list[str],
-                   checkpoint_dir: str | None = None) -> dict:
+                   checkpoint_dir: str | None = None, build: Callable = _build) -> dict:
     import beam_zdl
     options = beam_zdl.ZdlOptions(_zdl_flags(
         args, checkpoint_dir or f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *extra))
     started = time.monotonic()
-    summary = beam_zdl.run_micro_batches(_build, options)
+    summary = beam_zdl.run_micro_batches(build, options)
     seconds = time.monotonic() - started
     return {"records": summary.records, "bytes": summary.records * args.value_bytes,
             "seconds": seconds, "batches": summary.batches}
@@ -306,6 +306,66 @@ def receiver_rss(args: argparse.Namespace) -> dict:
             "seconds": seconds, "segments": stats.segments,
             "peak_buffered_mb": stats.peak_buffered_bytes / 1e6,
             "rss_after_imports_mb": baseline}
+
+
+def _output_topic(args: argparse.Namespace) -> str:
+    """A fresh output topic with as many partitions as the input."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    name = f"bench-out-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": args.bootstrap_servers})
+    admin.create_topics([NewTopic(name, num_partitions=args.partitions,
+                                  replication_factor=1)])[name].result(60)
+    time.sleep(1.0)  # leaders elected
+    return name
+
+
+@peer("sink_bare_producer")
+def sink_bare_producer(args: argparse.Namespace) -> dict:
+    """A plain idempotent confluent-kafka produce loop of ``--records`` values: the
+    practical limit of one Python producer (no reading)."""
+    from confluent_kafka import Producer
+    topic = _output_topic(args)
+    producer = Producer({"bootstrap.servers": args.bootstrap_servers, "linger.ms": 5,
+                         "enable.idempotence": True, "acks": "all"})
+    value = b"x" * args.value_bytes
+    started = time.monotonic()
+    for i in range(args.records):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    seconds = time.monotonic() - started
+    return {"records": args.records, "bytes": args.records * args.value_bytes,
+            "seconds": seconds}
+
+
+def _sink(args: argparse.Namespace, exactly_once: bool) -> dict:
+    """Kafka → run_micro_batches (direct, 1 worker) → WriteToKafka → Kafka, end to end."""
+    import apache_beam as beam
+    import beam_zdl
+    out_topic = _output_topic(args)
+
+    def build(records, batch) -> None:
+        (records
+         | beam.Map(lambda r: (r.id, r.value))
+         | beam_zdl.WriteToKafka(out_topic, args.bootstrap_servers, batch=batch,
+                                 exactly_once=exactly_once, shards=4))
+
+    return _micro_batches(args, [*_WORKERS[1], f"--max_records_per_partition="
+                                 f"{args.batch_per_partition}"], build=build)
+
+
+@peer("sink_exactly_once")
+def sink_exactly_once(args: argparse.Namespace) -> dict:
+    return _sink(args, exactly_once=True)
+
+
+@peer("sink_at_least_once")
+def sink_at_least_once(args: argparse.Namespace) -> dict:
+    return _sink(args, exactly_once=False)
 
 
 def main(argv: list[str] | None = None) -> int:

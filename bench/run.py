@@ -25,7 +25,9 @@ HERE = Path(__file__).resolve().parent
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
               "java_kafkaio_xlang", "receiver_rss"]
 OTHER = ["batch_overhead", "recovery"]
-DEFAULT_PEERS = THROUGHPUT + OTHER
+# Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
+SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
+DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
 LABELS = {
     "bare_consumer": "(a) bare confluent-kafka loop",
     "direct_1_worker": "(b) direct, 1 worker",
@@ -34,6 +36,9 @@ LABELS = {
     "wal_gcs": "(c) WAL, GCS emulator",
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
     "receiver_rss": "(f) WAL receiver alone",
+    "sink_bare_producer": "(g) bare confluent-kafka produce loop",
+    "sink_at_least_once": "(g) Kafka→Kafka, WriteToKafka at-least-once",
+    "sink_exactly_once": "(g) Kafka→Kafka, WriteToKafka exactly-once",
 }
 PEER_TIMEOUT_S = 600
 
@@ -62,6 +67,8 @@ def chart(results: dict, base: float | None, path: Path) -> None:
     import matplotlib.pyplot as plt
     names = [n for n in THROUGHPUT if "records_per_s" in results.get(n, {})]
     values = [results[n]["records_per_s"] for n in names]
+    if not names:
+        return
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.6))
     ax.barh([LABELS.get(n, n) for n in names], values,
             color=["#7f7f7f" if n == "bare_consumer" else "#4472c4" for n in names])
@@ -177,6 +184,7 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
+    lines.extend(sink_report(results))
     rx = results.get("receiver_rss", {})
     if "peak_rss_mb" in rx and "records" in rx:
         lines.append(f"(f) peak RSS with the {meta['records']:,}-record backlog: receiver "
@@ -185,6 +193,29 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                      f"driver with 2 workers {d2.get('peak_rss_mb', 0):.0f} MB + "
                      f"{d2.get('peak_children_rss_mb', 0):.0f} MB per worker process")
     return lines
+
+
+def sink_report(results: dict) -> list[str]:
+    """(g) the Kafka sink: WriteToKafka end to end (read + write, direct, 1 worker) against
+    a bare produce loop (write only)."""
+    base = results.get("sink_bare_producer", {}).get("records_per_s")
+    lines = []
+    for name in SINK:
+        r = results.get(name)
+        if r is None:
+            continue
+        if "records_per_s" not in r:
+            lines.append(f"{LABELS[name]:<44}  could not run: {r.get('error')}")
+            continue
+        ratio = r["records_per_s"] / base if base else float("nan")
+        lines.append(f"{LABELS[name]:<44}{r['records_per_s']:>11,.0f} records/s"
+                     f"{ratio:>7.2f}x bare producer")
+    eo, alo = results.get("sink_exactly_once", {}), results.get("sink_at_least_once", {})
+    if "records_per_s" in eo and "records_per_s" in alo:
+        lines.append(f"exactly-once / at-least-once: "
+                     f"{eo['records_per_s'] / alo['records_per_s']:.2f}x "
+                     "(the sink rows read the input too)")
+    return ["\n" + lines[0]] + lines[1:] if lines else lines
 
 
 if __name__ == "__main__":

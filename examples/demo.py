@@ -6,7 +6,10 @@
    its second batch ran but before that batch was recorded complete,
 4. start it again: the pending batch is replayed with the same offset ranges,
    then the rest is read,
-5. count every id<n> in the output files: each must appear exactly once.
+5. count every id<n> in the output files: each must appear exactly once;
+6. then the same input through examples/kafka_to_kafka_exactly_once.py (Kafka
+   out, transactional): SIGKILLed after its second shard transaction
+   committed, restarted, and every ID<n> counted by a read_committed consumer.
 """
 
 from __future__ import annotations
@@ -30,14 +33,68 @@ HERE = Path(__file__).resolve().parent
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
-def run_example(args: list[str], crash_at: str | None) -> int:
+def run_example(args: list[str], crash_at: str | None,
+                script: str = "wordcount_exactly_once.py") -> int:
     env = dict(os.environ)
     env.pop("BEAM_ZDL_CRASH_AT", None)
     if crash_at:
         env["BEAM_ZDL_CRASH_AT"] = crash_at
-    proc = subprocess.run([sys.executable, str(HERE / "wordcount_exactly_once.py"), *args],
-                          env=env)
+    proc = subprocess.run([sys.executable, str(HERE / script), *args], env=env)
     return proc.returncode
+
+
+def read_committed_values(bootstrap_servers: str, topic: str) -> list[bytes]:
+    """Every value a read_committed consumer sees in ``topic``, up to its end."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "demo-reader",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        at_end, values = set(), []
+        while len(at_end) < len(partitions):
+            for msg in consumer.consume(10_000, 1.0):
+                if msg.error():
+                    if msg.error().code() != -191:  # anything but _PARTITION_EOF
+                        raise RuntimeError(str(msg.error()))
+                    at_end.add(msg.partition())
+                else:
+                    at_end.discard(msg.partition())
+                    values.append(msg.value())
+        return values
+    finally:
+        consumer.close()
+
+
+def kafka_sink_demo(kafka: LocalKafka, topic: str, workdir: Path,
+                    args: argparse.Namespace) -> tuple[list[str], bool]:
+    """The same input through examples/kafka_to_kafka_exactly_once.py: SIGKILLed after
+    the second shard transaction committed (its batch not yet complete), restarted, then
+    every output record counted by a read_committed consumer."""
+    out_topic = kafka.create_topic(f"demo-upper-{workdir.name[-8:].replace('_', '-')}",
+                                   partitions=4)
+    example_args = [
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--checkpoint_dir={workdir / 'checkpoint-k2k'}", f"--output_topic={out_topic}",
+        f"--max_records_per_partition={args.batch_records}", "--consumer_group=demo-k2k",
+        "--starting_offsets=earliest", "--trigger=available_now", "--sink_shards=4"]
+    script = "kafka_to_kafka_exactly_once.py"
+    print("\n== Kafka to Kafka, run 1: SIGKILL after 2 shard transactions committed ==")
+    killed = run_example(example_args, "after_shard_commit:2", script) == -signal.SIGKILL
+    print("\n== Kafka to Kafka, run 2: restart; committed shards are skipped ==")
+    rc = run_example(example_args, None, script)
+    seen = collections.Counter(v.decode().split()[-1] for v in
+                               read_committed_values(kafka.bootstrap_servers, out_topic))
+    expected = {f"ID{i}" for i in range(args.records)}
+    lost = len(expected - set(seen))
+    dups = sum(n - 1 for n in seen.values() if n > 1)
+    report = [f"records produced     {args.records}",
+              f"records in output    {sum(seen.values())} (read_committed)",
+              f"duplicates           {dups}",
+              f"lost                 {lost}",
+              f"first run killed     {killed}"]
+    return report, rc == 0 and killed and lost == 0 and dups == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         rc2 = run_example(example_args, crash_at=None)
         committed = kafka.committed("demo", topic)
         ends = kafka.end_offsets(topic)
+        sink_report, sink_ok = kafka_sink_demo(kafka, topic, workdir, args)
 
     seen = collections.Counter()
     words = collections.Counter()
@@ -99,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = (rc2 == 0 and killed and lost == 0 and dups == 0 and committed == ends
           and sum(seen.values()) == args.records)
     print("RESULT:", "OK, exactly once" if ok else "FAILED")
+    print("\n== report: Kafka to Kafka (examples/kafka_to_kafka_exactly_once.py) ==")
+    print("\n".join(sink_report))
+    print("RESULT:", "OK, exactly once" if sink_ok else "FAILED")
+    ok = ok and sink_ok
     if ok and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
