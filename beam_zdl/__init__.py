@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
                                  ConfigError, ConfigMismatchError, DataLossError,
                                  PartitionsUnavailableError, WalCorruptionError, ZdlError)
     from beam_zdl.io import ReadFromKafka, ReadFromWal
+    from beam_zdl.kafka_sink import WriteToKafka
     from beam_zdl.options import ZdlOptions
     from beam_zdl.records import KafkaHeader, KafkaRecord
 

@@ -29,6 +29,7 @@ checkpoint, not Kafka, decides where reading resumes.
 from __future__ import annotations
 
 import abc
+import contextvars
 import logging
 import signal
 import threading
@@ -53,7 +54,7 @@ from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["Batch", "BatchLoop", "BuildFn", "DirectDriver", "RunSummary", "StopFlag",
-           "run_batch_pipeline"]
+           "current_batch", "run_batch_pipeline"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -128,12 +129,29 @@ class StopFlag:
         self._event.wait(seconds)
 
 
+_BUILDING: contextvars.ContextVar[Optional[Batch]] = contextvars.ContextVar(
+    "beam_zdl_building_batch", default=None)
+
+
+def current_batch() -> Optional[Batch]:
+    """The batch whose pipeline ``build_fn`` is building right now, else None.
+
+    Lets a sink built inside ``build_fn`` (``WriteToKafka``) key its output by the
+    batch without being handed it.
+    """
+    return _BUILDING.get()
+
+
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
                        read: beam.PTransform) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
     pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
     records = pipeline | f"ReadBatch{batch.batch_id}" >> read
-    build_fn(records, batch)
+    token = _BUILDING.set(batch)
+    try:
+        build_fn(records, batch)
+    finally:
+        _BUILDING.reset(token)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:

@@ -499,9 +499,11 @@ class WriteToKafka(beam.PTransform):
             producer is created (see :mod:`beam_zdl.secrets`).
         key_fn: element → key (bytes, str or None).
         value_fn: element → value (bytes, str or None).
-        batch: the :class:`~beam_zdl.Batch` (or its id) ``build_fn`` was given.
-        exactly_once: default True when ``batch`` is given, else False
-            (idempotent producer, at-least-once).
+        batch: the :class:`~beam_zdl.Batch` (or its id) ``build_fn`` was given;
+            inside ``run_micro_batches``' ``build_fn`` it is found without being
+            passed.
+        exactly_once: default True when there is a batch (given, or inside
+            ``build_fn``), else False (idempotent producer, at-least-once).
         sink_id: names the transactional ids and progress groups: keep it across
             restarts and upgrades, and give two pipelines writing one topic
             different ids. Defaults to ``topic``.
@@ -528,6 +530,9 @@ class WriteToKafka(beam.PTransform):
         self._bootstrap_servers = bootstrap_servers
         self._producer_config = dict(producer_config or {})
         self._key_fn, self._value_fn = key_fn, value_fn
+        if batch is None:
+            from beam_zdl.driver import current_batch
+            batch = current_batch()  # inside run_micro_batches' build_fn: its batch
         self._batch_id = None if batch is None else int(getattr(batch, "batch_id", batch))
         self._fingerprint = input_fingerprint(batch)
         self._exactly_once = (self._batch_id is not None) if exactly_once is None \

@@ -16,7 +16,7 @@ from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.kafka_sink import ShardWriter, WriteToKafka, progress_group, shard_of, to_record
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.testing import LocalKafka
-from tests.kafka_sink_proc import output_counts, read_committed
+from tests.kafka_sink_proc import read_committed
 
 SHARDS = 3
 
@@ -185,3 +185,32 @@ def test_a_broker_refusing_transactions_is_named_and_nothing_is_written(tmp_path
                                             f"beam-zdl-sink-{topic}-"):
             _write(broker, topic, _elements(50), batch=0, timeout_s=8)
         assert read_committed(broker.bootstrap_servers, topic) == []
+
+
+def test_inside_build_fn_the_sink_finds_its_batch_and_is_exactly_once(kafka, tmp_path):
+    """Users need not pass batch=: a replayed batch still writes nothing twice."""
+    source, out = kafka.create_topic(partitions=2), kafka.create_topic(partitions=2)
+    kafka.produce(source, ((None, f"v{i}".encode(), i % 2) for i in range(60)))
+    sinks = []
+
+    def build(records, batch):
+        sink = WriteToKafka(out, kafka.bootstrap_servers, shards=SHARDS,
+                            value_fn=lambda r: r.value)
+        sinks.append((batch.batch_id, sink._batch_id, sink._exactly_once))
+        _ = records | sink
+
+    flags = [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={source}",
+             f"--checkpoint_dir={tmp_path / 'ckpt'}", "--starting_offsets=earliest"]
+    beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(flags))
+    # replay batch 0 by hand, as a restart after a crash before its completion would
+    from beam_zdl.driver import Batch, PartitionRange, run_batch_pipeline
+    from beam_zdl.io import ReadFromKafka
+    options = beam_zdl.ZdlOptions(flags)
+    ranges = tuple(PartitionRange(source, p, 0, 30) for p in range(2))
+    run_batch_pipeline(build, options, Batch(0, ranges, replay=True),
+                       ReadFromKafka(ranges=ranges, options=options))
+
+    assert sinks == [(0, 0, True), (0, 0, True)]
+    assert WriteToKafka(out, kafka.bootstrap_servers)._exactly_once is False  # outside
+    assert Counter(v for _, v in read_committed(kafka.bootstrap_servers, out)) == Counter(
+        f"v{i}".encode() for i in range(60))
