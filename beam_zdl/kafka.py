@@ -42,6 +42,10 @@ _METADATA_TIMEOUT_S = 30.0
 # OFFSET_OUT_OF_RANGE (1) is kept for safety. (There is no KafkaError._OFFSET_OUT_OF_RANGE.)
 OUT_OF_RANGE_CODES = (-140, 1)
 
+# COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: the group
+# coordinator is starting or moving; asking again shortly succeeds.
+_COORDINATOR_MOVING = (14, 15, 16)
+
 
 def consumer_settings(bootstrap_servers: str, group: str,
                       extra: Mapping[str, object] | None = None) -> dict:
@@ -137,12 +141,22 @@ def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
     tps = [TopicPartition(t, p) for t, p in partitions]
     if not tps:
         return {}
-    try:
-        found = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
-            f"({exc.args[0]})") from None
+    deadline = time.monotonic() + _METADATA_TIMEOUT_S
+    while True:
+        try:
+            found = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
+            break
+        except KafkaException as exc:
+            # A broker that just (re)started answers NOT_COORDINATOR or
+            # COORDINATOR_LOAD_IN_PROGRESS until the group coordinator is loaded.
+            err = exc.args[0]
+            if (getattr(err, "code", lambda: None)() in _COORDINATOR_MOVING
+                    and time.monotonic() < deadline):
+                time.sleep(0.5)
+                continue
+            raise KafkaUnavailableError(
+                f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
+                f"({err})") from None
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 

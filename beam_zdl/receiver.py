@@ -73,8 +73,9 @@ from dataclasses import dataclass
 
 import beam_zdl.kafka as kafka
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import (DataLossError, ObjectExistsError, PartitionsUnavailableError,
-                             StorageError, WalCorruptionError, ZdlError)
+from beam_zdl.errors import (DataLossError, KafkaUnavailableError, ObjectExistsError,
+                             PartitionsUnavailableError, StorageError, WalCorruptionError,
+                             ZdlError)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2, wal_pb2
@@ -435,7 +436,13 @@ class Receiver:
         if self._writer.buffered_records:
             self._seal_and_commit(retry=False)
         self._commit_positions(force=True)
-        committed = kafka.committed_offsets(self._consumer, targets, self.config.bootstrap_servers)
+        try:
+            committed = kafka.committed_offsets(self._consumer, targets,
+                                                self.config.bootstrap_servers)
+        except KafkaUnavailableError as exc:
+            # Not knowing is not done: ask again (until --drain_timeout_s).
+            _LOGGER.warning("receiver %s: %s; asking again", self.owner, exc)
+            committed = {}
         short = {tp: committed.get(tp) for tp, end in targets.items()
                  if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
         if not short:
