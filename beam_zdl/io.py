@@ -18,6 +18,7 @@ from beam_zdl.direct import (PartitionRange, Poll, ReadOffsetRangesFn, ReadSetti
                              plan_ranges, split_range)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.records import KafkaRecord
+from beam_zdl.runners import apply_runner_defaults
 
 __all__ = ["ReadFromKafka", "ReadFromWal", "read_settings", "plan_bounded_ranges"]
 
@@ -71,6 +72,7 @@ class ReadFromKafka(beam.PTransform):
         options = self._options or pbegin.pipeline.options
         config = ZdlConfig.from_options(options)
         if self._ranges is None and _streaming(options, pbegin):
+            apply_runner_defaults(pbegin.pipeline.options, pbegin.pipeline.runner)
             return pbegin | "Stream" >> _read_streaming(config)
         ranges = self._ranges
         if ranges is None:

@@ -37,22 +37,9 @@ def _runner_args(runner: str) -> list[str]:
     return flink_runner_args()
 
 
-# The registry this project resolves from holds no Beam Java 2.77 artifacts and no
-# shaded Flink job-server jar; the newest complete Flink runner it holds is
-# beam-runners-flink-1.19 2.62.0 (beam_zdl/testing/java/flink/pom.xml). On it
-# (Java 17, embedded [local] cluster) a streaming job starts, checkpoints
-# complete, plain transforms and shuffles run, and a bounded SDF runs without
-# checkpointing; but an unbounded SDF (ours, and Beam's own PeriodicImpulse)
-# never receives an element, nor does any SDF once checkpointing is on, which
-# bundle finalization needs. Python 2.62 against the same job server behaves the
-# same, so it is not only the version gap. Strict xfail: these become failures,
-# to be unmarked, once a Flink setup that runs Python SDFs is what we resolve.
-_FLINK_SDF = pytest.mark.xfail(
-    strict=True, reason="the Flink job server resolvable here (Beam 2.62, Flink 1.19) runs "
-                        "no Python SDF in streaming with checkpointing; see the comment above")
 RUNNERS = [
     pytest.param("prism", id="prism"),
-    pytest.param("flink", id="flink", marks=[pytest.mark.slow, _FLINK_SDF]),
+    pytest.param("flink", id="flink", marks=pytest.mark.slow),
 ]
 
 
@@ -174,16 +161,23 @@ def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_t
         kafka, tmp_path, runner):
     topic = kafka.create_topic(partitions=3)
     group = f"g-{topic}"
-    total = 30_000
-    producer = _Producer(kafka, topic, 3, total, rate=2500)  # ~12 s of producing
+    seed, total = 300, 30_300
+    kafka.produce(topic, ((None, b"seed", i % 3) for i in range(seed)))
+    # ~12 s of producing on Prism; ~30 s on Flink, whose bundles (so output files and
+    # commits) come seconds apart, so the kill still lands mid-stream.
+    rate = 2500 if runner == "prism" else 1000
+    producer = _Producer(kafka, topic, 3, total - seed, rate=rate)
     first = _Job(kafka, topic, group, runner, "ids", tmp_path / "run1")
-    first.wait_for(lambda: (first.out / "_started").exists(), 180, "first job started")
+    # Produce only once the job reads (Flink takes seconds to its first read), so
+    # the kill below really lands mid-stream.
+    first.wait_for(lambda: _ids(first.out), 180, "first job reading the seed records")
     producer.start()
 
     def mid_stream():
         committed = kafka.committed(group, topic)
         return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
-                and len(producer.timestamps) < total * 0.7)
+                and sum(committed.values()) > seed
+                and len(producer.timestamps) < producer.total * 0.7)
     first.wait_for(mid_stream, 120, "first job reading with offsets committed, mid-stream")
     first.kill()
     committed = kafka.committed(group, topic)  # nothing commits after the kill
