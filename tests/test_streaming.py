@@ -29,7 +29,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _runner_args(runner: str) -> list[str]:
+def _runner_args(runner: str | list[str]) -> list[str]:
+    if isinstance(runner, list):  # flags given as they are (e.g. a Flink session cluster's)
+        return runner
     if runner == "prism":
         from beam_zdl.testing.prism import prism_runner_args
         return prism_runner_args()
@@ -46,8 +48,8 @@ RUNNERS = [
 class _Job:
     """tests/streaming_proc.py in its own process group, output and log in a folder."""
 
-    def __init__(self, kafka, topic: str, group: str, runner: str, mode: str, out: Path,
-                 *extra: str) -> None:
+    def __init__(self, kafka, topic: str, group: str, runner: str | list[str], mode: str,
+                 out: Path, *extra: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.log = out.parent / f"{out.name}.log"
