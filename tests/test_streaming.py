@@ -43,6 +43,8 @@ RUNNERS = [
     pytest.param("prism", id="prism"),
     pytest.param("flink", id="flink", marks=pytest.mark.slow),
 ]
+# The kill test is the one Flink ([local]) test of the fast suite (`make test`).
+KILL_RUNNERS = [pytest.param("prism", id="prism"), pytest.param("flink", id="flink")]
 
 
 class _Job:
@@ -158,7 +160,7 @@ def test_windowed_count_of_a_topic_being_produced_to(kafka, tmp_path, runner):
     assert dict(got) == dict(want)
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", KILL_RUNNERS)
 def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_tail(
         kafka, tmp_path, runner):
     topic = kafka.create_topic(partitions=3)
