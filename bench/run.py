@@ -23,7 +23,8 @@ from beam_zdl.testing import LocalKafka
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
-              "java_kafkaio_xlang", "receiver_rss"]
+              "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
+              "flink_cluster_streaming"]
 OTHER = ["batch_overhead", "recovery"]
 DEFAULT_PEERS = THROUGHPUT + OTHER
 LABELS = {
@@ -34,6 +35,8 @@ LABELS = {
     "wal_gcs": "(c) WAL, GCS emulator",
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
     "receiver_rss": "(f) WAL receiver alone",
+    "flink_local_streaming": "(g) streaming, Flink [local]",
+    "flink_cluster_streaming": "(g) streaming, Flink cluster",
 }
 PEER_TIMEOUT_S = 600
 
@@ -177,6 +180,15 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
+    for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
+                        ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
+                                                    "parallelism 2, EXTERNAL worker pool")):
+        fl = results.get(name, {})
+        if "records_per_s_after_first_read" in fl:
+            lines.append(f"(g) streaming read on {setup}: {fl['records_per_s']:,.0f} records/s "
+                         f"from job submission (first read after {fl['first_read_s']:.1f} s), "
+                         f"{fl['records_per_s_after_first_read']:,.0f} records/s from the "
+                         f"first read")
     rx = results.get("receiver_rss", {})
     if "peak_rss_mb" in rx and "records" in rx:
         lines.append(f"(f) peak RSS with the {meta['records']:,}-record backlog: receiver "
