@@ -104,9 +104,9 @@ def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
         kafka, cluster, tmp_path):
     topic = kafka.create_topic(partitions=4)
     group = f"g-{topic}"
-    seed, more = 400, 30_000
+    seed = 400
     _seed(kafka, topic, 4, seed)
-    producer = _Producer(kafka, topic, 4, more, rate=1000)
+    producer = _Producer(kafka, topic, 4, None, rate=500)
     job = _Job(kafka, topic, group, cluster.runner_args(parallelism=2), "ids", tmp_path / "out")
     try:
         job.wait_for(lambda: _ids(job.out), 300, "first records read on the cluster")
@@ -116,11 +116,12 @@ def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
         def mid_stream() -> bool:
             committed = kafka.committed(group, topic)
             return (len(_ids(job.out)) > 3000 and all(o > 0 for o in committed.values())
-                    and sum(committed.values()) > seed and len(producer.timestamps) < more * 0.6)
-        job.wait_for(mid_stream, 240, "job reading with offsets committed, mid-stream")
+                    and sum(committed.values()) > seed)
+        job.wait_for(mid_stream, 300, "job reading with offsets committed")
         last_checkpoint = cluster.checkpoints(job_id)["latest"]["completed"]["id"]
         committed = kafka.committed(group, topic)
-        cluster.kill_taskmanager(0)
+        output_at_kill = len(_ids(job.out))
+        cluster.kill_taskmanager(0)  # while the producer keeps producing
         read_at_kill = len(producer.timestamps)
 
         restored: dict = {}
@@ -128,15 +129,17 @@ def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
         def restored_from_checkpoint() -> bool:
             restored.update(cluster.checkpoints(job_id)["latest"].get("restored") or {})
             return bool(restored)
-        job.wait_for(restored_from_checkpoint, 120, "Flink restoring the job from a checkpoint")
+        job.wait_for(restored_from_checkpoint, 300, "Flink restoring the job from a checkpoint")
         cluster.restart_taskmanager(0)
-        job.wait_for(lambda: len(set(_ids(job.out))) >= seed + more, 300,
-                     f"all {seed + more} records read after the restore")
-        producer.finish()
+        time.sleep(5)
+        total = seed + producer.stop()
+        job.wait_for(lambda: len(set(_ids(job.out))) >= total, 300,
+                     f"all {total} records read after the restore")
         time.sleep(3)
         rows = _ids(job.out)
         assert cluster.job_status(job_id) == "RUNNING"  # the same job continued
     finally:
+        producer.stop()  # if the test failed first
         job.kill()
     # Nothing lost.
     assert set(rows) == _all_offsets(kafka, topic)
@@ -147,7 +150,8 @@ def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
     assert all(o >= committed[p] for p, o in replayed)
     assert all(n == 2 for n in counts.values() if n > 1)  # replayed once, by the one restore
     assert restored["id"] >= last_checkpoint
-    print(f"\n[flink cluster] TaskManager 0 SIGKILLed after {read_at_kill} of {more} produced; "
+    print(f"\n[flink cluster] TaskManager 0 SIGKILLed with {output_at_kill} records output, "
+          f"{read_at_kill} of {total - seed} produced; "
           f"restored checkpoint {restored['id']} (last completed before the kill "
           f"{last_checkpoint}); committed at kill {committed}; replayed "
           f"{sum(n - 1 for n in counts.values())} records")
@@ -157,9 +161,9 @@ def test_job_cancelled_then_a_fresh_job_resumes_at_the_committed_offsets(
         kafka, cluster, tmp_path):
     topic = kafka.create_topic(partitions=4)
     group = f"g-{topic}"
-    seed, more = 400, 20_000
+    seed = 400
     _seed(kafka, topic, 4, seed)
-    producer = _Producer(kafka, topic, 4, more, rate=1000)
+    producer = _Producer(kafka, topic, 4, None, rate=500)
     args = cluster.runner_args(parallelism=2)
     first = _Job(kafka, topic, group, args, "ids", tmp_path / "run1")
     try:
@@ -170,9 +174,12 @@ def test_job_cancelled_then_a_fresh_job_resumes_at_the_committed_offsets(
         def mid_stream() -> bool:
             committed = kafka.committed(group, topic)
             return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
-                    and sum(committed.values()) > seed and len(producer.timestamps) < more * 0.6)
-        first.wait_for(mid_stream, 240, "job reading with offsets committed, mid-stream")
-        cluster.cancel(job_id)
+                    and sum(committed.values()) > seed)
+        first.wait_for(mid_stream, 300, "job reading with offsets committed")
+        cluster.cancel(job_id)  # while the producer keeps producing
+    except BaseException:
+        producer.stop()
+        raise
     finally:
         first.kill()
     committed = kafka.committed(group, topic)  # the cancelled job commits nothing more
@@ -180,11 +187,14 @@ def test_job_cancelled_then_a_fresh_job_resumes_at_the_committed_offsets(
 
     second = _Job(kafka, topic, group, args, "ids", tmp_path / "run2")
     try:
-        second.wait_for(lambda: len(set(_ids(second.out)) | set(run1)) >= seed + more, 300,
+        second.wait_for(lambda: _ids(second.out), 300, "the fresh job reading")
+        time.sleep(5)
+        total = seed + producer.stop()
+        second.wait_for(lambda: len(set(_ids(second.out)) | set(run1)) >= total, 300,
                         "every record in the combined output")
-        producer.finish()
         run2 = _ids(second.out)
     finally:
+        producer.stop()  # if the test failed first
         second.kill()
     assert set(run1) | set(run2) == _all_offsets(kafka, topic)
     for p, c in committed.items():
