@@ -351,6 +351,12 @@ class LocalFlink:
             "execution.checkpointing.externalized-checkpoint-retention":
                 "RETAIN_ON_CANCELLATION",
             "state.checkpoints.num-retained": "1",
+            # The TaskManagers have Beam's runner on their classpath (it is the cluster's
+            # classpath) and jobs ship it again as user jars. Child-first loading then
+            # mixes one class's nested classes from two loaders ("IllegalAccessError:
+            # failed to access class ...IntObjectHashMap$2" in vendored netty, a
+            # bounded job stuck); parent-first loads every class once.
+            "classloader.resolve-order": "parent-first",
             "io.tmp.dirs": str(self.workdir / "tmp"),
             "web.submit.enable": "false",
         }
