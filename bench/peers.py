@@ -360,7 +360,8 @@ def flink_local_streaming(args: argparse.Namespace) -> dict:
 def flink_cluster_streaming(args: argparse.Namespace) -> dict:
     """The streaming read on a LocalFlink session cluster (2 TaskManagers, parallelism 2)."""
     from beam_zdl.testing import LocalFlink
-    with LocalFlink(workdir=Path(tempfile.mkdtemp(prefix="localflink-", dir=args.workdir))) as flink:
+    workdir = Path(tempfile.mkdtemp(prefix="localflink-", dir=args.workdir))
+    with LocalFlink(workdir=workdir) as flink:
         return _streaming_job(args, flink.runner_args(parallelism=2))
 
 

@@ -195,7 +195,7 @@ class LocalFlink:
         proc.kill()
 
     def restart_taskmanager(self, i: int) -> None:
-        """Start TaskManager ``i`` again (after ``kill_taskmanager``) and wait until it registers."""
+        """Start TaskManager ``i`` again (after ``kill_taskmanager``); wait until it registers."""
         proc = self._taskmanager(i)
         if proc.alive():
             proc.stop()
