@@ -11,13 +11,24 @@ does not pay for importing Apache Beam.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
+    from beam_zdl.driver import Batch, RunSummary
+    from beam_zdl.micro_batches import run_micro_batches
+    from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
+                                 ConfigError, ConfigMismatchError, DataLossError,
+                                 PartitionsUnavailableError, WalCorruptionError, ZdlError)
+    from beam_zdl.io import ReadFromKafka, ReadFromWal
+    from beam_zdl.options import ZdlOptions
+    from beam_zdl.records import KafkaHeader, KafkaRecord
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
     "Batch": "beam_zdl.driver",
     "RunSummary": "beam_zdl.driver",
-    "run_micro_batches": "beam_zdl.driver",
+    "run_micro_batches": "beam_zdl.micro_batches",
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",
     "KafkaRecord": "beam_zdl.records",
@@ -29,6 +40,8 @@ _PUBLIC = {
     "DataLossError": "beam_zdl.errors",
     "WalCorruptionError": "beam_zdl.errors",
     "CheckpointConflictError": "beam_zdl.errors",
+    "CheckpointCorruptionError": "beam_zdl.errors",
+    "PartitionsUnavailableError": "beam_zdl.errors",
 }
 
 __all__ = sorted(_PUBLIC)

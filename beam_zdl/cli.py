@@ -4,14 +4,19 @@ Sub-commands::
 
     beam-zdl inspect <checkpoint_dir> [--wal_dir URI] [--json]
         config, current epoch, last completed batch, pending batches with their
-        offset ranges or WAL segments, and the WAL segments with their sizes.
+        offset ranges or WAL segments, and the WAL segments with their sizes;
+        first checks every checkpoint file and exits 1 naming the damaged ones.
+    beam-zdl migrate <old_checkpoint_dir> <new_checkpoint_dir> [--json]
+        copies a format-1 (unframed) checkpoint into a new directory in the
+        current, checksummed format; the old one is only read.
     beam-zdl verify <wal_uri> [--allow_empty] [--json]
         checks every frame of every segment of a WAL directory (or one segment);
         exits 1 naming the segment and byte of each corruption found.
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
         runs a WAL-mode receiver (the same one run_micro_batches starts as a
         thread) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
-        --drain_to_end stops once the end offsets seen at start are sealed.
+        --drain_to_end stops once the group has committed every partition up to
+        the end offsets seen at start (sealed here or by another receiver).
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -21,13 +26,14 @@ or unreadable storage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import sys
 from typing import Any, Sequence, TextIO
 
-from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
 from beam_zdl.errors import WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
@@ -49,14 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect", help="show a checkpoint: config, epoch, completed and pending batches, WAL",
-        description="Show a checkpoint directory's config, current epoch, last completed "
-                    "batch, pending batches (their offset ranges or WAL segments) and the WAL "
-                    "segments with their sizes. Reads only; safe while a driver runs.")
+        description="Check every file of a checkpoint directory (magic, format version, "
+                    "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
+                    "current epoch, last completed batch, pending batches (their offset ranges "
+                    "or WAL segments) and the WAL segments with their sizes. Reads only; safe "
+                    "while a driver runs.")
     inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
     inspect.add_argument("--wal_dir", default=None,
                          help="WAL directory to list (default: the one in the checkpoint config)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=_inspect)
+
+    migrate = sub.add_parser(
+        "migrate", help="copy a format-1 checkpoint into a new directory in the current format",
+        description="Copy a checkpoint written by a beam_zdl older than checksummed checkpoint "
+                    "files (format 1, unframed) into a new directory in the current format "
+                    "(magic, version, CRC32C per file). Stop every driver and receiver on the "
+                    "old directory first; it is only read. Then run with "
+                    "--checkpoint_dir=<new dir>. Rerun after a failure.")
+    migrate.add_argument("old_checkpoint_dir", help="the format-1 checkpoint directory URI")
+    migrate.add_argument("new_checkpoint_dir", help="an empty directory URI for the copy")
+    migrate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    migrate.set_defaults(func=_migrate)
 
     verify = sub.add_parser(
         "verify", help="check every frame of every WAL segment",
@@ -78,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "--wal_dir, --wal_segment_*, --max_buffered_bytes, --checkpoint_dir, ...). "
                     "Runs until Ctrl-C or SIGTERM, then seals, commits and leaves the group.")
     receive.add_argument("--drain_to_end", action="store_true",
-                         help="stop once the end offsets seen at start are sealed")
+                         help="stop once the group has committed every partition of --topics "
+                              "up to the end offsets seen at start (sealed by this receiver or "
+                              "another; waits up to --drain_timeout_s for partitions other "
+                              "members hold)")
     receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
     receive.set_defaults(func=_receive)
     return parser
@@ -154,6 +177,19 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     if not coord.has_config():
         raise ZdlError(f"{args.checkpoint_dir} is not a beam_zdl checkpoint (no config.pb); "
                        "check the --checkpoint_dir you passed the pipeline")
+    damaged = coord.damaged_files()
+    if damaged:
+        if args.json:
+            json.dump({"checkpoint_dir": args.checkpoint_dir, "damaged": [
+                {"uri": d.uri, "reason": d.reason, "advice": d.advice} for d in damaged]},
+                out, indent=2)
+            print(file=out)
+        else:
+            print(f"checkpoint {args.checkpoint_dir}: {len(damaged)} damaged file(s)", file=out)
+            for d in damaged:
+                print(f"DAMAGED {d.uri}: {d.reason}", file=out)
+            print(damaged[0].advice.replace("Nothing in it was used. ", ""), file=out)
+        return EXIT_CORRUPT
     config = coord.read_config()
     epoch = coord.current_epoch()
     claim = coord.epoch_claim(epoch) if epoch else {}
@@ -166,6 +202,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         doc = {
             "checkpoint_dir": args.checkpoint_dir,
+            "damaged": [],
             "config": {"format_version": config.format_version, "topics": list(config.topics),
                        "mode": _mode(config.mode), "consumer_group": config.consumer_group,
                        "wal_dir": config.wal_dir, "created_ms": config.created_ms},
@@ -227,6 +264,21 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --- migrate ---------------------------------------------------------------------------------
+
+def _migrate(args: argparse.Namespace, out: TextIO) -> int:
+    written = migrate_format1(args.old_checkpoint_dir, args.new_checkpoint_dir)
+    if args.json:
+        json.dump({"old": args.old_checkpoint_dir, "new": args.new_checkpoint_dir,
+                   "files": written}, out, indent=2)
+        print(file=out)
+    else:
+        print(f"migrated {len(written)} files from {args.old_checkpoint_dir} (format 1) to "
+              f"{args.new_checkpoint_dir}; run with --checkpoint_dir={args.new_checkpoint_dir}",
+              file=out)
+    return EXIT_OK
+
+
 # --- verify ----------------------------------------------------------------------------------
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -276,11 +328,15 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import threading
 
-    from beam_zdl.options import ZdlConfig, ZdlOptions
-    from beam_zdl.receiver import Receiver
-
+    # Before Apache Beam is imported: its import logs a warning about BigQuery's apitools
+    # on the root logger, which would configure logging at WARNING and hide our progress.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger().handlers[0].addFilter(
+            lambda record: "apitools not found" not in record.getMessage())
+
+    from beam_zdl.options import ZdlConfig, ZdlOptions
+    from beam_zdl.receiver import Receiver
     flags = list(args.flags)
     if not any(f.startswith("--zdl_mode") for f in flags):
         flags.append("--zdl_mode=wal")
@@ -294,9 +350,7 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=args.drain_to_end)
-    print(json.dumps({"records": stats.records, "segments": stats.segments,
-                      "sealed_bytes": stats.sealed_bytes, "commits": stats.commits,
-                      "failed_commits": stats.failed_commits, "pauses": stats.pauses}), file=out)
+    print(json.dumps(dataclasses.asdict(stats)), file=out)
     return EXIT_OK
 
 

@@ -72,6 +72,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.utils.windowed_value import create as _windowed
 
+import beam_zdl.metrics as metrics
 from beam_zdl.errors import ZdlError
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
@@ -81,7 +82,6 @@ __all__ = ["PartitionRange", "plan_ranges", "ReadSettings", "OffsetRangeProvider
 
 _LOGGER = logging.getLogger(__name__)
 
-_NAMESPACE = "beam_zdl"
 _POLL_TIMEOUT_S = 1.0
 # How long a range may see no progress before the read fails, naming it.
 _STALL_TIMEOUT_S = 120.0
@@ -123,7 +123,7 @@ class ReadSettings:
     """What a reading worker needs: where Kafka is and how strict to be."""
     bootstrap_servers: str
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     fail_on_data_loss: bool = True
     poll_batch: int = 10_000
 
@@ -213,9 +213,15 @@ class ReadOffsetRangesFn(beam.DoFn):
     def __init__(self, settings: ReadSettings) -> None:
         self._settings = settings
         self._consumer = None
-        self._records = Metrics.counter(_NAMESPACE, "records")
-        self._bytes = Metrics.counter(_NAMESPACE, "bytes")
-        self._lost = Metrics.counter(_NAMESPACE, "data_loss_records")
+        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
+        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
+        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        s = self._settings
+        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
+                "fail_on_data_loss": s.fail_on_data_loss}
 
     def setup(self) -> None:
         from beam_zdl.kafka import new_consumer
@@ -247,7 +253,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         # log start comes back from consume() as an out-of-range error, handled below.
         start = rng.start
         consumer.assign([TopicPartition(topic, partition, start)])
-        lag = Metrics.gauge(_NAMESPACE, f"lag/{topic}/{partition}")
+        lag = Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(topic, partition))
         tpart = TopicPartition(topic, partition)
         stop = rng.stop
         next_offset = start

@@ -1,28 +1,34 @@
-"""run_micro_batches: the Spark Streaming / foreachBatch model on Beam.
+"""The micro-batch loop: the Spark Streaming / foreachBatch model on Beam.
 
 Every batch is a bounded Beam run over an input planned and recorded before
 it starts, so "the batch is done" is exact on every runner, and a crash at
-any point is repaired by replaying the recorded plan. The protocol of one
-batch (see :func:`run_micro_batches`):
+any point is repaired by replaying the recorded plan. The steps, numbered as
+in the code (``# Step N``) and in :func:`beam_zdl.run_micro_batches`:
 
-1. plan     — the batch's exact input is written create-once to the checkpoint
-2. run      — a pipeline reads exactly that input; ``build_fn`` adds the sink
-3. complete — the runner reported DONE; the completion is written
-4. commit   — direct mode: the consumer group's offsets move to the batch's
-               ends; WAL mode: the receiver already committed after each seal,
-               so segments of old completed batches are deleted instead
+* Step 0: claim the checkpoint (the config must match; a new epoch fences
+  any older driver still running).
+* Step 1: re-run every planned-but-incomplete batch, same input, same id.
+* Step 2: plan — the next batch's exact input is written create-once.
+* Step 3: run — a pipeline reads exactly that input; ``build_fn`` adds the
+  sink; the runner reports DONE.
+* Step 4: complete — the completion is written.
+* Step 5: commit — direct mode: the consumer group's offsets move to the
+  batch's ends; WAL mode: the receiver already committed after each seal, so
+  segments of old completed batches are deleted instead.
 
-The loop is shared (``_Driver``); direct mode (``_DirectDriver``, here) and WAL
-mode (``beam_zdl.wal_driver``) supply planning, reading and step 4.
+:class:`BatchLoop` is the loop both modes share; direct mode
+(:class:`DirectDriver`, here) and WAL mode (:class:`beam_zdl.wal_driver.WalDriver`)
+supply Steps 2, 3 and 5. :mod:`beam_zdl.micro_batches` picks the mode.
 
-A crash before 3 leaves the batch pending: on restart it is re-run with the
-same input before anything new is planned. A crash between 3 and 4 leaves a
-stale Kafka commit, which the next commit repairs; the checkpoint, not
-Kafka, decides where reading resumes.
+A crash before Step 4 leaves the batch pending: on restart it is re-run with
+the same input (Step 1) before anything new is planned. A crash between
+Steps 4 and 5 leaves a stale Kafka commit, which the next commit repairs; the
+checkpoint, not Kafka, decides where reading resumes.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import signal
 import threading
@@ -35,9 +41,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from beam_zdl import kafka
+import beam_zdl.kafka as kafka
+import beam_zdl.metrics as metrics
 from beam_zdl.chaos import crash_point
-from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.direct import PartitionRange, plan_ranges
 from beam_zdl.errors import ZdlError
 from beam_zdl.io import ReadFromKafka
@@ -45,11 +52,11 @@ from beam_zdl.options import ZdlConfig
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
 
-__all__ = ["Batch", "RunSummary", "run_micro_batches"]
+__all__ = ["Batch", "BatchLoop", "BuildFn", "DirectDriver", "RunSummary", "StopFlag",
+           "run_batch_pipeline"]
 
 _LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 _MODES = {"direct": checkpoint_pb2.MODE_DIRECT, "wal": checkpoint_pb2.MODE_WAL}
 
 
@@ -90,52 +97,14 @@ class RunSummary:
 BuildFn = Callable[[beam.PCollection, Batch], None]
 
 
-def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary:
-    """Run batches until the trigger says stop; return what was done.
-
-    Steps, each durable before the next begins:
-
-    * Step 0: claim the checkpoint (config must match; a new epoch fences
-      any older driver still running).
-    * Step 1: re-run every planned-but-incomplete batch, same ranges, same id.
-    * Step 2: plan the next ranges from the last planned ends to the current
-      end offsets (capped by ``--max_records_per_partition``); write the plan.
-    * Step 3: build a pipeline with ``build_fn(records, batch)`` and run it to DONE.
-    * Step 4: write the completion.
-    * Step 5: commit the consumer group's offsets to the batch's ends.
-
-    ``--trigger=available_now`` stops once the end offsets seen at start are
-    read; ``continuous`` plans a batch every ``--batch_interval_s``. Ctrl-C
-    (or SIGTERM) stops cleanly after the current batch.
-
-    Args:
-        build_fn: adds the user's transforms and sink to ``records``, the
-            PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``.
-        options: pipeline options with the ZdlOptions flags.
-
-    Returns:
-        A :class:`RunSummary`.
-
-    Raises:
-        ConfigError: a bad flag. ConfigMismatchError: the checkpoint belongs
-        to another configuration. CheckpointConflictError: a newer driver
-        took over. DataLossError: planned records no longer exist.
-    """
-    config = ZdlConfig.from_options(options, need_checkpoint=True)
-    if config.mode != "direct":
-        from beam_zdl.wal_driver import run_wal_micro_batches
-        return run_wal_micro_batches(build_fn, options, config)
-    return _DirectDriver(build_fn, options, config).run()
-
-
-class _StopFlag:
+class StopFlag:
     """Set by Ctrl-C / SIGTERM; the driver checks it between batches."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._previous: dict = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -171,12 +140,12 @@ def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
     if state != PipelineState.DONE:
         raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
                        "pending and is replayed with the same input on the next start")
-    counters = result.metrics().query(MetricsFilter().with_namespace("beam_zdl")
-                                      .with_name("records"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE)
+                                      .with_name(metrics.RECORDS))["counters"]
     return int(sum(c.committed or 0 for c in counters))
 
 
-class _Driver:
+class BatchLoop(abc.ABC):
     """The batch loop both modes share: replay pending, then plan → run → complete.
 
     A mode supplies what differs: how the next plan is found (:meth:`_next_plan`),
@@ -197,7 +166,7 @@ class _Driver:
 
     # --- hooks ----------------------------------------------------------------------------
 
-    def _start(self, stop: "_StopFlag") -> None:
+    def _start(self, stop: "StopFlag") -> None:
         """Called after the checkpoint is claimed, before pending batches are replayed."""
 
     def _stop(self) -> None:
@@ -206,16 +175,20 @@ class _Driver:
     def _check(self) -> None:
         """Raise if a helper (the WAL receiver) failed."""
 
+    @abc.abstractmethod
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
         """The next batch's plan (not yet written), or None when there is nothing new."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _read(self, batch: Batch) -> beam.PTransform:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _after_complete(self, batch: Batch) -> None:
         raise NotImplementedError
 
@@ -223,8 +196,39 @@ class _Driver:
         """With nothing to plan: True ends the run, False waits for more."""
         return self.config.trigger == "available_now"
 
+    def _finished(self) -> None:
+        """Called when an ``available_now`` run has nothing left to plan; raise if it is
+        not really finished."""
+
     def _idle_wait_s(self, since: float) -> float:
         return max(0.0, self.config.batch_interval_s - (time.monotonic() - since))
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        cfg = self.config
+        return kafka.end_offsets(self.consumer, cfg.topics, cfg.bootstrap_servers)
+
+    def _verify_finished(self, targets: dict[tuple[str, int], int]) -> None:
+        """An ``available_now`` run ends only with the group's offsets at the end offsets
+        seen at start (every batch below them completed first).
+
+        Raises:
+            ZdlError: names the partitions whose committed offset stayed short.
+        """
+        cfg = self.config
+        committed = kafka.committed_offsets(self.consumer, targets, cfg.bootstrap_servers)
+        short = {tp: committed.get(tp) for tp, end in targets.items()
+                 if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
+        if short:
+            raise ZdlError(
+                "--trigger=available_now: every batch completed, but the offsets of consumer "
+                f"group {cfg.consumer_group} did not reach the end offsets seen at start: "
+                + ", ".join(f"{t}[{p}] committed {c if c is not None else 'none'} of "
+                            f"{targets[(t, p)]}" for (t, p), c in sorted(short.items()))
+                + ". Nothing was lost (the checkpoint holds the progress); check that the "
+                "brokers accept commits from this group, then run again.")
+        _LOGGER.info("available_now: every partition of %s is done up to the end offsets seen "
+                     "at start, and group %s has committed them", ",".join(cfg.topics),
+                     cfg.consumer_group)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -234,10 +238,10 @@ class _Driver:
         self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
                                            cfg.consumer_config)
         try:
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 # Step 0
                 self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
-                    format_version=FORMAT_VERSION, topics=list(cfg.topics),
+                    format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
                     mode=self.mode, consumer_group=cfg.consumer_group,
                     wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
                     created_ms=int(time.time() * 1000)))
@@ -260,6 +264,8 @@ class _Driver:
                     plan = self._next_plan(batch_id)
                     if plan is None:
                         if self._done_when_idle():
+                            self._check()
+                            self._finished()
                             break
                         stop.sleep(self._idle_wait_s(next_started))
                         continue
@@ -309,15 +315,22 @@ class _Driver:
         return self.summary
 
 
-class _DirectDriver(_Driver):
+class DirectDriver(BatchLoop):
     """Direct mode: batches of Kafka offset ranges; the driver commits after completion."""
 
     mode = checkpoint_pb2.MODE_DIRECT
 
-    def _start(self, stop: "_StopFlag") -> None:
+    def _start(self, stop: "StopFlag") -> None:
         self._targets = None
         if self.config.trigger == "available_now":
-            self._targets = self._end_offsets(self.consumer)
+            self._targets = self._end_offsets()
+
+    def _finished(self) -> None:
+        # Every batch up to the targets is complete, so the next positions are safe to
+        # commit: this repairs a commit that failed after its batch completed, and commits
+        # the start of a partition nothing was planned for (--starting_offsets=latest).
+        kafka.commit_offsets(self.consumer, self._positions(self.consumer, list(self._targets)))
+        self._verify_finished(self._targets)
 
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
@@ -334,18 +347,12 @@ class _DirectDriver(_Driver):
             epoch=self.epoch)
 
     def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromKafka(self.options, ranges=batch.ranges)
+        return ReadFromKafka(ranges=batch.ranges, options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         kafka.commit_offsets(self.consumer,
                              {(r.topic, r.partition): r.stop for r in batch.ranges})
         self.coordinator.retain(self.config.retain_batches)
-
-    def _end_offsets(self, consumer) -> dict[tuple[str, int], int]:
-        cfg = self.config
-        partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-        return {tp: high for tp, (_, high) in
-                kafka.watermarks(consumer, partitions, cfg.bootstrap_servers).items()}
 
     def _positions(self, consumer, partitions) -> dict[tuple[str, int], int]:
         """Next offset to read per partition: the checkpoint's, else --starting_offsets."""
@@ -368,7 +375,7 @@ class _DirectDriver(_Driver):
         """The next batch's ranges, or None when there is nothing new to read."""
         cfg = self.config
         partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-        ends = targets if targets is not None else self._end_offsets(consumer)
+        ends = targets if targets is not None else self._end_offsets()
         ranges = plan_ranges(partitions, self._positions(consumer, partitions), ends,
                              cfg.max_records_per_partition)
         if all(r.stop == r.start for r in ranges):

@@ -10,10 +10,13 @@ __all__ = [
     "DataLossError",
     "WalCorruptionError",
     "CheckpointConflictError",
+    "CheckpointCorruptionError",
+    "UnsupportedCheckpointFormatError",
     "ConfigMismatchError",
     "StorageError",
     "ObjectExistsError",
     "KafkaUnavailableError",
+    "PartitionsUnavailableError",
 ]
 
 
@@ -37,6 +40,35 @@ class CheckpointConflictError(ZdlError):
     """Another driver owns the checkpoint (fenced by a newer epoch) or wrote first."""
 
 
+class CheckpointCorruptionError(ZdlError):
+    """A checkpoint file failed its magic, format-version, length or CRC32C check, or its
+    checked payload could not be decoded.
+
+    The message names the file, what is wrong and what to do. Deliberately *not* a
+    :class:`StorageError`: callers that treat a StorageError as "removed by retention
+    meanwhile" must never skip a damaged file.
+
+    Attributes:
+        uri: the damaged file.
+        reason: what is wrong with it.
+        advice: what to do about it.
+    """
+
+    def __init__(self, uri: str, reason: str, advice: str) -> None:
+        super().__init__(f"checkpoint file {uri} cannot be used: {reason}. {advice}")
+        self.uri = uri
+        self.reason = reason
+        self.advice = advice
+
+    def __reduce__(self):
+        return type(self), (self.uri, self.reason, self.advice)
+
+
+class UnsupportedCheckpointFormatError(CheckpointCorruptionError):
+    """A checkpoint file is in a format this code does not read: the unframed format 1 of
+    older beam_zdl versions (migrate it with ``beam-zdl migrate``), or a newer one."""
+
+
 class ConfigMismatchError(ZdlError):
     """A restart's configuration differs from the one in the checkpoint."""
 
@@ -51,3 +83,8 @@ class ObjectExistsError(StorageError):
 
 class KafkaUnavailableError(ZdlError):
     """Kafka could not be reached with the configured --bootstrap_servers."""
+
+
+class PartitionsUnavailableError(ZdlError):
+    """An ``available_now`` run could not finish: other group members held partitions
+    past ``--drain_timeout_s``; names the partitions and the members."""

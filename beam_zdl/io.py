@@ -9,7 +9,7 @@ then, so the pipeline reads a fixed, repeatable set of records.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -37,7 +37,7 @@ def read_settings(config: ZdlConfig) -> ReadSettings:
 
 def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
     """From ``--starting_offsets`` to the current end offsets of every partition."""
-    from beam_zdl import kafka
+    import beam_zdl.kafka as kafka
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
     try:
@@ -51,26 +51,90 @@ def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
                        config.max_records_per_partition)
 
 
+# What Beam's own ReadFromKafka takes inside consumer_config, mapped to our settings.
+# auto.offset.reset=earliest means "committed, else earliest" (our `committed`);
+# latest maps to `latest` (from the end even where the group has committed offsets).
+_BEAM_STYLE_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consumer_group",
+                    "auto.offset.reset": "starting_offsets"}
+
+
 class ReadFromKafka(beam.PTransform):
     """Reads Kafka records as :class:`~beam_zdl.KafkaRecord`, exactly the planned ranges.
 
+    Takes keyword arguments like Beam's own ``apache_beam.io.kafka.ReadFromKafka``
+    (``consumer_config`` may hold ``bootstrap.servers``, ``group.id`` and
+    ``auto.offset.reset``, as there), and any argument left out comes from the
+    ZdlOptions flags of ``options`` or of the pipeline. :meth:`from_options` reads
+    everything from flags. All Kafka I/O happens in ``expand``.
+
+    Without ``ranges``, a bounded pipeline reads from ``starting_offsets`` to the end
+    offsets seen when the pipeline is built; with ``--streaming`` the read is
+    unbounded (see :mod:`beam_zdl.streaming`).
+
     Args:
-        options: pipeline options holding the ZdlOptions flags
-            (``--bootstrap_servers``, ``--topics``, ...). Defaults to the
-            pipeline's own options.
-        ranges: the offset ranges to read; when omitted they are planned at
-            construction (see module doc).
+        consumer_config: confluent-kafka settings (``--consumer_config``); secrets may
+            be ``${env:NAME}`` / ``${file:PATH}`` references.
+        topics: a topic or a list of topics (``--topics``).
+        bootstrap_servers: ``host:port,...`` (``--bootstrap_servers``).
+        consumer_group: the group whose offsets are read and committed
+            (``--consumer_group``).
+        starting_offsets: ``earliest``, ``latest`` or ``committed``
+            (``--starting_offsets``).
+        max_records_per_partition: cap per partition of a bounded read
+            (``--max_records_per_partition``).
+        fail_on_data_loss: False skips, counts and logs records that no longer exist
+            (``--fail_on_data_loss``).
+        ranges: the exact offset ranges to read (what a micro-batch planned).
+        options: pipeline options to take the other settings from (default: the
+            pipeline's). For compatibility it may also be the first positional argument.
+
+    Raises:
+        ConfigError: a bad argument or flag, named, when the pipeline is built.
     """
 
-    def __init__(self, options: Optional[PipelineOptions] = None,
-                 ranges: Optional[Iterable[PartitionRange]] = None) -> None:
+    def __init__(self, consumer_config: Optional[Mapping[str, Any]] = None,
+                 topics: Optional[Union[str, Sequence[str]]] = None, *,
+                 bootstrap_servers: Optional[str] = None,
+                 consumer_group: Optional[str] = None,
+                 starting_offsets: Optional[str] = None,
+                 max_records_per_partition: Optional[int] = None,
+                 fail_on_data_loss: Optional[bool] = None,
+                 ranges: Optional[Iterable[PartitionRange]] = None,
+                 options: Optional[PipelineOptions] = None) -> None:
         super().__init__()
+        if isinstance(consumer_config, PipelineOptions):  # ReadFromKafka(options, ...)
+            consumer_config, options = None, consumer_config
         self._options = options
+        self._overrides = _overrides("ReadFromKafka", consumer_config, topics, dict(
+            bootstrap_servers=bootstrap_servers, consumer_group=consumer_group,
+            starting_offsets=starting_offsets,
+            max_records_per_partition=max_records_per_partition,
+            fail_on_data_loss=fail_on_data_loss))
         self._ranges = None if ranges is None else [PartitionRange(*r) for r in ranges]
+        self._config: Optional[ZdlConfig] = None
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, **kwargs: Any) -> "ReadFromKafka":
+        """A read configured by the ZdlOptions flags of ``options`` (keywords override)."""
+        return cls(options=options, **kwargs)
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        shown: dict = {}
+        if self._config is not None:
+            cfg = self._config
+            shown.update(display_data(cfg.bootstrap_servers, cfg.consumer_group,
+                                      cfg.consumer_config))
+            shown.update(topics=",".join(cfg.topics), starting_offsets=cfg.starting_offsets)
+        if self._ranges is not None:
+            shown.update(ranges=len(self._ranges),
+                         planned_records=sum(r.stop - r.start for r in self._ranges))
+        return shown
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         options = self._options or pbegin.pipeline.options
-        config = ZdlConfig.from_options(options)
+        config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
+                                                       source="ReadFromKafka")
         if self._ranges is None and _streaming(options, pbegin):
             apply_runner_defaults(pbegin.pipeline.options, pbegin.pipeline.runner)
             flink = is_flink(pbegin.pipeline.options, pbegin.pipeline.runner)
@@ -92,6 +156,46 @@ class ReadFromKafka(beam.PTransform):
                 | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
 
 
+def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
+               topics: Optional[Union[str, Sequence[str]]],
+               named: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as ZdlConfig overrides (by flag name), checked for type."""
+    from beam_zdl.errors import ConfigError
+    out = {k: v for k, v in named.items() if v is not None}
+    if topics is not None:
+        if isinstance(topics, str):
+            topics = [topics]
+        if not isinstance(topics, (list, tuple)) or not all(
+                isinstance(t, str) and t for t in topics):
+            raise ConfigError(f"{source}(topics=...) must be a topic name or a list of topic "
+                              f"names, got {topics!r}")
+        out["topics"] = list(topics)
+    if consumer_config is not None:
+        if not isinstance(consumer_config, Mapping):
+            raise ConfigError(f"{source}(consumer_config=...) must be a dict of confluent-kafka "
+                              f"settings, got {type(consumer_config).__name__}")
+        config = dict(consumer_config)
+        for key, name in _BEAM_STYLE_KEYS.items():
+            if key in config:
+                value = config.pop(key)
+                if key == "auto.offset.reset" and value in ("earliest", "smallest",
+                                                            "beginning"):
+                    # Kafka's meaning: the committed offset, else the log start.
+                    value = "committed"
+                if name in out and out[name] != value:
+                    raise ConfigError(f"{source}: consumer_config[{key!r}] and {name}= "
+                                      "disagree; give one of them")
+                out[name] = value
+        out["consumer_config"] = config
+    for name in ("max_records_per_partition",):
+        if name in out and (not isinstance(out[name], int) or isinstance(out[name], bool)):
+            raise ConfigError(f"{source}({name}=...) must be an int, got {out[name]!r}")
+    if "fail_on_data_loss" in out and not isinstance(out["fail_on_data_loss"], bool):
+        raise ConfigError(f"{source}(fail_on_data_loss=...) must be True or False, got "
+                          f"{out['fail_on_data_loss']!r}")
+    return out
+
+
 def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
     """--streaming on the transform's options or the pipeline's."""
     from apache_beam.options.pipeline_options import StandardOptions
@@ -105,7 +209,7 @@ def _read_streaming(config: ZdlConfig, flink: bool = False) -> beam.PTransform:
     On Flink it self-checkpoints less often (``FLINK_TIMING``): every
     self-checkpoint leaves state behind in Flink's Beam runner.
     """
-    from beam_zdl import kafka
+    import beam_zdl.kafka as kafka
     from beam_zdl.streaming import FLINK_TIMING, ReadStreaming, StreamSettings
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
@@ -132,11 +236,16 @@ class _ReadSegmentsFn(beam.DoFn):
     def __init__(self, fail_on_data_loss: bool) -> None:
         from apache_beam.metrics import Metrics
         self._fail_on_data_loss = fail_on_data_loss
-        self._records = Metrics.counter("beam_zdl", "records")
-        self._bytes = Metrics.counter("beam_zdl", "bytes")
-        self._segments = Metrics.counter("beam_zdl", "wal_segments")
-        self._lost_frames = Metrics.counter("beam_zdl", "wal_lost_frames")
-        self._lost_records = Metrics.counter("beam_zdl", "wal_lost_records")
+        import beam_zdl.metrics as metrics
+        ns = metrics.NAMESPACE
+        self._records = Metrics.counter(ns, metrics.RECORDS)
+        self._bytes = Metrics.counter(ns, metrics.BYTES)
+        self._segments = Metrics.counter(ns, metrics.WAL_SEGMENTS)
+        self._lost_frames = Metrics.counter(ns, metrics.WAL_LOST_FRAMES)
+        self._lost_records = Metrics.counter(ns, metrics.DATA_LOSS_RECORDS)
+
+    def display_data(self) -> dict:
+        return {"fail_on_data_loss": self._fail_on_data_loss}
 
     def process(self, uri: str, window=beam.DoFn.WindowParam):
         from apache_beam.utils.windowed_value import create as windowed
@@ -183,35 +292,75 @@ class ReadFromWal(beam.PTransform):
     Yields exactly the records direct mode would have read for the same offsets,
     each with its Kafka timestamp as the element timestamp. Every frame is
     verified: a damaged one raises :class:`~beam_zdl.WalCorruptionError` naming
-    segment and byte, or with ``--fail_on_data_loss=false`` is skipped, logged
-    and counted (``beam_zdl/wal_lost_frames``, ``beam_zdl/wal_lost_records``).
+    segment and byte, or with ``fail_on_data_loss=False`` is skipped, logged
+    and counted (``beam_zdl/wal_lost_frames``, ``beam_zdl/data_loss_records``).
 
     Args:
-        segments_or_wal_dir: segment URIs (or ``SegmentRef``s), or a WAL directory
-            URI whose segments are listed at construction (to replay a WAL).
-        options: options holding ``--fail_on_data_loss`` (default: the pipeline's).
+        wal_dir: a WAL directory URI whose segments are listed when the pipeline is
+            built (to replay a WAL), or one segment URI. For compatibility a list of
+            segment URIs (or ``SegmentRef``s) is taken here too.
+        segments: the exact segment URIs (or ``SegmentRef``s) to read.
+        fail_on_data_loss: default ``--fail_on_data_loss`` of ``options``.
+        options: options holding the flags (default: the pipeline's).
+
+    Raises:
+        ConfigError: neither or both of ``wal_dir`` and ``segments`` given.
     """
 
-    def __init__(self, segments_or_wal_dir, options: Optional[PipelineOptions] = None) -> None:
+    def __init__(self, wal_dir: Optional[Union[str, Sequence[Any]]] = None, *,
+                 segments: Optional[Sequence[Any]] = None,
+                 fail_on_data_loss: Optional[bool] = None,
+                 options: Optional[PipelineOptions] = None) -> None:
+        from beam_zdl.errors import ConfigError
         super().__init__()
+        if wal_dir is not None and not isinstance(wal_dir, str):
+            wal_dir, segments = None, wal_dir  # ReadFromWal([segment, ...])
+        if (wal_dir is None) == (segments is None):
+            raise ConfigError("ReadFromWal needs exactly one of wal_dir= (a WAL directory or "
+                              "segment URI) and segments= (segment URIs)")
+        self._wal_dir = wal_dir
+        self._uris = None if segments is None else [getattr(s, "uri", s) for s in segments]
+        self._fail_on_data_loss = fail_on_data_loss
         self._options = options
-        if isinstance(segments_or_wal_dir, str):
-            from beam_zdl.wal import list_segments, parse_segment_name
-            if parse_segment_name(segments_or_wal_dir):
-                self._uris = [segments_or_wal_dir]
-            else:
-                self._uris = [s.uri for s in list_segments(segments_or_wal_dir)]
-                _LOGGER.info("ReadFromWal: %d segments in %s", len(self._uris),
-                             segments_or_wal_dir)
-        else:
-            self._uris = [getattr(s, "uri", s) for s in segments_or_wal_dir]
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, **kwargs: Any) -> "ReadFromWal":
+        """Replays ``--wal_dir`` of ``options`` (keywords override)."""
+        from beam_zdl.errors import ConfigError
+        from beam_zdl.options import ZdlOptions
+        wal_dir = kwargs.pop("wal_dir", None) or options.view_as(ZdlOptions).wal_dir
+        if not wal_dir and "segments" not in kwargs:
+            raise ConfigError("ReadFromWal.from_options needs --wal_dir")
+        return cls(wal_dir=wal_dir if "segments" not in kwargs else None, options=options,
+                   **kwargs)
+
+    def display_data(self) -> dict:
+        shown: dict = {}
+        if self._wal_dir is not None:
+            shown["wal_dir"] = self._wal_dir
+        if self._uris is not None:
+            shown["segments"] = len(self._uris)
+        return shown
+
+    def _segment_uris(self) -> list[str]:
+        if self._uris is not None:
+            return self._uris
+        from beam_zdl.wal import list_segments, parse_segment_name
+        if parse_segment_name(self._wal_dir):
+            return [self._wal_dir]
+        uris = [s.uri for s in list_segments(self._wal_dir)]
+        _LOGGER.info("ReadFromWal: %d segments in %s", len(uris), self._wal_dir)
+        return uris
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         from beam_zdl.options import ZdlOptions
         options = self._options or pbegin.pipeline.options
-        fail = options.view_as(ZdlOptions).fail_on_data_loss
-        segments = pbegin | "Segments" >> beam.Create(self._uris, reshuffle=False)
-        if len(self._uris) > 1:
+        fail = self._fail_on_data_loss
+        if fail is None:
+            fail = options.view_as(ZdlOptions).fail_on_data_loss
+        uris = self._uris = self._segment_uris()
+        segments = pbegin | "Segments" >> beam.Create(uris, reshuffle=False)
+        if len(uris) > 1:
             segments = segments | "Spread" >> beam.Reshuffle()
         return (segments
                 | "ReadSegments" >> beam.ParDo(_ReadSegmentsFn(fail))

@@ -17,6 +17,7 @@ import time
 from typing import Iterable, Mapping
 
 from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
+from beam_zdl.secrets import redact, resolve
 
 __all__ = [
     "OUT_OF_RANGE_CODES",
@@ -26,8 +27,11 @@ __all__ = [
     "new_consumer",
     "partitions_of",
     "watermarks",
+    "end_offsets",
     "committed_offsets",
     "commit_offsets",
+    "group_holders",
+    "display_data",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -44,7 +48,11 @@ OUT_OF_RANGE_CODES = (-140, 1)
 
 def consumer_settings(bootstrap_servers: str, group: str,
                       extra: Mapping[str, object] | None = None) -> dict:
-    """The confluent-kafka settings of every beam_zdl consumer."""
+    """The confluent-kafka settings of every beam_zdl consumer.
+
+    ``${env:NAME}`` / ``${file:PATH}`` values in ``extra`` are resolved here, where
+    the client is created (see :mod:`beam_zdl.secrets`).
+    """
     settings = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": group,
@@ -57,8 +65,16 @@ def consumer_settings(bootstrap_servers: str, group: str,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.max.messages.kbytes": 64 * 1024,
     }
-    settings.update(extra or {})
+    settings.update(resolve(extra or {}))
     return settings
+
+
+def display_data(bootstrap_servers: str, group: str,
+                 extra: Mapping[str, object] | None = None) -> dict[str, str]:
+    """What a transform or DoFn shows of its Kafka client in a runner's UI (secrets redacted)."""
+    import json
+    return {"bootstrap_servers": bootstrap_servers, "consumer_group": group,
+            "consumer_config": json.dumps(redact(extra or {}), sort_keys=True)}
 
 
 def new_consumer(bootstrap_servers: str, group: str, extra: Mapping[str, object] | None = None):
@@ -107,6 +123,14 @@ def watermarks(consumer, partitions: Iterable[tuple[str, int]],
                 f"{bootstrap_servers} ({exc.args[0]})") from None
         out[(topic, partition)] = (low, high)
     return out
+
+
+def end_offsets(consumer, topics: Iterable[str],
+                bootstrap_servers: str) -> dict[tuple[str, int], int]:
+    """The end offset (last stable offset) of every partition of ``topics``, now."""
+    partitions = partitions_of(consumer, topics, bootstrap_servers)
+    return {tp: high for tp, (_, high) in watermarks(consumer, partitions,
+                                                     bootstrap_servers).items()}
 
 
 def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
@@ -189,3 +213,41 @@ def lost_offsets(topic: str, partition: int, first_missing: int, log_start: int,
                             "beam_zdl/data_loss_records metric).")
     _LOGGER.error("DATA LOSS (skipped, --fail_on_data_loss=false): %s", what)
     return log_start - first_missing
+
+
+# Client settings an admin client needs to reach the same cluster as the consumers
+# (security, networking); consumer-only settings would only draw librdkafka warnings.
+_ADMIN_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "api.")
+
+
+def group_holders(bootstrap_servers: str, group: str,
+                  extra: Mapping[str, object] | None = None,
+                  timeout_s: float = 10.0) -> dict[tuple[str, int], str]:
+    """Which member of ``group`` holds each assigned partition, for messages to people.
+
+    Each value reads ``member <id> (client <client.id>, host <host>[, instance <id>])``.
+    A member killed without leaving keeps its partitions here until its session times
+    out. Returns {} when the group cannot be described (the caller only logs it).
+    """
+    from confluent_kafka.admin import AdminClient
+    settings = {"bootstrap.servers": bootstrap_servers}
+    settings.update(resolve({k: v for k, v in (extra or {}).items()
+                             if k.startswith(_ADMIN_PREFIXES)}))
+    admin = AdminClient(settings)  # held until the future resolves (see DESIGN.md)
+    try:
+        description = admin.describe_consumer_groups([group],
+                                                     request_timeout=timeout_s)[group].result(
+                                                         timeout=timeout_s + 1)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only; nothing depends on it
+        _LOGGER.info("could not describe consumer group %s: %s", group, exc)
+        return {}
+    out = {}
+    for member in description.members:
+        who = f"member {member.member_id} (client {member.client_id}, host {member.host}"
+        if member.group_instance_id:
+            who += f", instance {member.group_instance_id}"
+        who += ")"
+        for tp in member.assignment.topic_partitions if member.assignment else ():
+            out[(tp.topic, tp.partition)] = who
+    del admin
+    return out

@@ -16,11 +16,12 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.errors import ConfigError
+from beam_zdl.secrets import literal_secrets
 
 __all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS"]
 
@@ -56,7 +57,9 @@ class ZdlOptions(PipelineOptions):
         parser.add_argument(
             "--consumer_config", default="{}",
             help='Extra confluent-kafka settings as a JSON object, e.g. '
-                 '\'{"security.protocol": "SASL_SSL"}\'.')
+                 '\'{"security.protocol": "SASL_SSL", '
+                 '"sasl.password": "${env:KAFKA_PASSWORD}"}\'. Give secrets as ${env:NAME} or ${file:PATH} references: runners keep '
+                 'pipeline options in job descriptions.')
         parser.add_argument(
             "--checkpoint_dir", default=None,
             help="Where batch plans and completions are recorded: a local path, "
@@ -110,6 +113,11 @@ class ZdlOptions(PipelineOptions):
             help="WAL mode: bytes the receiver may hold before it pauses its "
                  "partitions (backpressure).")
         parser.add_argument(
+            "--drain_timeout_s", type=float, default=300.0,
+            help="WAL mode, --trigger=available_now: how long to wait for partitions that "
+                 "other members of --consumer_group hold (a killed member keeps them until "
+                 "its session times out, 45 s by default) before failing, naming them.")
+        parser.add_argument(
             "--partition_discovery_interval_s", type=float, default=60.0,
             help="Streaming: seconds between checks for new partitions of --topics.")
         parser.add_argument(
@@ -126,7 +134,7 @@ class ZdlConfig:
     bootstrap_servers: str
     topics: tuple[str, ...]
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     checkpoint_dir: str | None = None
     mode: str = "direct"
     wal_dir: str | None = None
@@ -141,21 +149,53 @@ class ZdlConfig:
     wal_segment_records: int = 100_000
     wal_segment_age_s: float = 2.0
     max_buffered_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 300.0
     partition_discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False) -> "ZdlConfig":
-        """Validate ``options``; raise ConfigError naming the first bad flag."""
+    def from_options(cls, options: PipelineOptions, *, need_checkpoint: bool = False,
+                     overrides: Mapping[str, Any] | None = None,
+                     source: str = "") -> "ZdlConfig":
+        """Validate ``options``; raise ConfigError naming the first bad flag.
+
+        Args:
+            options: pipeline options holding the ZdlOptions flags.
+            need_checkpoint: require ``--checkpoint_dir``.
+            overrides: values that replace flags, by flag name without dashes (a
+                transform's keyword arguments); ``None`` values are ignored.
+                ``topics`` may be a list, ``consumer_config`` a dict.
+            source: what the overrides came from, for errors (e.g. ``ReadFromKafka``):
+                an error about an overridden value names ``source(name=...)``.
+        """
         o: dict[str, Any] = options.get_all_options(retain_unknown_options=True)
-        topics = tuple(t.strip() for t in (o.get("topics") or "").split(",") if t.strip())
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        o.update(given)
+        try:
+            return cls._validate(o, need_checkpoint)
+        except ConfigError as exc:
+            message = str(exc)
+            for name in given:
+                message = message.replace(f"--{name}", f"{source or 'argument'}({name}=...)")
+            raise ConfigError(message) from None
+
+    @classmethod
+    def _validate(cls, o: dict[str, Any], need_checkpoint: bool) -> "ZdlConfig":
+        raw_topics = o.get("topics") or ""
+        if isinstance(raw_topics, str):
+            raw_topics = raw_topics.split(",")
+        topics = tuple(str(t).strip() for t in raw_topics if str(t).strip())
         if not topics:
             raise ConfigError("--topics is required: a comma-separated list of Kafka topics")
-        try:
-            consumer_config = json.loads(o.get("consumer_config") or "{}")
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--consumer_config is not valid JSON ({exc}): "
-                              f"{o.get('consumer_config')!r}") from None
+        if isinstance(o.get("consumer_config"), Mapping):
+            consumer_config = dict(o["consumer_config"])
+        else:
+            try:
+                consumer_config = json.loads(o.get("consumer_config") or "{}")
+            except json.JSONDecodeError as exc:
+                # The value is not echoed: it may hold a password.
+                raise ConfigError(f"--consumer_config is not valid JSON ({exc}); give a JSON "
+                                  'object such as {"security.protocol": "SASL_SSL"}') from None
         if not isinstance(consumer_config, dict):
             raise ConfigError("--consumer_config must be a JSON object of confluent-kafka "
                               f"settings, got {type(consumer_config).__name__}")
@@ -163,6 +203,7 @@ class ZdlConfig:
             if owned in consumer_config:
                 raise ConfigError(f"--consumer_config may not set {owned!r}: beam_zdl owns it "
                                   "(use --consumer_group / --bootstrap_servers)")
+        _warn_literal_secrets(consumer_config)
         _choice(o, "zdl_mode", MODES)
         _choice(o, "starting_offsets", STARTING_OFFSETS)
         _choice(o, "trigger", TRIGGERS)
@@ -172,7 +213,7 @@ class ZdlConfig:
         if o["retain_batches"] < 1:
             raise ConfigError(f"--retain_batches must be >= 1 (the last batch's plan holds "
                               f"where reading resumes), got {o['retain_batches']}")
-        for name in ("batch_interval_s", "wal_segment_age_s"):
+        for name in ("batch_interval_s", "wal_segment_age_s", "drain_timeout_s"):
             if not o[name] > 0:
                 raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")
         if not o.get("partition_discovery_interval_s", 60.0) > 0:
@@ -212,6 +253,7 @@ class ZdlConfig:
             wal_segment_records=o["wal_segment_records"],
             wal_segment_age_s=o["wal_segment_age_s"],
             max_buffered_bytes=o["max_buffered_bytes"],
+            drain_timeout_s=o["drain_timeout_s"],
             partition_discovery_interval_s=o.get("partition_discovery_interval_s", 60.0),
             idle_watermark_delay_s=o.get("idle_watermark_delay_s", 2.0),
         )
@@ -221,6 +263,20 @@ class ZdlConfig:
         relevant = {k: v for k, v in asdict(self).items()
                     if k in ("topics", "mode", "consumer_group", "wal_dir")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_WARNED_SECRETS: set[tuple[str, ...]] = set()
+
+
+def _warn_literal_secrets(consumer_config: dict) -> None:
+    """Say once per process which secrets are given literally (never their values)."""
+    keys = tuple(literal_secrets(consumer_config))
+    if keys and keys not in _WARNED_SECRETS:
+        _WARNED_SECRETS.add(keys)
+        _LOGGER.warning("--consumer_config gives %s as literal values; runners keep pipeline "
+                        "options in job descriptions, so give them as ${env:NAME} or "
+                        "${file:PATH} references instead (beam_zdl never logs them)",
+                        ", ".join(keys))
 
 
 def _choice(o: dict, name: str, allowed: tuple[str, ...]) -> None:

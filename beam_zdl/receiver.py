@@ -23,6 +23,21 @@ Resume
     positions found are committed at once when they exceed the group's commit,
     repairing a commit lost to a crash between seal and commit.
 
+Commits past gaps
+    A partition's log can end in offsets that hold no record for this
+    ``read_committed`` consumer (transaction markers, aborted records,
+    compacted-away records). When nothing is buffered, the receiver commits
+    the consumer's position once it passes the last sealed record, so the
+    group's offsets reach the end offsets and lag monitoring reaches zero.
+
+Draining (``--trigger=available_now``)
+    A draining receiver stops only when every partition of ``--topics`` is
+    sealed and committed up to the end offset seen at start — by itself or
+    by any other member (a stand-alone ``beam-zdl receive``, a member that
+    died and whose partitions come here when its session times out). While
+    another member holds a partition it waits, logging who holds it; after
+    ``--drain_timeout_s`` it fails naming the partitions and the members.
+
 Rebalance
     On revocation the receiver seals and commits what it holds before the
     partitions go; the next owner then resumes after that segment. When
@@ -56,10 +71,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from beam_zdl import kafka
+import beam_zdl.kafka as kafka
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import (DataLossError, ObjectExistsError, StorageError,
-                             WalCorruptionError, ZdlError)
+from beam_zdl.errors import (DataLossError, ObjectExistsError, PartitionsUnavailableError,
+                             StorageError, WalCorruptionError, ZdlError)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2, wal_pb2
@@ -77,7 +92,9 @@ _POLL_BATCH = 5_000
 _PROGRESS_EVERY_S = 10.0
 _SEAL_RETRY_S = 1.0
 _SEAL_RETRY_FOR_S = 120.0
-_DRAIN_UNASSIGNED_S = 30.0
+_POSITION_COMMIT_EVERY_S = 1.0
+_DRAIN_CHECK_EVERY_S = 1.0
+_DRAIN_REPORT_EVERY_S = 10.0
 
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
@@ -208,6 +225,7 @@ class ReceiverStats:
     pauses: int = 0
     rebalances: int = 0
     peak_buffered_bytes: int = 0
+    lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
 
 
 def _to_wal(msg) -> wal_pb2.WalRecord:
@@ -251,7 +269,6 @@ class Receiver:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.stats = ReceiverStats()
         self.epoch: int | None = None
-        self.lost_records = 0
         self._consumer = None
         self._writer: WalWriter | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -261,19 +278,33 @@ class Receiver:
         self._last_warning = 0.0
         self._seal_failed = False
         self._last_seal_try = 0.0
-        self._unassigned_since: float | None = None
+        self._committed: dict[tuple[str, int], int] = {}  # what this receiver knows is committed
+        self._last_position_commit = 0.0
+        self._last_drain_check = 0.0
+        self._last_drain_report = 0.0
+        self._drain_deadline = 0.0
         self.assigned_ever: set[tuple[str, int]] = set()
+        self.drained = False
 
     # --- the loop -------------------------------------------------------------------------
 
-    def run(self, stop_event: threading.Event, drain_to_end: bool = False) -> ReceiverStats:
-        """Receive until ``stop_event`` is set (or, with ``drain_to_end``, the end offsets seen
-        at start are sealed); seal and commit what is buffered, leave the group, return stats.
+    def run(self, stop_event: threading.Event, drain_to_end: bool = False,
+            targets: dict[tuple[str, int], int] | None = None) -> ReceiverStats:
+        """Receive until ``stop_event`` is set, or until drained; seal and commit what is
+        buffered, leave the group, return stats.
+
+        Args:
+            stop_event: set it to stop (what is buffered is sealed and committed first).
+            drain_to_end: stop once every partition of ``--topics`` is sealed and committed
+                by the group up to the end offsets seen at start (see "Draining").
+            targets: drain to these offsets instead of the end offsets seen at start.
 
         Raises:
             DataLossError: a partition's resume position is below its log start (unless
-                ``--fail_on_data_loss=false``). StorageError / ZdlError: storage stayed down
-                through a rebalance, or Kafka reported a fatal error.
+                ``--fail_on_data_loss=false``). PartitionsUnavailableError: draining, other
+                members held partitions past ``--drain_timeout_s``. StorageError /
+                ZdlError: storage stayed down through a rebalance, or Kafka reported a
+                fatal error.
         """
         cfg = self.config
         self.epoch = claim_writer_epoch(cfg.wal_dir, self.owner)
@@ -298,10 +329,9 @@ class Receiver:
         started = time.monotonic()
         last_report, last_records = started, 0
         try:
-            if drain_to_end:
-                partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-                targets = {tp: high for tp, (_, high) in
-                           kafka.watermarks(consumer, partitions, cfg.bootstrap_servers).items()}
+            if drain_to_end and targets is None:
+                targets = kafka.end_offsets(consumer, cfg.topics, cfg.bootstrap_servers)
+            self._drain_deadline = time.monotonic() + cfg.drain_timeout_s
             consumer.subscribe(list(cfg.topics), on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
             while not stop_event.is_set():
@@ -315,7 +345,10 @@ class Receiver:
                         >= _SEAL_RETRY_S):
                     self._seal_and_commit(retry=False)
                 self._backpressure()
+                if not messages:
+                    self._commit_positions()
                 if targets is not None and self._drained(targets, bool(messages)):
+                    self.drained = True
                     break
                 now = time.monotonic()
                 if now - last_report >= _PROGRESS_EVERY_S:
@@ -334,9 +367,11 @@ class Receiver:
                 consumer.close()
             finally:
                 self._consumer = None
-        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s",
+        _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s%s",
                      self.owner, self.stats.records, self.stats.segments,
-                     self.stats.sealed_bytes, time.monotonic() - started)
+                     self.stats.sealed_bytes, time.monotonic() - started,
+                     f"; {self.stats.lost_records} records LOST (--fail_on_data_loss=false)"
+                     if self.stats.lost_records else "")
         return self.stats
 
     def _append(self, messages) -> None:
@@ -379,29 +414,90 @@ class Receiver:
             if full:
                 self._seal_and_commit(retry=False)
 
-    def _drained(self, targets: dict, got_messages: bool) -> bool:
-        if not self._assigned:
-            now = time.monotonic()
-            if self._unassigned_since is None:
-                self._unassigned_since = now
-            if now - self._unassigned_since > _DRAIN_UNASSIGNED_S:
-                _LOGGER.warning("receiver %s: no partition assigned for %.0f s (other members "
-                                "of group %s hold them); the drain is done here", self.owner,
-                                _DRAIN_UNASSIGNED_S, self.config.consumer_group)
-                return True
+    def _drained(self, targets: dict[tuple[str, int], int], got_messages: bool) -> bool:
+        """True once every partition in ``targets`` is committed by the group up to its target.
+
+        The receiver first drains what it holds itself (trusting the consumer's position
+        past transaction markers and aborted records), seals it and commits. Commits
+        follow seals, so a group commit at or past a target means every record below it
+        is in a sealed segment, whichever member wrote it. Partitions short of their
+        target are held by other members (alive, or killed and not yet timed out): wait,
+        report who holds them, and fail after ``--drain_timeout_s``.
+        """
+        mine = [tp for tp in self._assigned if self._next.get(tp, 0) < targets.get(tp, 0)]
+        if mine and not got_messages:
+            self._advance_past_gaps(mine)
+            mine = [tp for tp in mine if self._next.get(tp, 0) < targets.get(tp, 0)]
+        now = time.monotonic()
+        if mine or got_messages or now - self._last_drain_check < _DRAIN_CHECK_EVERY_S:
             return False
-        self._unassigned_since = None
-        behind = [tp for tp in self._assigned if self._next.get(tp, 0) < targets.get(tp, 0)]
-        if behind and not got_messages:
-            from confluent_kafka import TopicPartition
-            for pos in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
-                # Transaction markers and aborted records move the position past the
-                # last record: trust the consumer's position there.
-                tp = (pos.topic, pos.partition)
-                if pos.offset >= 0 and pos.offset > self._next.get(tp, 0):
-                    self._next[tp] = pos.offset
-            behind = [tp for tp in behind if self._next.get(tp, 0) < targets.get(tp, 0)]
-        return not behind
+        self._last_drain_check = now
+        if self._writer.buffered_records:
+            self._seal_and_commit(retry=False)
+        self._commit_positions(force=True)
+        committed = kafka.committed_offsets(self._consumer, targets, self.config.bootstrap_servers)
+        short = {tp: committed.get(tp) for tp, end in targets.items()
+                 if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
+        if not short:
+            return True
+        self._report_waiting(short, targets, now)
+        return False
+
+    def _report_waiting(self, short: dict[tuple[str, int], int | None],
+                        targets: dict[tuple[str, int], int], now: float) -> None:
+        """Log who holds the partitions a drain waits for; raise past the deadline."""
+        if now < self._drain_deadline and now - self._last_drain_report < _DRAIN_REPORT_EVERY_S:
+            return
+        self._last_drain_report = now
+        cfg = self.config
+        holders = kafka.group_holders(cfg.bootstrap_servers, cfg.consumer_group,
+                                      cfg.consumer_config)
+        lines = []
+        for (topic, partition), got in sorted(short.items()):
+            held = holders.get((topic, partition), "no member (a rebalance is under way)")
+            lines.append(f"{topic}[{partition}] committed {got if got is not None else 'none'} "
+                         f"of {targets[(topic, partition)]}, held by {held}")
+        session = cfg.consumer_config.get("session.timeout.ms", 45000)
+        why = (f"a member that stopped without leaving group {cfg.consumer_group} (killed, "
+               f"frozen) keeps its partitions until its session times out "
+               f"(session.timeout.ms={session}); a live member commits as it seals")
+        if now >= self._drain_deadline:
+            raise PartitionsUnavailableError(
+                f"--trigger=available_now could not finish within --drain_timeout_s="
+                f"{cfg.drain_timeout_s:g}: {len(short)} partition(s) are not in the WAL up to "
+                f"the end offsets seen at start: " + "; ".join(lines) + f". {why}. Nothing was "
+                "skipped: stop the members named (or wait for their sessions to time out) and "
+                "run again, or raise --drain_timeout_s.")
+        _LOGGER.warning("receiver %s: waiting for %d partition(s) held by other members: %s "
+                        "(%s; giving up in %.0f s)", self.owner, len(short), "; ".join(lines),
+                        why, self._drain_deadline - now)
+
+    def _advance_past_gaps(self, tps) -> None:
+        """Move the next offset of ``tps`` up to the consumer's position, which passes
+        transaction markers, aborted and compacted records that are never delivered."""
+        from confluent_kafka import TopicPartition
+        for pos in self._consumer.position([TopicPartition(t, p) for t, p in tps]):
+            tp = (pos.topic, pos.partition)
+            if tp in self._assigned and pos.offset >= 0 and pos.offset > self._next.get(tp, 0):
+                self._next[tp] = pos.offset
+
+    def _commit_positions(self, force: bool = False) -> None:
+        """Commit each assigned partition's next offset when nothing is buffered.
+
+        With an empty buffer everything below the next offset is sealed, or was never a
+        record for us (markers, aborted transactions, compaction), so committing it is
+        safe and brings the group's offsets to the end. Also retries a failed commit.
+        """
+        now = time.monotonic()
+        if (self._writer.buffered_records or self._seal_failed or not self._assigned
+                or not force and now - self._last_position_commit < _POSITION_COMMIT_EVERY_S):
+            return
+        self._last_position_commit = now
+        self._advance_past_gaps(sorted(self._assigned))
+        offsets = {tp: self._next[tp] for tp in self._assigned
+                   if tp in self._next and self._next[tp] > self._committed.get(tp, -1)}
+        if offsets and kafka.commit_offsets(self._consumer, offsets, attempts=2, backoff_s=0.2):
+            self._committed.update(offsets)
 
     def _backpressure(self) -> None:
         """Pause every assigned partition while sealing fails; resume once a seal succeeds.
@@ -474,6 +570,7 @@ class Receiver:
         if offsets:
             if kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5):
                 self.stats.commits += 1
+                self._committed.update(offsets)
             else:
                 self.stats.failed_commits += 1
         crash_point("after_commit")
@@ -516,17 +613,19 @@ class Receiver:
         for tp in tps:
             low = marks[tp][0]
             if positions[tp] < low:
-                self.lost_records += kafka.lost_offsets(
+                self.stats.lost_records += kafka.lost_offsets(
                     tp[0], tp[1], positions[tp], low, cfg.fail_on_data_loss,
                     why="they were never written to the WAL")
                 positions[tp] = low
         repair = {tp: pos for tp, pos in positions.items()
                   if committed.get(tp) is not None and pos > committed[tp]
                   or committed.get(tp) is None and tp in wal}
+        self._committed.update({tp: c for tp, c in committed.items() if c is not None})
         if repair:
             _LOGGER.info("receiver %s: the WAL is ahead of the group's commit for %s; "
                          "committing it", self.owner, sorted(repair))
-            kafka.commit_offsets(consumer, repair, attempts=2, backoff_s=0.2)
+            if kafka.commit_offsets(consumer, repair, attempts=2, backoff_s=0.2):
+                self._committed.update(repair)
         return positions
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -534,6 +633,7 @@ class Receiver:
         if not self._failed and self._writer is not None:
             # Seal and commit what we hold before the partitions go to another member.
             self._seal_and_commit(retry=True)
+            self._commit_positions(force=True)
         self._drop([(tp.topic, tp.partition) for tp in partitions])
         _LOGGER.info("receiver %s: revoked %s", self.owner,
                      ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "-")
@@ -557,11 +657,24 @@ class Receiver:
         for tp in tps:
             self._assigned.discard(tp)
             self._next.pop(tp, None)
+            self._committed.pop(tp, None)
 
 
 def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
-    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection."""
-    return json.loads(open_storage(wal_dir).read(f"{_WRITERS}{epoch:08d}"))
+    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
+
+    Raises:
+        WalCorruptionError: the claim is not a JSON object; names its URI.
+    """
+    storage, name = open_storage(wal_dir), f"{_WRITERS}{epoch:08d}"
+    try:
+        claim = json.loads(storage.read(name))
+        if not isinstance(claim, dict):
+            raise ValueError(f"a JSON {type(claim).__name__}, not an object")
+    except ValueError as exc:
+        raise WalCorruptionError(f"WAL writer claim {storage.uri(name)} does not decode ({exc}); "
+                                 "it is only informational: delete it or restore it") from None
+    return claim
 
 
 def is_segment(name: str) -> bool:

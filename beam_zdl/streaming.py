@@ -78,6 +78,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+import beam_zdl.metrics as metrics
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
@@ -87,7 +88,6 @@ __all__ = ["FLINK_TIMING", "StreamSettings", "StreamPartition", "PartitionOffset
 
 _LOGGER = logging.getLogger(__name__)
 
-_NAMESPACE = "beam_zdl"
 _POLL_TIMEOUT_S = 0.25       # an empty poll this long → checkpoint
 _MAX_CALL_S = 2.0            # a call reading this long → checkpoint (finalize, commit)
 _RESUME_DELAY_S = 0.2        # when an idle partition is polled again
@@ -104,7 +104,7 @@ class StreamSettings:
     """What streaming workers need: where Kafka is, where to start, how to behave."""
     bootstrap_servers: str
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict)
+    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
     starting_offsets: str = "committed"
     fail_on_data_loss: bool = True
     discovery_interval_s: float = 60.0
@@ -339,9 +339,9 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
 
     def __init__(self, settings: StreamSettings) -> None:
         _PartitionProvider.__init__(self, settings)
-        self._records = Metrics.counter(_NAMESPACE, "records")
-        self._bytes = Metrics.counter(_NAMESPACE, "bytes")
-        self._lost = Metrics.counter(_NAMESPACE, "data_loss_records")
+        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
+        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
+        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
 
     def setup(self) -> None:
         # tp → (consumer, offset it will deliver next), least recently used first
@@ -470,6 +470,12 @@ class ReadStreaming(beam.PTransform):
         super().__init__()
         self._topics = tuple(topics)
         self._settings = settings
+
+    def display_data(self) -> dict:
+        from beam_zdl.kafka import display_data
+        s = self._settings
+        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
+                "topics": ",".join(self._topics), "starting_offsets": s.starting_offsets}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         topics = self._topics

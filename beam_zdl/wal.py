@@ -9,8 +9,8 @@ Byte layout
 -----------
 
 All integers are little-endian. ``mcrc(b)`` is the *masked* CRC32C of ``b``
-(as in LevelDB/TFRecord: ``((c >> 15) | (c << 17)) + 0xA282EAD8`` mod 2**32,
-so that CRCs of data that itself holds CRCs stay strong)::
+(:func:`beam_zdl.framing.mcrc`, as in LevelDB/TFRecord: ``((c >> 15) | (c << 17))
++ 0xA282EAD8`` mod 2**32, so that CRCs of data that itself holds CRCs stay strong)::
 
     segment := MAGIC frame(HEADER) frame(RECORD)* frame(FOOTER)
     MAGIC   := b"BZDLWAL" 0x01                      8 bytes; last byte = format version
@@ -56,10 +56,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
-import google_crc32c
 from google.protobuf.message import DecodeError
 
 from beam_zdl.errors import CheckpointConflictError, ObjectExistsError, WalCorruptionError
+from beam_zdl.framing import mcrc
 from beam_zdl.storage import Storage, open_storage
 from beam_zdl.v1 import checkpoint_pb2, wal_pb2
 
@@ -97,7 +97,6 @@ _HEAD = struct.Struct("<IBI")  # length, kind, head CRC
 _HEAD_PREFIX = struct.Struct("<IB")
 _CRC = struct.Struct("<I")
 _FRAME_OVERHEAD = _HEAD.size + _CRC.size  # 13 bytes per frame
-_MASK_DELTA = 0xA282EAD8
 _SEGMENT_RE = re.compile(r"^seg-(\d{8,})-(\d{12,})\.wal$")
 
 _TIMESTAMP_TYPES = {
@@ -105,11 +104,6 @@ _TIMESTAMP_TYPES = {
     1: wal_pb2.TIMESTAMP_TYPE_CREATE_TIME,  # confluent_kafka.TIMESTAMP_CREATE_TIME
     2: wal_pb2.TIMESTAMP_TYPE_LOG_APPEND_TIME,  # confluent_kafka.TIMESTAMP_LOG_APPEND_TIME
 }
-
-
-def _mcrc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:
@@ -123,8 +117,8 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
         The frame's bytes, ``len(payload) + 13`` long.
     """
     prefix = _HEAD_PREFIX.pack(len(payload), kind)
-    head = prefix + _CRC.pack(_mcrc(prefix)) + payload
-    return head + _CRC.pack(_mcrc(head))
+    head = prefix + _CRC.pack(mcrc(prefix)) + payload
+    return head + _CRC.pack(mcrc(head))
 
 
 def segment_name(epoch: int, seq: int) -> str:
@@ -446,7 +440,7 @@ def _scan(data: bytes, uri: str, fail_on_data_loss: bool) -> _Scan:
             lose(pos, n, f"truncated frame head ({n - pos} of {_HEAD.size} bytes)")
             break
         length, kind, head_crc = _HEAD.unpack_from(data, pos)
-        if _mcrc(data[pos:pos + 5]) != head_crc:
+        if mcrc(data[pos:pos + 5]) != head_crc:
             lose(pos, n, "frame head CRC mismatch (its length cannot be trusted, so the rest "
                          "of the segment is unreadable)")
             break
@@ -454,7 +448,7 @@ def _scan(data: bytes, uri: str, fail_on_data_loss: bool) -> _Scan:
         if end > n:
             lose(pos, n, f"truncated frame (needs {end - pos} bytes, {n - pos} left)")
             break
-        if _mcrc(data[pos:end - _CRC.size]) != _CRC.unpack_from(data, end - _CRC.size)[0]:
+        if mcrc(data[pos:end - _CRC.size]) != _CRC.unpack_from(data, end - _CRC.size)[0]:
             lose(pos, end, f"{_KIND_NAMES.get(kind, 'unknown')} frame CRC mismatch")
         else:
             start, stop = pos + _HEAD.size, end - _CRC.size
@@ -623,8 +617,8 @@ def read_footer(data: bytes, uri: str = "<bytes>") -> wal_pb2.SegmentFooter:
         if pos < len(MAGIC):
             break
         size, kind, head_crc = _HEAD.unpack_from(data, pos)
-        if (size == length and kind == KIND_FOOTER and _mcrc(data[pos:pos + 5]) == head_crc
-                and _mcrc(data[pos:n - _CRC.size]) == trailer):
+        if (size == length and kind == KIND_FOOTER and mcrc(data[pos:pos + 5]) == head_crc
+                and mcrc(data[pos:n - _CRC.size]) == trailer):
             try:
                 return wal_pb2.SegmentFooter.FromString(data[pos + _HEAD.size:n - _CRC.size])
             except DecodeError as exc:

@@ -1,19 +1,18 @@
 """WAL mode of run_micro_batches: a receiver thread fills the WAL, batches read it.
 
 The driver runs a :class:`~beam_zdl.receiver.Receiver` as a thread of its own
-process and plans batches of sealed segments (the shared loop is in
-:mod:`beam_zdl.driver`):
+process and plans batches of sealed segments. The steps are numbered as in
+:mod:`beam_zdl.driver` (Steps 0, 1 and 4 are the shared loop's):
 
-1. plan     — the sealed segments not referenced by any stored plan, in
-              (epoch, seq) order, as ``SegmentRef``s (with their per-partition
-              spans), written create-once before the batch runs;
-2. run      — :class:`~beam_zdl.io.ReadFromWal` reads exactly those segments;
-3. complete — the completion is written;
-4. cleanup  — segments of completed batches older than the last
-              ``--retain_batches`` are deleted, then those batches' metadata
-              (segments first: a crash in between leaves a plan naming
-              deleted segments of a completed batch, which is harmless, never
-              an unreferenced segment that would be planned again).
+* Step 2: plan — the sealed segments not referenced by any stored plan, in
+  (epoch, seq) order, as ``SegmentRef``s (with their per-partition spans),
+  written create-once before the batch runs;
+* Step 3: run — :class:`~beam_zdl.io.ReadFromWal` reads exactly those segments;
+* Step 5: cleanup — segments of completed batches older than the last
+  ``--retain_batches`` are deleted, then those batches' metadata (segments
+  first: a crash in between leaves a plan naming deleted segments of a
+  completed batch, which is harmless, never an unreferenced segment that
+  would be planned again).
 
 There is no Kafka commit here: the receiver commits after each seal.
 
@@ -23,9 +22,13 @@ partition over at a sealed offset, so an overlap can only come from a
 receiver that sealed after losing its partitions, and it stops the run
 naming both segments instead of duplicating records.
 
-``--trigger=available_now``: the receiver drains up to the end offsets seen
-when it starts, seals and stops; the driver plans batches meanwhile, and once
-the receiver has stopped, plans what is left and exits. ``continuous``: a batch
+``--trigger=available_now``: the driver reads the end offsets of every
+partition of ``--topics`` at start; the receiver drains up to them — and waits
+until the group has committed each of them, whichever member sealed the
+records (a killed member's partitions come to it when its session times out;
+it fails after ``--drain_timeout_s``) — then stops. The driver plans batches
+meanwhile, and once the receiver has stopped, plans what is left, checks that
+the group's offsets reached those ends, and exits. ``continuous``: a batch
 of whatever is sealed every ``--batch_interval_s``. ``--max_records_per_partition``
 caps a batch at segment granularity (a batch takes at least one segment).
 """
@@ -41,7 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.chaos import crash_point
 from beam_zdl.direct import PartitionRange
-from beam_zdl.driver import Batch, BuildFn, RunSummary, _Driver, _StopFlag
+from beam_zdl.driver import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
 from beam_zdl.options import ZdlConfig
@@ -50,24 +53,20 @@ from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import list_segments
 
-__all__ = ["run_wal_micro_batches"]
+__all__ = ["WalDriver"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2
 
 
-def run_wal_micro_batches(build_fn: BuildFn, options: PipelineOptions,
-                          config: ZdlConfig) -> RunSummary:
-    """:func:`beam_zdl.run_micro_batches` with ``--zdl_mode=wal`` (see the module doc)."""
-    return _WalDriver(build_fn, options, config).run()
-
-
 def _name(uri: str) -> str:
     return uri.rstrip("/").rpartition("/")[2]
 
 
-class _WalDriver(_Driver):
+class WalDriver(BatchLoop):
+    """WAL mode's batch loop (see the module doc)."""
+
     mode = checkpoint_pb2.MODE_WAL
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
@@ -82,12 +81,14 @@ class _WalDriver(_Driver):
 
     # --- the receiver thread --------------------------------------------------------------
 
-    def _start(self, stop: _StopFlag) -> None:
+    def _start(self, stop: StopFlag) -> None:
         drain = self.config.trigger == "available_now"
+        self._targets = self._end_offsets() if drain else None
 
         def receive() -> None:
             try:
-                self.receiver.run(self._receiver_stop, drain_to_end=drain)
+                self.receiver.run(self._receiver_stop, drain_to_end=drain,
+                                  targets=self._targets)
             except BaseException as exc:  # surfaced by _check in the driver's thread
                 self._receiver_error = exc
                 _LOGGER.error("WAL receiver failed: %s", exc)
@@ -177,6 +178,12 @@ class _WalDriver(_Driver):
         # Only when the receiver had stopped before the listing found nothing new.
         return self.config.trigger == "available_now" and self._receiver_done_before_listing
 
+    def _finished(self) -> None:
+        if not self.receiver.drained:
+            raise ZdlError("--trigger=available_now: the WAL receiver stopped before every "
+                           "partition was drained; the run is not finished (run it again)")
+        self._verify_finished(self._targets)
+
     def _idle_wait_s(self, since: float) -> float:
         if self.config.trigger == "available_now":
             return _IDLE_POLL_S
@@ -192,7 +199,7 @@ class _WalDriver(_Driver):
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
     def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromWal(list(batch.segments), self.options)
+        return ReadFromWal(segments=list(batch.segments), options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""

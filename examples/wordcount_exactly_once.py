@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> beam_zdl.RunSummary:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing Apache Beam already configured the root logger at WARNING.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     for noisy in ("apache_beam", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     summary = main(sys.argv[1:])

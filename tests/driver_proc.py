@@ -31,15 +31,27 @@ def write_batch(rows: list, out_dir: str, batch_id: int) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_driver(out_dir, flags: list[str], crash_at: str | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run this script as a child process, optionally set to SIGKILL itself at ``crash_at``."""
+def _env(crash_at: str | None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("BEAM_ZDL_CRASH_AT", None)
     if crash_at:
         env["BEAM_ZDL_CRASH_AT"] = crash_at
+    return env
+
+
+def run_driver(out_dir, flags: list[str], crash_at: str | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run this script as a child process, optionally set to SIGKILL itself at ``crash_at``."""
     return subprocess.run([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          env=_env(crash_at), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_driver(out_dir, flags: list[str], log_path) -> subprocess.Popen:
+    """Start this script as a child process (to be killed by the test); output to ``log_path``."""
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
+                            env=_env(None), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def read_batches(out_dir) -> dict[int, list[tuple]]:
@@ -64,6 +76,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, force=True)  # importing Beam configured WARNING
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     main(sys.argv[1:])

@@ -19,8 +19,8 @@ import logging
 import zipfile
 from pathlib import Path
 
+import beam_zdl.testing.jars as jars
 from beam_zdl.runners import FlinkOptions
-from beam_zdl.testing import jars
 
 __all__ = ["MAIN_CLASS", "FlinkCheckpointOptions", "job_server_jar", "flink_runner_args"]
 

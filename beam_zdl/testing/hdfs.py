@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from beam_zdl.testing import jars
+import beam_zdl.testing.jars as jars
 from beam_zdl.testing._process import ServerProcess, free_port, wait_until
 
 __all__ = ["LocalHdfs"]

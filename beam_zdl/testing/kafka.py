@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from beam_zdl.errors import ZdlError
-from beam_zdl.testing import jars
+import beam_zdl.testing.jars as jars
 from beam_zdl.testing._process import ServerProcess, free_port, wait_until
 
 __all__ = ["LocalKafka"]
@@ -188,6 +188,46 @@ class LocalKafka:
             raise ZdlError(f"producing to {topic} failed: {remaining} undelivered, "
                            f"errors: {failures[:5]}")
         return acked
+
+    def produce_transactions(self, topic: str,
+                             transactions: Iterable[tuple[bool, list[Record]]]) -> set[tuple]:
+        """Produce each list of records in one transaction: committed when its flag is
+        True, aborted otherwise. Returns ``(topic, partition, offset)`` of every record
+        of a committed transaction.
+
+        The producer is flushed before each transaction ends: librdkafka against Kafka
+        4.1 can fail ending one whose records are still in flight (INVALID_TXN_STATE).
+        """
+        from confluent_kafka import Producer
+        producer = Producer({"bootstrap.servers": self.bootstrap_servers, "linger.ms": 5,
+                             "transactional.id": f"beam-zdl-test-{uuid.uuid4().hex[:8]}"})
+        producer.init_transactions(60)
+        committed: set[tuple] = set()
+        for commit, records in transactions:
+            delivered: list[tuple] = []
+            failures: list[str] = []
+
+            def on_delivery(err, msg) -> None:
+                if err is not None:
+                    failures.append(str(err))
+                else:
+                    delivered.append((msg.topic(), msg.partition(), msg.offset()))
+
+            producer.begin_transaction()
+            for key, value, *rest in records:
+                kwargs = {"partition": rest[0]} if rest and rest[0] is not None else {}
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery,
+                                 **kwargs)
+            remaining = producer.flush(60)
+            if failures or remaining:
+                raise ZdlError(f"producing a transaction to {topic} failed: {remaining} "
+                               f"undelivered, errors: {failures[:5]}")
+            if commit:
+                producer.commit_transaction(60)
+                committed.update(delivered)
+            else:
+                producer.abort_transaction(60)
+        return committed
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """High watermark of each partition of ``topic``."""

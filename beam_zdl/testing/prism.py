@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from beam_zdl.errors import ZdlError
-from beam_zdl.testing import jars
+import beam_zdl.testing.jars as jars
 
 __all__ = ["prism_binary", "prism_runner_args"]
 

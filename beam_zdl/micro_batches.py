@@ -1,0 +1,54 @@
+"""run_micro_batches: the entry point of the micro-batch model, in either mode.
+
+The loop and its steps are in :mod:`beam_zdl.driver`; direct mode's batches
+are planned there, WAL mode's in :mod:`beam_zdl.wal_driver`.
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_zdl.driver import BuildFn, DirectDriver, RunSummary
+from beam_zdl.options import ZdlConfig
+from beam_zdl.wal_driver import WalDriver
+
+__all__ = ["run_micro_batches"]
+
+
+def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary:
+    """Run batches until the trigger says stop; return what was done.
+
+    Steps, each durable before the next begins:
+
+    * Step 0: claim the checkpoint (config must match; a new epoch fences
+      any older driver still running).
+    * Step 1: re-run every planned-but-incomplete batch, same ranges, same id.
+    * Step 2: plan the next input — direct mode: offset ranges from the last
+      planned ends to the current end offsets; WAL mode: the sealed segments
+      no plan holds (capped by ``--max_records_per_partition``); write the plan.
+    * Step 3: build a pipeline with ``build_fn(records, batch)`` and run it to DONE.
+    * Step 4: write the completion.
+    * Step 5: direct mode: commit the consumer group's offsets to the batch's
+      ends; WAL mode: delete segments of completed batches beyond
+      ``--retain_batches`` (the receiver committed after each seal).
+
+    ``--trigger=available_now`` stops once the end offsets seen at start are
+    read; ``continuous`` plans a batch every ``--batch_interval_s``. Ctrl-C
+    (or SIGTERM) stops cleanly after the current batch.
+
+    Args:
+        build_fn: adds the user's transforms and sink to ``records``, the
+            PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``.
+        options: pipeline options with the ZdlOptions flags.
+
+    Returns:
+        A :class:`RunSummary`.
+
+    Raises:
+        ConfigError: a bad flag. ConfigMismatchError: the checkpoint belongs
+        to another configuration. CheckpointConflictError: a newer driver
+        took over. DataLossError: planned records no longer exist.
+    """
+    config = ZdlConfig.from_options(options, need_checkpoint=True)
+    loop = WalDriver if config.mode == "wal" else DirectDriver
+    return loop(build_fn, options, config).run()

@@ -1,0 +1,142 @@
+"""The public API: keyword arguments like Beam's own KafkaIO, or flags; I/O only in
+expand; errors naming the argument; a typed package."""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+import beam_zdl
+from beam_zdl.errors import ConfigError
+from beam_zdl.options import ZdlOptions
+from beam_zdl.receiver import Receiver
+from beam_zdl.runners import pipeline_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _offsets(p, read, label="Offsets"):
+    return p | read | label >> beam.Map(lambda r: (r.partition, r.offset))
+
+
+def _expected(kafka, topic):
+    return [(p, o) for p, end in kafka.end_offsets(topic).items() for o in range(end)]
+
+
+def _run(options, build):
+    with beam.Pipeline(runner=pipeline_runner(options), options=options) as p:
+        build(p)
+
+
+def test_beam_style_keywords_need_no_flags(kafka):
+    """As with apache_beam.io.kafka.ReadFromKafka: the common case is an import change."""
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(50)))
+    read = beam_zdl.ReadFromKafka(
+        consumer_config={"bootstrap.servers": kafka.bootstrap_servers,
+                         "group.id": f"g-{topic}", "auto.offset.reset": "earliest"},
+        topics=[topic])
+
+    _run(ZdlOptions([]), lambda p: assert_that(_offsets(p, read),
+                                               equal_to(_expected(kafka, topic))))
+
+
+def test_keywords_override_flags_and_from_options_reads_flags(kafka):
+    topic = kafka.create_topic(partitions=1)
+    kafka.produce(topic, ((None, b"x", 0) for _ in range(20)))
+    flags = ZdlOptions([f"--bootstrap_servers={kafka.bootstrap_servers}",
+                        "--topics=not-this-one", "--starting_offsets=latest"])
+
+    def build(p):
+        by_keywords = beam_zdl.ReadFromKafka(topics=topic, starting_offsets="earliest",
+                                             options=flags)
+        by_flags = beam_zdl.ReadFromKafka.from_options(flags, topics=topic,
+                                                       max_records_per_partition=5)
+        assert_that(_offsets(p, "Keywords" >> by_keywords, "K"), equal_to(_expected(kafka, topic)),
+                    label="AllRecords")
+        # latest from the flags: nothing to read
+        assert_that(_offsets(p, "Flags" >> by_flags, "F"), equal_to([]), label="Nothing")
+
+    _run(flags, build)
+
+
+def test_read_from_wal_keywords_and_from_options(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(40)))
+    wal = str(tmp_path / "wal")
+    options = ZdlOptions([f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+                          f"--wal_dir={wal}", "--zdl_mode=wal", f"--consumer_group=g-{topic}",
+                          "--starting_offsets=earliest"])
+    from beam_zdl.options import ZdlConfig
+    Receiver(ZdlConfig.from_options(options)).run(threading.Event(), drain_to_end=True)
+
+    def build(p):
+        expected = _expected(kafka, topic)
+        assert_that(_offsets(p, "Dir" >> beam_zdl.ReadFromWal(wal_dir=wal), "D"), equal_to(expected),
+                    label="Dir")
+        assert_that(_offsets(p, "Opts" >> beam_zdl.ReadFromWal.from_options(options), "O"),
+                    equal_to(expected), label="Opts")
+
+    _run(options, build)
+
+
+def test_construction_does_no_io():
+    """Nothing listens at these addresses: building the transforms must not notice."""
+    started = time.monotonic()
+    beam_zdl.ReadFromKafka(bootstrap_servers="127.0.0.1:1", topics="t")
+    beam_zdl.ReadFromWal(wal_dir="hdfs://127.0.0.1:1/nowhere")
+    beam_zdl.ReadFromWal(wal_dir="gs://no-such-bucket/wal")
+    assert time.monotonic() - started < 5  # a storage or Kafka call would time out or raise
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(topics=123), r"ReadFromKafka\(topics=\.\.\.\) must be a topic name"),
+    (dict(topics="t", consumer_config=["x"]), r"ReadFromKafka\(consumer_config=\.\.\.\) must "
+                                              "be a dict"),
+    (dict(topics="t", max_records_per_partition="5"), r"max_records_per_partition=\.\.\.\) "
+                                                      "must be an int"),
+    (dict(topics="t", fail_on_data_loss="no"), r"fail_on_data_loss=\.\.\.\) must be True"),
+    (dict(topics="t", bootstrap_servers="a:1", consumer_config={"bootstrap.servers": "b:1"}),
+     r"consumer_config\['bootstrap.servers'\] and bootstrap_servers= disagree"),
+])
+def test_bad_arguments_are_named_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        beam_zdl.ReadFromKafka(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(topics="t", starting_offsets="sometimes"),
+     r"ReadFromKafka\(starting_offsets=\.\.\.\) must be one of earliest"),
+    (dict(topics="t", consumer_config={"enable.auto.commit": True}),
+     r"ReadFromKafka\(consumer_config=\.\.\.\) may not set 'enable.auto.commit'"),
+])
+def test_bad_arguments_are_named_when_the_pipeline_is_built(kwargs, message):
+    p = beam.Pipeline(options=ZdlOptions([]))
+    with pytest.raises(ConfigError, match=message):
+        _ = p | beam_zdl.ReadFromKafka(**kwargs)
+
+
+def test_read_from_wal_needs_exactly_one_input():
+    with pytest.raises(ConfigError, match="exactly one of wal_dir= .* and segments="):
+        beam_zdl.ReadFromWal()
+    with pytest.raises(ConfigError, match="exactly one of"):
+        beam_zdl.ReadFromWal(wal_dir="/w", segments=["/w/seg-00000001-000000000000.wal"])
+
+
+def test_package_is_typed_and_every_public_name_is_visible_to_type_checkers():
+    assert (ROOT / "beam_zdl" / "py.typed").exists()
+    tree = ast.parse((ROOT / "beam_zdl" / "__init__.py").read_text())
+    checked = {alias.asname or alias.name
+               for node in ast.walk(tree) if isinstance(node, ast.If)
+               and getattr(node.test, "id", "") == "TYPE_CHECKING"
+               for stmt in node.body if isinstance(stmt, ast.ImportFrom)
+               for alias in stmt.names}
+    assert checked == set(beam_zdl.__all__)
+    for name in beam_zdl.__all__:
+        assert getattr(beam_zdl, name) is not None
