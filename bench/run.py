@@ -186,9 +186,9 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
         fl = results.get(name, {})
         if "records_per_s_after_first_read" in fl:
             lines.append(f"(g) streaming read on {setup}: {fl['records_per_s']:,.0f} records/s "
-                         f"from job submission (first read after {fl['first_read_s']:.1f} s), "
+                         f"from job submission (first output after {fl['first_read_s']:.1f} s), "
                          f"{fl['records_per_s_after_first_read']:,.0f} records/s from the "
-                         f"first read")
+                         f"first output (a bundle's end: an upper bound)")
     rx = results.get("receiver_rss", {})
     if "peak_rss_mb" in rx and "records" in rx:
         lines.append(f"(f) peak RSS with the {meta['records']:,}-record backlog: receiver "
