@@ -309,7 +309,7 @@ def receiver_rss(args: argparse.Namespace) -> dict:
 
 
 def _streaming_job(args: argparse.Namespace, runner_args: list[str]) -> dict:
-    """tests/streaming_proc.py (ids) over the whole topic; times from submission and first read.
+    """tests/streaming_proc.py (ids) over the whole topic; times from submission and first output.
 
     Output files are written by the read's own stage, one per bundle; each is
     counted once (they appear by atomic rename).
