@@ -36,13 +36,14 @@ $(CACHE)/bin/prism: | $(BIN)/.installed
 	@command -v go >/dev/null || { echo "error: go not found. It builds Prism, the runner of the streaming tests: install Go 1.24+." >&2; exit 1; }
 	$(GO_ENV) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$($(BIN)/python -c 'import apache_beam as b; print(b.__version__)' 2>/dev/null)
 
-# Beam's Flink job server (jars resolved with Maven; see beam_zdl/testing/flink.py).
+# Beam's Flink job server (jars resolved with Maven; see beam_zdl/testing/flink.py). The
+# same jars run LocalFlink's session cluster (beam_zdl/testing/flink_cluster.py).
 flink-jar: $(BIN)/.installed check-tools
 	$(BIN)/python -m beam_zdl.testing.flink
 
 # Fast suite: a real subset of every kind of test (slow chaos/runner variants excluded).
 # pytest exits 5 when nothing ran; make treats that, like any non-zero exit, as failure.
-test: setup prism
+test: setup prism flink-jar
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup prism flink-jar

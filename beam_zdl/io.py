@@ -18,6 +18,7 @@ from beam_zdl.direct import (PartitionRange, Poll, ReadOffsetRangesFn, ReadSetti
                              plan_ranges, split_range)
 from beam_zdl.options import ZdlConfig
 from beam_zdl.records import KafkaRecord
+from beam_zdl.runners import apply_runner_defaults, is_flink
 
 __all__ = ["ReadFromKafka", "ReadFromWal", "read_settings", "plan_bounded_ranges"]
 
@@ -135,7 +136,9 @@ class ReadFromKafka(beam.PTransform):
         config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
                                                        source="ReadFromKafka")
         if self._ranges is None and _streaming(options, pbegin):
-            return pbegin | "Stream" >> _read_streaming(config)
+            apply_runner_defaults(pbegin.pipeline.options, pbegin.pipeline.runner)
+            flink = is_flink(pbegin.pipeline.options, pbegin.pipeline.runner)
+            return pbegin | "Stream" >> _read_streaming(config, flink)
         ranges = self._ranges
         if ranges is None:
             ranges = plan_bounded_ranges(config)
@@ -200,10 +203,14 @@ def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
                for o in (options, pbegin.pipeline.options))
 
 
-def _read_streaming(config: ZdlConfig) -> beam.PTransform:
-    """The unbounded read (see beam_zdl.streaming); checks the topics exist first."""
+def _read_streaming(config: ZdlConfig, flink: bool = False) -> beam.PTransform:
+    """The unbounded read (see beam_zdl.streaming); checks the topics exist first.
+
+    On Flink it self-checkpoints less often (``FLINK_TIMING``): every
+    self-checkpoint leaves state behind in Flink's Beam runner.
+    """
     import beam_zdl.kafka as kafka
-    from beam_zdl.streaming import ReadStreaming, StreamSettings
+    from beam_zdl.streaming import FLINK_TIMING, ReadStreaming, StreamSettings
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
     try:
@@ -217,7 +224,8 @@ def _read_streaming(config: ZdlConfig) -> beam.PTransform:
         starting_offsets=config.starting_offsets,
         fail_on_data_loss=config.fail_on_data_loss,
         discovery_interval_s=config.partition_discovery_interval_s,
-        idle_watermark_delay_s=config.idle_watermark_delay_s))
+        idle_watermark_delay_s=config.idle_watermark_delay_s,
+        **(FLINK_TIMING if flink else {})))
 
 
 # --- WAL mode --------------------------------------------------------------------------------

@@ -1,10 +1,104 @@
-"""Which Beam runner a beam_zdl pipeline runs on."""
+"""Which Beam runner a beam_zdl pipeline runs on, and the runner flags it needs.
+
+Flink
+    Beam's Python ``FlinkRunnerOptions`` does not declare two Flink flags that
+    beam_zdl's streaming read depends on, and FlinkRunner drops flags Python
+    cannot parse. :class:`FlinkOptions` declares them, so they travel in the
+    pipeline options to the job server:
+
+    ``--checkpointing_interval``
+        Flink finalizes bundles, and so beam_zdl commits offsets, only when a
+        checkpoint completes: without it nothing is ever committed.
+    ``--finish_bundle_before_checkpointing``
+        Flink's Beam runner otherwise buffers a bundle's output during a
+        checkpoint, and the output of the Impulse stage's first bundle, closed
+        by the first checkpoint, is never flushed: the unbounded read then
+        receives no partition at all (Beam's "Flushing of buffered elements
+        during checkpoint can stall", apache/beam PR #12345, BEAM-10558).
+        :func:`apply_runner_defaults` sets it when the runner is Flink and the
+        user did not set it.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-__all__ = ["pipeline_runner"]
+__all__ = ["FlinkOptions", "pipeline_runner", "is_flink", "apply_runner_defaults"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_FLINK_NAMES = ("flinkrunner", "flink")
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+class FlinkOptions(PipelineOptions):
+    """Flink runner flags Beam's Python SDK does not declare (see module doc)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--checkpointing_interval", type=int, default=None,
+            help="Flink: milliseconds between checkpoints. Required for streaming "
+                 "reads: Flink finalizes bundles (beam_zdl commits offsets) when a "
+                 "checkpoint completes.")
+        parser.add_argument(
+            "--finish_bundle_before_checkpointing", type=_bool, nargs="?",
+            const=True, default=None,
+            help="Flink: finish the open bundle before a checkpoint instead of "
+                 "buffering its output. beam_zdl sets it to true for streaming reads "
+                 "on Flink unless given (buffered Impulse output is never flushed, "
+                 "apache/beam PR #12345).")
+
+
+def is_flink(options: PipelineOptions, runner=None) -> bool:
+    """Whether the pipeline runs on Flink (by ``--runner`` or the runner object)."""
+    if runner is not None and type(runner).__name__.lower() in _FLINK_NAMES:
+        return True
+    name = options.view_as(StandardOptions).runner
+    if name is None:
+        return False
+    if not isinstance(name, str):
+        name = type(name).__name__
+    return name.rsplit(".", 1)[-1].lower() in _FLINK_NAMES
+
+
+def apply_runner_defaults(options: PipelineOptions, runner=None) -> None:
+    """Set the runner flags a streaming read needs when the user did not set them.
+
+    On Flink: ``--finish_bundle_before_checkpointing=true`` (see module doc),
+    with a log line saying why.
+    """
+    if not is_flink(options, runner):
+        return
+    flink = options.view_as(FlinkOptions)
+    if flink.finish_bundle_before_checkpointing is None:
+        flink.finish_bundle_before_checkpointing = True
+        _LOGGER.info(
+            "beam_zdl: setting --finish_bundle_before_checkpointing on Flink: without "
+            "it Flink's Beam runner buffers bundle output during a checkpoint and never "
+            "flushes the Impulse stage's, so the streaming read receives no partition "
+            "(apache/beam PR #12345); pass --finish_bundle_before_checkpointing=false "
+            "to override")
+    elif not flink.finish_bundle_before_checkpointing:
+        _LOGGER.warning(
+            "beam_zdl: --finish_bundle_before_checkpointing=false on Flink: a streaming "
+            "read may receive no partition once checkpointing is on (apache/beam "
+            "PR #12345)")
+    if flink.checkpointing_interval is None and options.view_as(StandardOptions).streaming:
+        _LOGGER.warning(
+            "beam_zdl: streaming on Flink without --checkpointing_interval: Flink "
+            "finalizes bundles only on completed checkpoints, so no offset will ever be "
+            "committed to the consumer group; pass e.g. --checkpointing_interval=10000")
 
 
 def pipeline_runner(options: PipelineOptions):

@@ -22,12 +22,17 @@ Splitting
     fresh restart from the group's offset would skip the primary's records.)
 
 Checkpoint and Resume
-    When a poll returns nothing, or a call has read for ``_MAX_CALL_S``, the
-    DoFn self-checkpoints (``defer_remainder``): the residual
-    ``[last + 1, OPEN_END)`` is resumed by the runner later, from its own
-    checkpoint. A DoFn instance keeps one assigned consumer per partition, so
-    a resumed restriction that starts where the consumer stands reads on
-    without a new fetch.
+    When a poll returns nothing for ``poll_timeout_s``, or a call has read for
+    ``max_call_s``, the DoFn self-checkpoints (``defer_remainder``): the residual
+    ``[last + 1, OPEN_END)`` is resumed by the runner later (an idle partition
+    after ``idle_resume_delay_s``), from its own checkpoint. On Flink these are
+    longer (:data:`FLINK_TIMING`): Flink's Beam runner keeps some state of every
+    self-checkpoint it resumed (apache/beam #27648), so its checkpoints grow with
+    the number of self-checkpoints, and the 2.62 runner rounds resume delays down
+    to whole seconds (0.2 s becomes 0: an idle partition would self-checkpoint
+    several times a second). A DoFn instance keeps one assigned consumer per
+    partition, so a resumed restriction that starts where the consumer stands
+    reads on without a new fetch.
 
 Progress and Size
     The range end is estimated from the partition's high watermark (cached
@@ -78,7 +83,7 @@ from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
 from beam_zdl.records import KafkaHeader, KafkaRecord
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
 
-__all__ = ["StreamSettings", "StreamPartition", "PartitionOffsets",
+__all__ = ["FLINK_TIMING", "StreamSettings", "StreamPartition", "PartitionOffsets",
            "DiscoverPartitionsFn", "ReadPartitionFn", "ReadStreaming"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -86,6 +91,10 @@ _LOGGER = logging.getLogger(__name__)
 _POLL_TIMEOUT_S = 0.25       # an empty poll this long → checkpoint
 _MAX_CALL_S = 2.0            # a call reading this long → checkpoint (finalize, commit)
 _RESUME_DELAY_S = 0.2        # when an idle partition is polled again
+# On Flink (see Checkpoint and Resume): about 0.5 self-checkpoints/s on an idle
+# partition instead of 4, 0.2/s on a busy one instead of 0.5. A checkpoint waits
+# for running calls (--finish_bundle_before_checkpointing), so up to max_call_s.
+FLINK_TIMING = {"poll_timeout_s": 1.0, "max_call_s": 5.0, "idle_resume_delay_s": 1.0}
 _END_CACHE_S = 1.0           # how stale a high-watermark estimate may be
 _MAX_CONSUMERS = 64          # assigned consumers kept per DoFn instance
 
@@ -101,6 +110,9 @@ class StreamSettings:
     discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
     poll_batch: int = 10_000
+    poll_timeout_s: float = _POLL_TIMEOUT_S
+    max_call_s: float = _MAX_CALL_S
+    idle_resume_delay_s: float = _RESUME_DELAY_S
 
     def key(self) -> str:
         return json.dumps([self.bootstrap_servers, self.consumer_group,
@@ -372,15 +384,16 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         client = _SharedClient.of(self._settings)
         entry = self._consumer_at(tp, start)
         consumer = entry[0]
-        deadline = time.monotonic() + _MAX_CALL_S
+        deadline = time.monotonic() + self._settings.max_call_s
         last_claimed = None
         try:
             while True:
-                messages = consumer.consume(self._settings.poll_batch, _POLL_TIMEOUT_S)
+                messages = consumer.consume(self._settings.poll_batch,
+                                            self._settings.poll_timeout_s)
                 if not messages:
                     if entry[1] >= client.end_offset(*tp):
                         self._advance_idle(watermark)
-                    tracker.defer_remainder(Duration.of(_RESUME_DELAY_S))
+                    tracker.defer_remainder(Duration.of(self._settings.idle_resume_delay_s))
                     return
                 count = nbytes = 0
                 newest = None

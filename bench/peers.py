@@ -368,6 +368,63 @@ def sink_at_least_once(args: argparse.Namespace) -> dict:
     return _sink(args, exactly_once=False)
 
 
+def _streaming_job(args: argparse.Namespace, runner_args: list[str]) -> dict:
+    """tests/streaming_proc.py (ids) over the whole topic; times from submission and first output.
+
+    Output files are written by the read's own stage, one per bundle; each is
+    counted once (they appear by atomic rename).
+    """
+    out = Path(tempfile.mkdtemp(prefix="flink-stream-", dir=args.workdir))
+    log = open(out.parent / f"{out.name}.log", "wb")
+    started = time.monotonic()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tests.streaming_proc", "ids", str(out),
+         f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+         f"--consumer_group=bench-{uuid.uuid4().hex}", "--starting_offsets=earliest",
+         *runner_args],
+        cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    seen: set[str] = set()
+    count = 0
+    first = None
+    try:
+        deadline = started + 540
+        while count < args.records:
+            if job.poll() is not None or time.monotonic() > deadline:
+                return {"error": f"streaming job ended or timed out after {count} records "
+                                 f"(log {log.name})"}
+            for path in out.glob("*.jsonl"):
+                if path.name not in seen:
+                    seen.add(path.name)
+                    count += path.read_bytes().count(b"\n")
+            if count and first is None:
+                first = time.monotonic()
+            time.sleep(0.2)
+        end = time.monotonic()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    shutil.rmtree(out, ignore_errors=True)
+    return {"records": count, "bytes": count * args.value_bytes, "seconds": end - started,
+            "first_read_s": first - started,
+            "records_per_s_after_first_read": count / (end - first)}
+
+
+@peer("flink_local_streaming")
+def flink_local_streaming(args: argparse.Namespace) -> dict:
+    """The streaming read on Flink [local] (embedded cluster, LOOPBACK workers)."""
+    from beam_zdl.testing.flink import flink_runner_args
+    return _streaming_job(args, flink_runner_args(parallelism=1))
+
+
+@peer("flink_cluster_streaming")
+def flink_cluster_streaming(args: argparse.Namespace) -> dict:
+    """The streaming read on a LocalFlink session cluster (2 TaskManagers, parallelism 2)."""
+    from beam_zdl.testing import LocalFlink
+    workdir = Path(tempfile.mkdtemp(prefix="localflink-", dir=args.workdir))
+    with LocalFlink(workdir=workdir) as flink:
+        return _streaming_job(args, flink.runner_args(parallelism=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("peer", choices=sorted(PEERS))

@@ -23,7 +23,8 @@ from beam_zdl.testing import LocalKafka
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
-              "java_kafkaio_xlang", "receiver_rss"]
+              "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
+              "flink_cluster_streaming"]
 OTHER = ["batch_overhead", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
 SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
@@ -39,6 +40,8 @@ LABELS = {
     "sink_bare_producer": "(g) bare confluent-kafka produce loop",
     "sink_at_least_once": "(g) Kafka→Kafka, WriteToKafka at-least-once",
     "sink_exactly_once": "(g) Kafka→Kafka, WriteToKafka exactly-once",
+    "flink_local_streaming": "(h) streaming, Flink [local]",
+    "flink_cluster_streaming": "(h) streaming, Flink cluster",
 }
 PEER_TIMEOUT_S = 600
 
@@ -185,6 +188,15 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
     lines.extend(sink_report(results))
+    for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
+                        ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
+                                                    "parallelism 2, EXTERNAL worker pool")):
+        fl = results.get(name, {})
+        if "records_per_s_after_first_read" in fl:
+            lines.append(f"(h) streaming read on {setup}: {fl['records_per_s']:,.0f} records/s "
+                         f"from job submission (first output after {fl['first_read_s']:.1f} s), "
+                         f"{fl['records_per_s_after_first_read']:,.0f} records/s from the "
+                         f"first output (a bundle's end: an upper bound)")
     rx = results.get("receiver_rss", {})
     if "peak_rss_mb" in rx and "records" in rx:
         lines.append(f"(f) peak RSS with the {meta['records']:,}-record backlog: receiver "

@@ -25,7 +25,6 @@ from apache_beam.transforms import window
 
 from beam_zdl.io import ReadFromKafka
 from beam_zdl.options import ZdlOptions
-from beam_zdl.testing import flink as _flink_options  # noqa: F401  (declares --checkpointing_interval)
 
 
 class _WriteIds(beam.DoFn):

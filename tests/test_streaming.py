@@ -29,7 +29,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _runner_args(runner: str) -> list[str]:
+def _runner_args(runner: str | list[str]) -> list[str]:
+    if isinstance(runner, list):  # flags given as they are (e.g. a Flink session cluster's)
+        return runner
     if runner == "prism":
         from beam_zdl.testing.prism import prism_runner_args
         return prism_runner_args()
@@ -37,30 +39,19 @@ def _runner_args(runner: str) -> list[str]:
     return flink_runner_args()
 
 
-# The registry this project resolves from holds no Beam Java 2.77 artifacts and no
-# shaded Flink job-server jar; the newest complete Flink runner it holds is
-# beam-runners-flink-1.19 2.62.0 (beam_zdl/testing/java/flink/pom.xml). On it
-# (Java 17, embedded [local] cluster) a streaming job starts, checkpoints
-# complete, plain transforms and shuffles run, and a bounded SDF runs without
-# checkpointing; but an unbounded SDF (ours, and Beam's own PeriodicImpulse)
-# never receives an element, nor does any SDF once checkpointing is on, which
-# bundle finalization needs. Python 2.62 against the same job server behaves the
-# same, so it is not only the version gap. Strict xfail: these become failures,
-# to be unmarked, once a Flink setup that runs Python SDFs is what we resolve.
-_FLINK_SDF = pytest.mark.xfail(
-    strict=True, reason="the Flink job server resolvable here (Beam 2.62, Flink 1.19) runs "
-                        "no Python SDF in streaming with checkpointing; see the comment above")
 RUNNERS = [
     pytest.param("prism", id="prism"),
-    pytest.param("flink", id="flink", marks=[pytest.mark.slow, _FLINK_SDF]),
+    pytest.param("flink", id="flink", marks=pytest.mark.slow),
 ]
+# The kill test is the one Flink ([local]) test of the fast suite (`make test`).
+KILL_RUNNERS = [pytest.param("prism", id="prism"), pytest.param("flink", id="flink")]
 
 
 class _Job:
     """tests/streaming_proc.py in its own process group, output and log in a folder."""
 
-    def __init__(self, kafka, topic: str, group: str, runner: str, mode: str, out: Path,
-                 *extra: str) -> None:
+    def __init__(self, kafka, topic: str, group: str, runner: str | list[str], mode: str,
+                 out: Path, *extra: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.log = out.parent / f"{out.name}.log"
@@ -104,15 +95,24 @@ def _windows(out: Path) -> list[tuple[int, int]]:
 
 
 class _Producer(threading.Thread):
-    """Produces ``total`` records at about ``rate``/s round-robin over partitions,
-    each with an explicit timestamp (ms) it remembers."""
+    """Produces ``total`` records (None: until ``stop()``) at about ``rate``/s round-robin
+    over partitions, each with an explicit timestamp (ms) it remembers."""
 
-    def __init__(self, kafka, topic: str, partitions: int, total: int, rate: float) -> None:
+    def __init__(self, kafka, topic: str, partitions: int, total: int | None,
+                 rate: float) -> None:
         super().__init__(daemon=True)
         self.kafka, self.topic, self.partitions = kafka, topic, partitions
         self.total, self.rate = total, rate
         self.timestamps: list[int] = []
         self.error: BaseException | None = None
+        self._stop_requested = threading.Event()
+
+    def stop(self) -> int:
+        """Stop producing (when started with ``total=None``); return how many were produced."""
+        self._stop_requested.set()
+        if self.is_alive():
+            self.finish()
+        return len(self.timestamps)
 
     def run(self) -> None:
         from confluent_kafka import Producer
@@ -120,7 +120,8 @@ class _Producer(threading.Thread):
             producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers,
                                  "linger.ms": 5, "enable.idempotence": True})
             start = time.monotonic()
-            for i in range(self.total):
+            i = 0
+            while (self.total is None or i < self.total) and not self._stop_requested.is_set():
                 ahead = start + i / self.rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
@@ -129,6 +130,7 @@ class _Producer(threading.Thread):
                 producer.produce(self.topic, value=f"v{i}".encode(), partition=i % self.partitions,
                                  timestamp=ts)
                 producer.poll(0)
+                i += 1
             assert producer.flush(60) == 0
         except BaseException as exc:  # reported by finish()
             self.error = exc
@@ -169,33 +171,43 @@ def test_windowed_count_of_a_topic_being_produced_to(kafka, tmp_path, runner):
     assert dict(got) == dict(want)
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", KILL_RUNNERS)
 def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_tail(
         kafka, tmp_path, runner):
     topic = kafka.create_topic(partitions=3)
     group = f"g-{topic}"
-    total = 30_000
-    producer = _Producer(kafka, topic, 3, total, rate=2500)  # ~12 s of producing
+    seed = 300
+    kafka.produce(topic, ((None, b"seed", i % 3) for i in range(seed)))
+    # Produced from the job's first read until the second job reads: the kill lands
+    # mid-stream however long a (loaded) runner takes to get there.
+    producer = _Producer(kafka, topic, 3, None, rate=2500 if runner == "prism" else 1000)
     first = _Job(kafka, topic, group, runner, "ids", tmp_path / "run1")
-    first.wait_for(lambda: (first.out / "_started").exists(), 180, "first job started")
-    producer.start()
-
-    def mid_stream():
-        committed = kafka.committed(group, topic)
-        return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
-                and len(producer.timestamps) < total * 0.7)
-    first.wait_for(mid_stream, 120, "first job reading with offsets committed, mid-stream")
-    first.kill()
-    committed = kafka.committed(group, topic)  # nothing commits after the kill
-    run1 = _ids(first.out)
-
-    second = _Job(kafka, topic, group, runner, "ids", tmp_path / "run2")
     try:
-        producer.finish()
-        second.wait_for(lambda: len(set(_ids(second.out)) | set(run1)) >= total, 180,
-                        "every produced record in the combined output")
+        first.wait_for(lambda: _ids(first.out), 180, "first job reading the seed records")
+        producer.start()
+
+        def mid_stream():
+            committed = kafka.committed(group, topic)
+            return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
+                    and sum(committed.values()) > seed)
+        first.wait_for(mid_stream, 180, "first job reading with offsets committed")
+        produced_at_kill = len(producer.timestamps)
+        first.kill()
+        committed = kafka.committed(group, topic)  # nothing commits after the kill
+        run1 = _ids(first.out)
+
+        second = _Job(kafka, topic, group, runner, "ids", tmp_path / "run2")
+        try:
+            second.wait_for(lambda: _ids(second.out), 180, "second job reading")
+            time.sleep(2)
+            total = seed + producer.stop()
+            second.wait_for(lambda: len(set(_ids(second.out)) | set(run1)) >= total, 180,
+                            "every produced record in the combined output")
+        finally:
+            second.kill()
     finally:
-        second.kill()
+        producer.stop()
+        first.kill()
     run2 = _ids(second.out)
     ends = kafka.end_offsets(topic)
     assert sum(ends.values()) == total
@@ -213,8 +225,9 @@ def test_kill_and_fresh_restart_loses_nothing_and_replays_only_the_uncommitted_t
     replayed = set(run1) & set(run2)
     assert all(o >= committed[p] for p, o in replayed)
     assert len(run1) == len(set(run1)) and len(run2) == len(set(run2))
-    print(f"\n[{runner}] committed at kill {committed}; run1 {len(run1)}, run2 {len(run2)}, "
-          f"replayed {len(replayed)} (uncommitted tail)")
+    print(f"\n[{runner}] killed after {produced_at_kill} of {total - seed} produced, committed "
+          f"{committed}; run1 {len(run1)}, run2 {len(run2)}, replayed {len(replayed)} "
+          f"(uncommitted tail)")
 
 
 @pytest.mark.slow

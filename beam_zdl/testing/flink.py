@@ -19,9 +19,8 @@ import logging
 import zipfile
 from pathlib import Path
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 import beam_zdl.testing.jars as jars
+from beam_zdl.runners import FlinkOptions
 
 __all__ = ["MAIN_CLASS", "FlinkCheckpointOptions", "job_server_jar", "flink_runner_args"]
 
@@ -31,20 +30,9 @@ MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _LAUNCHER = "beam-zdl-flink-job-server.jar"
 
 
-class FlinkCheckpointOptions(PipelineOptions):
-    """Declares Flink's ``--checkpointing_interval`` so Python forwards it to the job server.
-
-    Python's FlinkRunnerOptions lacks it, and FlinkRunner drops flags it cannot
-    parse; a declared option travels in the pipeline options to the Java side.
-    Import this module in the process that builds the pipeline.
-    """
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--checkpointing_interval", type=int, default=None,
-            help="Flink: milliseconds between checkpoints; Flink finalizes bundles "
-                 "(beam_zdl commits offsets) when a checkpoint completes.")
+# Declared in beam_zdl.runners (declaring a flag twice breaks every PipelineOptions);
+# the old name stays for scripts that import it to declare --checkpointing_interval.
+FlinkCheckpointOptions = FlinkOptions
 
 
 def _manifest(class_path: list[str]) -> bytes:

@@ -1,0 +1,287 @@
+"""beam_zdl on a real Flink session cluster (beam_zdl.testing.LocalFlink).
+
+One JobManager and two TaskManagers run as separate JVMs, Python SDK workers
+come from Beam's worker pool (EXTERNAL environment), and jobs are submitted
+by Beam's job server with ``--flink_master=localhost:<rest port>``, as on a
+real cluster. Every test is slow (a job takes tens of seconds to reach its
+first read on 2 cores); ``make test-all`` runs them.
+
+Streaming tests write every record's (partition, offset) in the read's own
+fused stage (``tests/streaming_proc.py ids``), one file per bundle: an
+idempotent sink keyed by offset, so "exactly once" means the distinct ids are
+exactly the produced records, and duplicates are counted as replays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.testing.flink_cluster import LocalFlink
+from tests.driver_proc import read_batches
+from tests.test_streaming import _ids, _Job, _Producer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A job takes tens of seconds (minutes on a loaded machine) to its first read.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def flink(tmp_path_factory):
+    with LocalFlink(taskmanagers=2, slots=2,
+                    workdir=tmp_path_factory.mktemp("localflink")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(flink):
+    """The module's cluster with every TaskManager up and no job left running after the test."""
+    for i in range(flink.taskmanager_count):
+        if not flink.taskmanager_alive(i):
+            flink.restart_taskmanager(i)
+    yield flink
+    for job in flink.running_jobs():
+        flink.cancel(job)
+
+
+def _outputs(out: Path) -> list[tuple[tuple[int, int], float]]:
+    """Every (partition, offset) written, with the time its file was written."""
+    rows = []
+    for path in out.glob("*.jsonl"):
+        when = path.stat().st_mtime
+        rows.extend((tuple(json.loads(line)), when) for line in path.read_text().splitlines())
+    return rows
+
+
+def _seed(kafka, topic: str, partitions: int, count: int) -> None:
+    kafka.produce(topic, ((None, b"seed", i % partitions) for i in range(count)))
+
+
+def _all_offsets(kafka, topic: str) -> set[tuple[int, int]]:
+    return {(p, o) for p, end in kafka.end_offsets(topic).items() for o in range(end)}
+
+
+def test_parallel_read_of_a_topic_being_produced_to_outputs_every_record_once(
+        kafka, cluster, tmp_path):
+    """Parallelism 2 over both TaskManagers; offsets are committed only after checkpoints."""
+    topic = kafka.create_topic(partitions=4)
+    group = f"g-{topic}"
+    seed, more = 400, 20_000
+    _seed(kafka, topic, 4, seed)
+    producer = _Producer(kafka, topic, 4, more, rate=1000)
+    job = _Job(kafka, topic, group, cluster.runner_args(parallelism=2), "ids", tmp_path / "out")
+    try:
+        job.wait_for(lambda: _ids(job.out), 300, "first records read on the cluster")
+        producer.start()
+        # Both TaskManagers run part of the job (slots are spread evenly).
+        assert all(tm["freeSlots"] < tm["slotsNumber"] for tm in cluster.taskmanagers())
+        lagging = []
+
+        def all_read() -> bool:
+            read = set(_ids(job.out))
+            committed = sum(max(o, 0) for o in kafka.committed(group, topic).values())
+            if 0 < committed < len(read):
+                lagging.append((committed, len(read)))
+            return len(read) >= seed + more
+        job.wait_for(all_read, 300, f"{seed + more} records read")
+        producer.finish()
+        time.sleep(3)  # a duplicate would show up here
+        rows = _ids(job.out)
+        ends = kafka.end_offsets(topic)
+        job.wait_for(lambda: kafka.committed(group, topic) == ends, 60,
+                     "the group's offsets at the end offsets")
+    finally:
+        job.kill()
+    assert len(rows) == len(set(rows)), "a record was output twice without any failure"
+    assert set(rows) == _all_offsets(kafka, topic)
+    # Commits trail the reads: at some moment the group had committed less than was read.
+    assert lagging, "committed offsets never trailed the records read"
+    print(f"\n[flink cluster] committed < read seen {len(lagging)} times, e.g. {lagging[0]}")
+
+
+def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
+        kafka, cluster, tmp_path):
+    topic = kafka.create_topic(partitions=4)
+    group = f"g-{topic}"
+    seed = 400
+    _seed(kafka, topic, 4, seed)
+    producer = _Producer(kafka, topic, 4, None, rate=500)
+    job = _Job(kafka, topic, group, cluster.runner_args(parallelism=2), "ids", tmp_path / "out")
+    try:
+        job.wait_for(lambda: _ids(job.out), 300, "first records read on the cluster")
+        producer.start()
+        job_id = cluster.wait_for_job()
+
+        def mid_stream() -> bool:
+            committed = kafka.committed(group, topic)
+            return (len(_ids(job.out)) > 3000 and all(o > 0 for o in committed.values())
+                    and sum(committed.values()) > seed)
+        job.wait_for(mid_stream, 300, "job reading with offsets committed")
+        committed = kafka.committed(group, topic)
+        before_kill = _outputs(job.out)
+        triggered = {c["id"]: c["trigger_timestamp"] / 1000
+                     for c in cluster.checkpoints(job_id)["history"]}
+        cluster.kill_taskmanager(0)  # while the producer keeps producing
+        read_at_kill = len(producer.timestamps)
+
+        restored: dict = {}
+
+        def restored_from_checkpoint() -> bool:
+            stats = cluster.checkpoints(job_id)
+            triggered.update({c["id"]: c["trigger_timestamp"] / 1000 for c in stats["history"]})
+            restored.update(stats["latest"].get("restored") or {})
+            return bool(restored)
+        job.wait_for(restored_from_checkpoint, 300, "Flink restoring the job from a checkpoint")
+        cluster.restart_taskmanager(0)
+        time.sleep(5)
+        total = seed + producer.stop()
+        job.wait_for(lambda: len(set(_ids(job.out))) >= total, 300,
+                     f"all {total} records read after the restore")
+        time.sleep(3)
+        outputs = _outputs(job.out)
+        assert cluster.job_status(job_id) == "RUNNING"  # the same job continued
+    finally:
+        producer.stop()  # if the test failed first
+        job.kill()
+    rows = [row for row, _ in outputs]
+    # Nothing lost.
+    assert set(rows) == _all_offsets(kafka, topic)
+    # Commit after output: every offset below the committed one was output before the kill.
+    for p, c in committed.items():
+        assert {(p, o) for o in range(c)} <= {row for row, _ in before_kill}
+    # Replayed: only what the job output after the restored checkpoint's barrier. (Not
+    # "only offsets at or above the commit": the 2.62 runner finalizes every bundle
+    # finished so far when any checkpoint completes, so commits can run ahead of it.)
+    barrier = triggered[restored["id"]]
+    first_output: dict = {}
+    for row, when in outputs:
+        first_output[row] = min(when, first_output.get(row, when))
+    counts = Counter(rows)
+    replayed = [r for r, n in counts.items() if n > 1]
+    early = [r for r in replayed if first_output[r] < barrier - 0.1]
+    assert not early, f"{len(early)} records output before checkpoint {restored['id']} replayed"
+    ahead = sum(1 for p, o in replayed if o < committed[p])
+    print(f"\n[flink cluster] TaskManager 0 SIGKILLed with {len(before_kill)} records output, "
+          f"{read_at_kill} produced (of {total - seed}); restored checkpoint {restored['id']}; "
+          f"committed at kill {committed}; replayed {sum(n - 1 for n in counts.values())} "
+          f"records, all output after that checkpoint's barrier ({ahead} of them below the "
+          f"offsets committed at the kill)")
+
+
+def test_job_cancelled_then_a_fresh_job_resumes_at_the_committed_offsets(
+        kafka, cluster, tmp_path):
+    topic = kafka.create_topic(partitions=4)
+    group = f"g-{topic}"
+    seed = 400
+    _seed(kafka, topic, 4, seed)
+    producer = _Producer(kafka, topic, 4, None, rate=500)
+    args = cluster.runner_args(parallelism=2)
+    first = _Job(kafka, topic, group, args, "ids", tmp_path / "run1")
+    try:
+        first.wait_for(lambda: _ids(first.out), 300, "first records read on the cluster")
+        producer.start()
+        job_id = cluster.wait_for_job()
+
+        def mid_stream() -> bool:
+            committed = kafka.committed(group, topic)
+            return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
+                    and sum(committed.values()) > seed)
+        first.wait_for(mid_stream, 300, "job reading with offsets committed")
+        cluster.cancel(job_id)  # while the producer keeps producing
+    except BaseException:
+        producer.stop()
+        raise
+    finally:
+        first.kill()
+    committed = kafka.committed(group, topic)  # the cancelled job commits nothing more
+    run1 = _ids(first.out)
+
+    second = _Job(kafka, topic, group, args, "ids", tmp_path / "run2")
+    try:
+        second.wait_for(lambda: _ids(second.out), 300, "the fresh job reading")
+        time.sleep(5)
+        total = seed + producer.stop()
+        second.wait_for(lambda: len(set(_ids(second.out)) | set(run1)) >= total, 300,
+                        "every record in the combined output")
+        run2 = _ids(second.out)
+    finally:
+        producer.stop()  # if the test failed first
+        second.kill()
+    assert set(run1) | set(run2) == _all_offsets(kafka, topic)
+    for p, c in committed.items():
+        assert {(p, o) for o in range(c)} <= set(run1), f"partition {p} committed {c}"
+        assert min(o for q, o in run2 if q == p) == c  # the fresh job starts at the commit
+    replayed = set(run1) & set(run2)
+    assert all(o >= committed[p] for p, o in replayed)
+    assert len(run2) == len(set(run2))
+    print(f"\n[flink cluster] cancelled with {committed} committed; run1 {len(run1)}, "
+          f"run2 {len(run2)}, replayed {len(replayed)} (read after the last commit)")
+
+
+# --- micro-batches: each batch a bounded job on the cluster ------------------------------------
+
+def _run_driver(out_dir: Path, flags: list[str], crash_at: str | None = None,
+                timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """tests/driver_proc.py in its own process group; whatever it started (its job server)
+    is killed with it, as a crashed driver machine would take it down."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BEAM_ZDL_CRASH_AT", None)
+    if crash_at:
+        env["BEAM_ZDL_CRASH_AT"] = crash_at
+    proc = subprocess.Popen([sys.executable, "-m", "tests.driver_proc", str(out_dir), *flags],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("mode", ["direct", "wal"])
+def test_micro_batches_on_the_cluster_survive_a_driver_sigkill_exactly_once(
+        kafka, cluster, tmp_path, mode):
+    topic = kafka.create_topic(partitions=2)
+    group = f"g-{topic}"
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(1200)))
+    flags = [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+             f"--checkpoint_dir={tmp_path / 'ckpt'}", f"--consumer_group={group}",
+             "--starting_offsets=earliest", f"--zdl_mode={mode}",
+             *cluster.runner_args(parallelism=2, checkpointing_interval_ms=None)]
+    flags.append("--max_records_per_partition=300")  # 2 batches or more
+    if mode == "wal":
+        flags += [f"--wal_dir={tmp_path / 'wal'}", "--wal_segment_records=250",
+                  "--wal_segment_age_s=0.5",
+                  '--consumer_config={"session.timeout.ms": 4000, "heartbeat.interval.ms": 500}']
+
+    crashed = _run_driver(tmp_path / "out", flags, crash_at="after_plan:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-4000:]
+    coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
+    pending = [p.batch_id for p in coord.pending()]
+    assert len(pending) == 1
+    before = coord.read_plan(pending[0]).SerializeToString()
+
+    restarted = _run_driver(tmp_path / "out", flags)
+    assert restarted.returncode == 0, restarted.stderr[-4000:]
+    summary = json.loads(restarted.stdout.strip().splitlines()[-1])
+    assert summary["replayed"] == 1 and summary["batch_ids"][0] == pending[0]
+    assert coord.read_plan(pending[0]).SerializeToString() == before
+    rows = [row for batch in read_batches(tmp_path / "out").values() for row in batch]
+    assert len(rows) == len(set(rows)), "a record appears twice in the output"
+    assert sorted(rows) == sorted((topic, p, o) for p, o in _all_offsets(kafka, topic))
+    assert coord.pending() == []
+    if mode == "direct":
+        assert kafka.committed(group, topic) == kafka.end_offsets(topic)
