@@ -80,7 +80,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_zdl import metrics, secrets
+import beam_zdl.metrics as metrics
+import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
 

@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_zdl.errors import ConfigError
 from beam_zdl.secrets import literal_secrets
 
-__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS"]
+__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS", "parse_bool"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ STARTING_OFFSETS = ("earliest", "latest", "committed")
 TRIGGERS = ("available_now", "continuous")
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value: true/false, 1/0, yes/no, on/off (any case)."""
     value = str(text).strip().lower()
     if value in ("true", "1", "yes", "on"):
         return True
@@ -89,7 +90,7 @@ class ZdlOptions(PipelineOptions):
             help="available_now: drain what exists at start, then exit; "
                  "continuous: a batch every --batch_interval_s until stopped.")
         parser.add_argument(
-            "--fail_on_data_loss", type=_bool, default=True,
+            "--fail_on_data_loss", type=parse_bool, default=True,
             help="true: missing Kafka data or a corrupt WAL frame stops the run with "
                  "an error naming where; false: skip it, count it in a metric and "
                  "log a warning.")

@@ -25,20 +25,13 @@ import logging
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from beam_zdl.options import parse_bool
+
 __all__ = ["FlinkOptions", "pipeline_runner", "is_flink", "apply_runner_defaults"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _FLINK_NAMES = ("flinkrunner", "flink")
-
-
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
 
 
 class FlinkOptions(PipelineOptions):
@@ -52,7 +45,7 @@ class FlinkOptions(PipelineOptions):
                  "reads: Flink finalizes bundles (beam_zdl commits offsets) when a "
                  "checkpoint completes.")
         parser.add_argument(
-            "--finish_bundle_before_checkpointing", type=_bool, nargs="?",
+            "--finish_bundle_before_checkpointing", type=parse_bool, nargs="?",
             const=True, default=None,
             help="Flink: finish the open bundle before a checkpoint instead of "
                  "buffering its output. beam_zdl sets it to true for streaming reads "
