@@ -102,7 +102,7 @@ def _chaos(kafka, tmp_path, mode, crash_points, random_kills, records=4000,
     _assert_each_input_once(kafka, topic, out_topic)
 
 
-@pytest.mark.parametrize("mode", ["direct", "wal"])
+@pytest.mark.parametrize("mode", ["direct", pytest.param("wal", marks=pytest.mark.slow)])
 def test_kafka_to_kafka_exactly_once_through_driver_sigkills(kafka, tmp_path, mode):
     _chaos(kafka, tmp_path, mode, CRASH_POINTS[:6], random_kills=3,
            records=4000 if mode == "direct" else 3000)

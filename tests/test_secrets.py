@@ -63,7 +63,7 @@ def _all_bytes_under(root: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
 
 
-@pytest.mark.parametrize("mode", ["direct", "wal"])
+@pytest.mark.parametrize("mode", ["direct", pytest.param("wal", marks=pytest.mark.slow)])
 def test_secrets_stay_out_of_logs_display_data_checkpoints_and_job_descriptions(
         kafka, tmp_path, monkeypatch, caplog, capfd, mode):
     """A real run with one secret given as an ${env:...} reference and one literally."""
