@@ -115,9 +115,10 @@ class ZdlOptions(PipelineOptions):
                  "partitions (backpressure).")
         parser.add_argument(
             "--drain_timeout_s", type=float, default=300.0,
-            help="WAL mode, --trigger=available_now: how long to wait for partitions that "
-                 "other members of --consumer_group hold (a killed member keeps them until "
-                 "its session times out, 45 s by default) before failing, naming them.")
+            help="WAL mode, --trigger=available_now: how long to wait, without progress, "
+                 "for partitions that other members of --consumer_group hold (a killed "
+                 "member keeps them until its session times out, 45 s by default) before "
+                 "failing, naming them.")
         parser.add_argument(
             "--partition_discovery_interval_s", type=float, default=60.0,
             help="Streaming: seconds between checks for new partitions of --topics.")

@@ -36,7 +36,8 @@ Draining (``--trigger=available_now``)
     by any other member (a stand-alone ``beam-zdl receive``, a member that
     died and whose partitions come here when its session times out). While
     another member holds a partition it waits, logging who holds it; after
-    ``--drain_timeout_s`` it fails naming the partitions and the members.
+    ``--drain_timeout_s`` without progress it fails naming the partitions and
+    the members.
 
 Rebalance
     On revocation the receiver seals and commits what it holds before the
@@ -284,6 +285,7 @@ class Receiver:
         self._last_drain_check = 0.0
         self._last_drain_report = 0.0
         self._drain_deadline = 0.0
+        self._waiting_for: tuple = ()
         self.assigned_ever: set[tuple[str, int]] = set()
         self.drained = False
 
@@ -332,7 +334,6 @@ class Receiver:
         try:
             if drain_to_end and targets is None:
                 targets = kafka.end_offsets(consumer, cfg.topics, cfg.bootstrap_servers)
-            self._drain_deadline = time.monotonic() + cfg.drain_timeout_s
             consumer.subscribe(list(cfg.topics), on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)
             while not stop_event.is_set():
@@ -447,6 +448,11 @@ class Receiver:
                  if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
         if not short:
             return True
+        waiting_for = tuple(sorted(short.items()))
+        if waiting_for != self._waiting_for:
+            # The first wait, or another member made progress: the deadline counts from here.
+            self._waiting_for = waiting_for
+            self._drain_deadline = now + self.config.drain_timeout_s
         self._report_waiting(short, targets, now)
         return False
 
@@ -470,7 +476,7 @@ class Receiver:
                f"(session.timeout.ms={session}); a live member commits as it seals")
         if now >= self._drain_deadline:
             raise PartitionsUnavailableError(
-                f"--trigger=available_now could not finish within --drain_timeout_s="
+                f"--trigger=available_now could not finish: no progress for --drain_timeout_s="
                 f"{cfg.drain_timeout_s:g}: {len(short)} partition(s) are not in the WAL up to "
                 f"the end offsets seen at start: " + "; ".join(lines) + f". {why}. Nothing was "
                 "skipped: stop the members named (or wait for their sessions to time out) and "
