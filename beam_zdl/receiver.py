@@ -467,7 +467,9 @@ class Receiver:
                                       cfg.consumer_config)
         lines = []
         for (topic, partition), got in sorted(short.items()):
-            held = holders.get((topic, partition), "no member (a rebalance is under way)")
+            held = holders.get((topic, partition), "no member yet (a rebalance is under way: "
+                               "the group waits for members that have not rejoined, such as a "
+                               "killed one, until their sessions time out)")
             lines.append(f"{topic}[{partition}] committed {got if got is not None else 'none'} "
                          f"of {targets[(topic, partition)]}, held by {held}")
         session = cfg.consumer_config.get("session.timeout.ms", 45000)
