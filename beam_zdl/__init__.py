@@ -14,8 +14,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
-    from beam_zdl.driver import Batch, RunSummary
-    from beam_zdl.micro_batches import run_micro_batches
+    from beam_zdl.microbatch.loop import Batch, RunSummary
+    from beam_zdl.microbatch.run import run_micro_batches
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
                                  ConfigError, ConfigMismatchError, DataLossError,
                                  PartitionsUnavailableError, WalCorruptionError, ZdlError)
@@ -27,9 +27,9 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Batch": "beam_zdl.driver",
-    "RunSummary": "beam_zdl.driver",
-    "run_micro_batches": "beam_zdl.micro_batches",
+    "Batch": "beam_zdl.microbatch.loop",
+    "RunSummary": "beam_zdl.microbatch.loop",
+    "run_micro_batches": "beam_zdl.microbatch.run",
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",
     "WriteToKafka": "beam_zdl.kafka_sink",

@@ -328,12 +328,8 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import threading
 
-    # Before Apache Beam is imported: its import logs a warning about BigQuery's apitools
-    # on the root logger, which would configure logging at WARNING and hide our progress.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        logging.getLogger().handlers[0].addFilter(
-            lambda record: "apitools not found" not in record.getMessage())
 
     from beam_zdl.options import ZdlConfig, ZdlOptions
     from beam_zdl.receiver import Receiver

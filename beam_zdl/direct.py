@@ -62,22 +62,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.windowed_value import WindowedValue
-from apache_beam.utils.windowed_value import create as _windowed
 
+import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
+import beam_zdl.records as records
 from beam_zdl.errors import ZdlError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
-from beam_zdl.records import KafkaHeader, KafkaRecord
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+from beam_zdl.ranges import PartitionRange
+from beam_zdl.records import payload_bytes
 
-__all__ = ["PartitionRange", "plan_ranges", "ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
+__all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
            "MIN_SPLIT_RECORDS", "SPLITS_PER_RANGE", "split_range"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -93,38 +95,9 @@ MIN_SPLIT_RECORDS = int(os.environ.get("BEAM_ZDL_MIN_SPLIT_RECORDS", 500_000))
 SPLITS_PER_RANGE = int(os.environ.get("BEAM_ZDL_SPLITS_PER_RANGE", 4))
 
 
-class PartitionRange(NamedTuple):
-    """Offsets ``[start, stop)`` of one topic-partition: one batch's share of it."""
-    topic: str
-    partition: int
-    start: int
-    stop: int
-
-
-def plan_ranges(partitions: list[tuple[str, int]], starts: dict, ends: dict,
-                cap: int = 0) -> list[PartitionRange]:
-    """``[start, end)`` per partition, at most ``cap`` offsets each (0: no cap).
-
-    A partition whose end is at or below its start gets an empty range, so a
-    plan always lists every partition and its position.
-    """
-    ranges = []
-    for tp in partitions:
-        start = starts[tp]
-        stop = max(start, ends.get(tp, start))
-        if cap:
-            stop = min(stop, start + cap)
-        ranges.append(PartitionRange(tp[0], tp[1], start, stop))
-    return ranges
-
-
 @dataclass(frozen=True)
-class ReadSettings:
-    """What a reading worker needs: where Kafka is and how strict to be."""
-    bootstrap_servers: str
-    consumer_group: str
-    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
-    fail_on_data_loss: bool = True
+class ReadSettings(KafkaSettings):
+    """What a reading worker needs: Kafka's settings and how much one poll takes."""
     poll_batch: int = 10_000
 
 
@@ -218,16 +191,10 @@ class ReadOffsetRangesFn(beam.DoFn):
         self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
 
     def display_data(self) -> dict:
-        from beam_zdl.kafka import display_data
-        s = self._settings
-        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
-                "fail_on_data_loss": s.fail_on_data_loss}
+        return self._settings.display_data()
 
     def setup(self) -> None:
-        from beam_zdl.kafka import new_consumer
-        s = self._settings
-        self._consumer = new_consumer(s.bootstrap_servers, s.consumer_group,
-                                      {**_READER_CONFIG, **s.consumer_config})
+        self._consumer = self._settings.consumer(_READER_CONFIG)
 
     def teardown(self) -> None:
         if self._consumer is not None:
@@ -260,7 +227,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         claimed = start - 1  # every offset up to here is ours (claimed)
         attempted = claimed  # the highest offset a claim was tried for
         windows = (window,)  # the input's window: ranges come from Create, the global window
-        new_record = tuple.__new__
+        to_record, windowed = records.from_message, compat.windowed_value
         last_progress = time.monotonic()
         try:
             while next_offset < stop:
@@ -329,22 +296,11 @@ class ReadOffsetRangesFn(beam.DoFn):
                             return
                         claimed = offset
                     next_offset = offset + 1
-                    key = msg.key()
-                    value = msg.value()
-                    headers = msg.headers()
-                    if value is not None:
-                        nbytes += len(value)
-                    if key is not None:
-                        nbytes += len(key)
+                    record = to_record(msg)
+                    nbytes += payload_bytes(record)
                     count += 1
-                    ts = msg.timestamp()[1]
-                    # tuple.__new__ skips NamedTuple's Python-level __new__; same object.
-                    record = new_record(KafkaRecord, (
-                        topic, partition, offset, key, value, ts,
-                        [KafkaHeader(k, v) for k, v in headers] if headers else []))
-                    # A WindowedValue in the input's window, timestamp in micros: what
-                    # TimestampedValue + window assignment produce, without their per-record cost.
-                    emit(_windowed(record, ts * 1000, windows))
+                    # In the input's window, timestamp in micros (see compat.windowed_value).
+                    emit(windowed(record, record.timestamp_ms * 1000, windows))
                 if polled:
                     yield polled
                 self._records.inc(count)

@@ -14,41 +14,17 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.direct import (PartitionRange, Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn,
-                             plan_ranges, split_range)
+import beam_zdl.ranges as ranges_
+from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
 from beam_zdl.options import ZdlConfig
+from beam_zdl.ranges import PartitionRange
 from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import apply_runner_defaults, is_flink
+from beam_zdl.wal_read import ReadSegmentsFn
 
-__all__ = ["ReadFromKafka", "ReadFromWal", "read_settings", "plan_bounded_ranges"]
+__all__ = ["ReadFromKafka", "ReadFromWal"]
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def read_settings(config: ZdlConfig) -> ReadSettings:
-    """The worker-side settings of a validated config."""
-    return ReadSettings(
-        bootstrap_servers=config.bootstrap_servers,
-        consumer_group=config.consumer_group,
-        consumer_config=dict(config.consumer_config),
-        fail_on_data_loss=config.fail_on_data_loss,
-    )
-
-
-def plan_bounded_ranges(config: ZdlConfig) -> list[PartitionRange]:
-    """From ``--starting_offsets`` to the current end offsets of every partition."""
-    import beam_zdl.kafka as kafka
-    consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
-                                  config.consumer_config)
-    try:
-        partitions = kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
-        starts = kafka.starting_positions(consumer, partitions, config.starting_offsets,
-                                          config.bootstrap_servers)
-        ends = kafka.watermarks(consumer, partitions, config.bootstrap_servers)
-    finally:
-        consumer.close()
-    return plan_ranges(partitions, starts, {tp: high for tp, (_, high) in ends.items()},
-                       config.max_records_per_partition)
 
 
 # What Beam's own ReadFromKafka takes inside consumer_config, mapped to our settings.
@@ -141,7 +117,7 @@ class ReadFromKafka(beam.PTransform):
             return pbegin | "Stream" >> _read_streaming(config, flink)
         ranges = self._ranges
         if ranges is None:
-            ranges = plan_bounded_ranges(config)
+            ranges = _plan_bounded(config)
             _LOGGER.info("ReadFromKafka planned %d ranges, %d records", len(ranges),
                          sum(r.stop - r.start for r in ranges))
         # Chunks of the initial split as elements, spread by a shuffle: a runner then hands
@@ -151,9 +127,20 @@ class ReadFromKafka(beam.PTransform):
         if len(chunks) > 1:
             chunked = chunked | "Spread" >> beam.Reshuffle()
         return (chunked
-                | "Read" >> beam.ParDo(ReadOffsetRangesFn(read_settings(config)))
+                | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
                 .with_output_types(Poll)
                 | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
+
+
+def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
+    """From ``--starting_offsets`` to the end offsets now: a fixed, repeatable read."""
+    import beam_zdl.kafka as kafka
+    consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
+                                  config.consumer_config)
+    try:
+        return ranges_.plan(consumer, config)
+    finally:
+        consumer.close()
 
 
 def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
@@ -217,74 +204,14 @@ def _read_streaming(config: ZdlConfig, flink: bool = False) -> beam.PTransform:
         kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
     finally:
         consumer.close()
-    return ReadStreaming(config.topics, StreamSettings(
-        bootstrap_servers=config.bootstrap_servers,
-        consumer_group=config.consumer_group,
-        consumer_config=dict(config.consumer_config),
-        starting_offsets=config.starting_offsets,
-        fail_on_data_loss=config.fail_on_data_loss,
+    return ReadStreaming(config.topics, StreamSettings.from_config(
+        config, starting_offsets=config.starting_offsets,
         discovery_interval_s=config.partition_discovery_interval_s,
         idle_watermark_delay_s=config.idle_watermark_delay_s,
         **(FLINK_TIMING if flink else {})))
 
 
 # --- WAL mode --------------------------------------------------------------------------------
-
-class _ReadSegmentsFn(beam.DoFn):
-    """Reads whole WAL segments (every frame verified) as timestamped KafkaRecords."""
-
-    def __init__(self, fail_on_data_loss: bool) -> None:
-        from apache_beam.metrics import Metrics
-        self._fail_on_data_loss = fail_on_data_loss
-        import beam_zdl.metrics as metrics
-        ns = metrics.NAMESPACE
-        self._records = Metrics.counter(ns, metrics.RECORDS)
-        self._bytes = Metrics.counter(ns, metrics.BYTES)
-        self._segments = Metrics.counter(ns, metrics.WAL_SEGMENTS)
-        self._lost_frames = Metrics.counter(ns, metrics.WAL_LOST_FRAMES)
-        self._lost_records = Metrics.counter(ns, metrics.DATA_LOSS_RECORDS)
-
-    def display_data(self) -> dict:
-        return {"fail_on_data_loss": self._fail_on_data_loss}
-
-    def process(self, uri: str, window=beam.DoFn.WindowParam):
-        from apache_beam.utils.windowed_value import create as windowed
-
-        from beam_zdl.records import KafkaHeader
-        from beam_zdl.wal import ReadReport, read_segment
-
-        report = ReadReport()
-        records = read_segment(uri, fail_on_data_loss=self._fail_on_data_loss, report=report)
-        if report.lost:
-            self._lost_frames.inc(len(report.lost))
-            self._lost_records.inc(report.lost_records)
-            _LOGGER.error("WAL segment %s: skipped %d damaged byte ranges (%d records known "
-                          "lost%s), --fail_on_data_loss=false", uri, len(report.lost),
-                          report.lost_records,
-                          ", and an unknown number more" if report.unknown_loss else "")
-        count = 0
-        nbytes = 0
-        windows = (window,)  # the segment URI's window: the global window of a Create
-        new_record = tuple.__new__
-        for rec in records:
-            key = rec.key if rec.HasField("key") else None
-            value = rec.value if rec.HasField("value") else None
-            headers = [KafkaHeader(h.key, h.value if h.HasField("value") else None)
-                       for h in rec.headers] if rec.headers else []
-            count += 1
-            if key is not None:
-                nbytes += len(key)
-            if value is not None:
-                nbytes += len(value)
-            ts = rec.timestamp_ms
-            # As direct mode: KafkaRecord without NamedTuple's Python __new__, and a
-            # WindowedValue (timestamp in micros) instead of TimestampedValue + assignment.
-            yield windowed(new_record(KafkaRecord, (rec.topic, rec.partition, rec.offset, key,
-                                                    value, ts, headers)), ts * 1000, windows)
-        self._records.inc(count)
-        self._bytes.inc(nbytes)
-        self._segments.inc()
-
 
 class ReadFromWal(beam.PTransform):
     """Reads sealed WAL segments as :class:`~beam_zdl.KafkaRecord`, segments in parallel.
@@ -363,5 +290,5 @@ class ReadFromWal(beam.PTransform):
         if len(uris) > 1:
             segments = segments | "Spread" >> beam.Reshuffle()
         return (segments
-                | "ReadSegments" >> beam.ParDo(_ReadSegmentsFn(fail))
+                | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail))
                 .with_output_types(KafkaRecord))

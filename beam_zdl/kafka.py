@@ -12,14 +12,20 @@ types at module import of a ``__main__`` script would not pickle.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
 
 from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
 from beam_zdl.secrets import redact, resolve
 
+if TYPE_CHECKING:
+    from beam_zdl.options import ZdlConfig
+
 __all__ = [
+    "KafkaSettings",
     "OUT_OF_RANGE_CODES",
     "lost_offsets",
     "consumer_settings",
@@ -73,7 +79,6 @@ def consumer_settings(bootstrap_servers: str, group: str,
 def display_data(bootstrap_servers: str, group: str,
                  extra: Mapping[str, object] | None = None) -> dict[str, str]:
     """What a transform or DoFn shows of its Kafka client in a runner's UI (secrets redacted)."""
-    import json
     return {"bootstrap_servers": bootstrap_servers, "consumer_group": group,
             "consumer_config": json.dumps(redact(extra or {}), sort_keys=True)}
 
@@ -82,6 +87,45 @@ def new_consumer(bootstrap_servers: str, group: str, extra: Mapping[str, object]
     """A confluent-kafka Consumer with beam_zdl's settings."""
     from confluent_kafka import Consumer
     return Consumer(consumer_settings(bootstrap_servers, group, extra))
+
+
+_Settings = TypeVar("_Settings", bound="KafkaSettings")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """What every reading worker needs of Kafka: where it is, as whom, how strict.
+
+    The readers' settings (``direct.ReadSettings``, ``streaming.StreamSettings``)
+    extend it with what only they need.
+    """
+    bootstrap_servers: str
+    consumer_group: str
+    consumer_config: dict[str, Any] = field(default_factory=dict, repr=False)  # secrets
+    fail_on_data_loss: bool = True
+
+    @classmethod
+    def from_config(cls: type[_Settings], config: "ZdlConfig", **extra: Any) -> _Settings:
+        """The settings of a validated config, plus the subclass's ``extra`` fields."""
+        return cls(bootstrap_servers=config.bootstrap_servers,
+                   consumer_group=config.consumer_group,
+                   consumer_config=dict(config.consumer_config),
+                   fail_on_data_loss=config.fail_on_data_loss, **extra)
+
+    def consumer(self, overrides: Mapping[str, object] | None = None) -> Any:
+        """A consumer with these settings; ``overrides`` yield to the user's config."""
+        return new_consumer(self.bootstrap_servers, self.consumer_group,
+                            {**(overrides or {}), **self.consumer_config})
+
+    def display_data(self) -> dict[str, Any]:
+        return {**display_data(self.bootstrap_servers, self.consumer_group,
+                               self.consumer_config),
+                "fail_on_data_loss": self.fail_on_data_loss}
+
+    def key(self) -> str:
+        """Equal for settings that may share a client (the secrets resolve the same)."""
+        return json.dumps([self.bootstrap_servers, self.consumer_group, self.consumer_config],
+                          sort_keys=True)
 
 
 def partitions_of(consumer, topics: Iterable[str], bootstrap_servers: str) -> list[tuple[str, int]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -42,96 +42,12 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-class ZdlOptions(PipelineOptions):
-    """beam_zdl's flags. ``--bootstrap_servers`` comes from Beam (see module doc)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--topics", default=None,
-            help="Comma-separated Kafka topics to read. Required.")
-        parser.add_argument(
-            "--consumer_group", default=None,
-            help="Kafka consumer group whose offsets beam_zdl commits after each "
-                 "durable batch (and reads with --starting_offsets=committed). "
-                 "Default: beam-zdl-<first topic>.")
-        parser.add_argument(
-            "--consumer_config", default="{}",
-            help='Extra confluent-kafka settings as a JSON object, e.g. '
-                 '\'{"security.protocol": "SASL_SSL", '
-                 '"sasl.password": "${env:KAFKA_PASSWORD}"}\'. Give secrets as ${env:NAME} or ${file:PATH} references: runners keep '
-                 'pipeline options in job descriptions.')
-        parser.add_argument(
-            "--checkpoint_dir", default=None,
-            help="Where batch plans and completions are recorded: a local path, "
-                 "gs://bucket/path or hdfs://namenode:http_port/path. Required for "
-                 "run_micro_batches.")
-        parser.add_argument(
-            "--zdl_mode", default="direct",
-            help="direct: batches of Kafka offset ranges; wal: a reliable receiver "
-                 "writes a write-ahead log that batches read.")
-        parser.add_argument(
-            "--wal_dir", default=None,
-            help="Where WAL segments live (local path, gs://, hdfs://). "
-                 "Required with --zdl_mode=wal.")
-        parser.add_argument(
-            "--starting_offsets", default="committed",
-            help="Where a partition starts when the checkpoint has no position for "
-                 "it: earliest, latest, or committed (the group's committed offset, "
-                 "else earliest).")
-        parser.add_argument(
-            "--max_records_per_partition", type=int, default=0,
-            help="Cap on records per partition in one batch; 0 means no cap.")
-        parser.add_argument(
-            "--batch_interval_s", type=float, default=5.0,
-            help="With --trigger=continuous: seconds between batch starts.")
-        parser.add_argument(
-            "--trigger", default="available_now",
-            help="available_now: drain what exists at start, then exit; "
-                 "continuous: a batch every --batch_interval_s until stopped.")
-        parser.add_argument(
-            "--fail_on_data_loss", type=parse_bool, default=True,
-            help="true: missing Kafka data or a corrupt WAL frame stops the run with "
-                 "an error naming where; false: skip it, count it in a metric and "
-                 "log a warning.")
-        parser.add_argument(
-            "--max_batches", type=int, default=0,
-            help="Stop after this many batches (replays included); 0 means no limit.")
-        parser.add_argument(
-            "--retain_batches", type=int, default=100,
-            help="Completed batches whose metadata is kept for inspection (>= 1).")
-        parser.add_argument(
-            "--wal_segment_bytes", type=int, default=16 * 1024 * 1024,
-            help="WAL mode: seal a segment at this many bytes.")
-        parser.add_argument(
-            "--wal_segment_records", type=int, default=100_000,
-            help="WAL mode: seal a segment at this many records.")
-        parser.add_argument(
-            "--wal_segment_age_s", type=float, default=2.0,
-            help="WAL mode: seal a non-empty segment at this age in seconds.")
-        parser.add_argument(
-            "--max_buffered_bytes", type=int, default=64 * 1024 * 1024,
-            help="WAL mode: bytes the receiver may hold before it pauses its "
-                 "partitions (backpressure).")
-        parser.add_argument(
-            "--drain_timeout_s", type=float, default=300.0,
-            help="WAL mode, --trigger=available_now: how long to wait, without progress, "
-                 "for partitions that other members of --consumer_group hold (a killed "
-                 "member keeps them until its session times out, 45 s by default) before "
-                 "failing, naming them.")
-        parser.add_argument(
-            "--partition_discovery_interval_s", type=float, default=60.0,
-            help="Streaming: seconds between checks for new partitions of --topics.")
-        parser.add_argument(
-            "--idle_watermark_delay_s", type=float, default=2.0,
-            help="Streaming: a partition that is caught up holds the watermark at "
-                 "now minus this many seconds; records older than that arriving "
-                 "later are late data.")
-
-
 @dataclass(frozen=True)
 class ZdlConfig:
-    """The validated options. Build with :meth:`from_options`."""
+    """The validated options. Build with :meth:`from_options`.
+
+    The field defaults are the flags' defaults (:class:`ZdlOptions` reads them here).
+    """
 
     bootstrap_servers: str
     topics: tuple[str, ...]
@@ -218,10 +134,10 @@ class ZdlConfig:
         for name in ("batch_interval_s", "wal_segment_age_s", "drain_timeout_s"):
             if not o[name] > 0:
                 raise ConfigError(f"--{name} must be > 0 seconds, got {o[name]}")
-        if not o.get("partition_discovery_interval_s", 60.0) > 0:
+        if not o["partition_discovery_interval_s"] > 0:
             raise ConfigError("--partition_discovery_interval_s must be > 0 seconds, got "
                               f"{o['partition_discovery_interval_s']}")
-        if not o.get("idle_watermark_delay_s", 2.0) >= 0:
+        if not o["idle_watermark_delay_s"] >= 0:
             raise ConfigError("--idle_watermark_delay_s must be >= 0 seconds, got "
                               f"{o['idle_watermark_delay_s']}")
         for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
@@ -256,8 +172,8 @@ class ZdlConfig:
             wal_segment_age_s=o["wal_segment_age_s"],
             max_buffered_bytes=o["max_buffered_bytes"],
             drain_timeout_s=o["drain_timeout_s"],
-            partition_discovery_interval_s=o.get("partition_discovery_interval_s", 60.0),
-            idle_watermark_delay_s=o.get("idle_watermark_delay_s", 2.0),
+            partition_discovery_interval_s=o["partition_discovery_interval_s"],
+            idle_watermark_delay_s=o["idle_watermark_delay_s"],
         )
 
     def fingerprint(self) -> str:
@@ -265,6 +181,113 @@ class ZdlConfig:
         relevant = {k: v for k, v in asdict(self).items()
                     if k in ("topics", "mode", "consumer_group", "wal_dir")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+
+_DEFAULTS = {f.name: f.default for f in fields(ZdlConfig) if f.default is not MISSING}
+
+
+class ZdlOptions(PipelineOptions):
+    """beam_zdl's flags. ``--bootstrap_servers`` comes from Beam (see module doc)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--topics", default=None,
+            help="Comma-separated Kafka topics to read. Required.")
+        parser.add_argument(
+            "--consumer_group", default=None,
+            help="Kafka consumer group whose offsets beam_zdl commits after each "
+                 "durable batch (and reads with --starting_offsets=committed). "
+                 "Default: beam-zdl-<first topic>.")
+        parser.add_argument(
+            "--consumer_config", default="{}",
+            help='Extra confluent-kafka settings as a JSON object, e.g. '
+                 '\'{"security.protocol": "SASL_SSL", '
+                 '"sasl.password": "${env:KAFKA_PASSWORD}"}\'. Give secrets as ${env:NAME} or ${file:PATH} references: runners keep '
+                 'pipeline options in job descriptions.')
+        parser.add_argument(
+            "--checkpoint_dir", default=None,
+            help="Where batch plans and completions are recorded: a local path, "
+                 "gs://bucket/path or hdfs://namenode:http_port/path. Required for "
+                 "run_micro_batches.")
+        parser.add_argument(
+            "--zdl_mode", default=_DEFAULTS["mode"],
+            help="direct: batches of Kafka offset ranges; wal: a reliable receiver "
+                 "writes a write-ahead log that batches read.")
+        parser.add_argument(
+            "--wal_dir", default=None,
+            help="Where WAL segments live (local path, gs://, hdfs://). "
+                 "Required with --zdl_mode=wal.")
+        parser.add_argument(
+            "--starting_offsets", default=_DEFAULTS["starting_offsets"],
+            help="Where a partition starts when the checkpoint has no position for "
+                 "it: earliest, latest, or committed (the group's committed offset, "
+                 "else earliest).")
+        parser.add_argument(
+            "--max_records_per_partition", type=int,
+            default=_DEFAULTS["max_records_per_partition"],
+            help="Cap on records per partition in one batch; 0 means no cap.")
+        parser.add_argument(
+            "--batch_interval_s", type=float, default=_DEFAULTS["batch_interval_s"],
+            help="With --trigger=continuous: seconds between batch starts.")
+        parser.add_argument(
+            "--trigger", default=_DEFAULTS["trigger"],
+            help="available_now: drain what exists at start, then exit; "
+                 "continuous: a batch every --batch_interval_s until stopped.")
+        parser.add_argument(
+            "--fail_on_data_loss", type=parse_bool, default=_DEFAULTS["fail_on_data_loss"],
+            help="true: missing Kafka data or a corrupt WAL frame stops the run with "
+                 "an error naming where; false: skip it, count it in a metric and "
+                 "log a warning.")
+        parser.add_argument(
+            "--max_batches", type=int, default=_DEFAULTS["max_batches"],
+            help="Stop after this many batches (replays included); 0 means no limit.")
+        parser.add_argument(
+            "--retain_batches", type=int, default=_DEFAULTS["retain_batches"],
+            help="Completed batches whose metadata is kept for inspection (>= 1).")
+        parser.add_argument(
+            "--wal_segment_bytes", type=int, default=_DEFAULTS["wal_segment_bytes"],
+            help="WAL mode: seal a segment at this many bytes.")
+        parser.add_argument(
+            "--wal_segment_records", type=int, default=_DEFAULTS["wal_segment_records"],
+            help="WAL mode: seal a segment at this many records.")
+        parser.add_argument(
+            "--wal_segment_age_s", type=float, default=_DEFAULTS["wal_segment_age_s"],
+            help="WAL mode: seal a non-empty segment at this age in seconds.")
+        parser.add_argument(
+            "--max_buffered_bytes", type=int, default=_DEFAULTS["max_buffered_bytes"],
+            help="WAL mode: bytes the receiver may hold before it pauses its "
+                 "partitions (backpressure).")
+        parser.add_argument(
+            "--drain_timeout_s", type=float, default=_DEFAULTS["drain_timeout_s"],
+            help="WAL mode, --trigger=available_now: how long to wait, without progress, "
+                 "for partitions that other members of --consumer_group hold (a killed "
+                 "member keeps them until its session times out, 45 s by default) before "
+                 "failing, naming them.")
+        parser.add_argument(
+            "--partition_discovery_interval_s", type=float,
+            default=_DEFAULTS["partition_discovery_interval_s"],
+            help="Streaming: seconds between checks for new partitions of --topics.")
+        parser.add_argument(
+            "--idle_watermark_delay_s", type=float,
+            default=_DEFAULTS["idle_watermark_delay_s"],
+            help="Streaming: a partition that is caught up holds the watermark at "
+                 "now minus this many seconds; records older than that arriving "
+                 "later are late data.")
+
+    def validate(self, validator: Any = None) -> list[str]:
+        """Beam's validation hook: the errors :meth:`ZdlConfig.from_options` would raise.
+
+        Beam's own ``PipelineOptionsValidator`` only calls its built-in option classes,
+        so beam_zdl validates when a transform expands and when ``run_micro_batches``
+        starts; this hook lets any caller ask first.
+        """
+        try:
+            ZdlConfig.from_options(self)
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
 
 
 _WARNED_SECRETS: set[tuple[str, ...]] = set()

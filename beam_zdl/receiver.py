@@ -63,8 +63,6 @@ Writer epochs
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
 import logging
 import os
 import socket
@@ -74,21 +72,18 @@ from dataclasses import dataclass
 
 import beam_zdl.kafka as kafka
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import (DataLossError, KafkaUnavailableError, ObjectExistsError,
-                             PartitionsUnavailableError, StorageError, WalCorruptionError,
+from beam_zdl.errors import (DataLossError, KafkaUnavailableError,
+                             PartitionsUnavailableError, StorageError,
                              ZdlError)
 from beam_zdl.options import ZdlConfig
-from beam_zdl.storage import open_storage
-from beam_zdl.v1 import checkpoint_pb2, wal_pb2
-from beam_zdl.wal import (SegmentInfo, WalWriter, decode_segment, list_segments,
-                          read_footer)
+from beam_zdl.v1 import checkpoint_pb2
+import beam_zdl.wal as wal
+from beam_zdl.wal import WalWriter
 
-__all__ = ["Receiver", "ReceiverStats", "claim_writer_epoch", "segment_refs",
-           "wal_resume_positions"]
+__all__ = ["Receiver", "ReceiverStats", "wal_resume_positions"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_WRITERS = "_writers/"
 _POLL_TIMEOUT_S = 0.2
 _POLL_BATCH = 5_000
 _PROGRESS_EVERY_S = 10.0
@@ -101,73 +96,6 @@ _DRAIN_REPORT_EVERY_S = 10.0
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
 
-_TS_TYPES = {0: wal_pb2.TIMESTAMP_TYPE_NOT_AVAILABLE, 1: wal_pb2.TIMESTAMP_TYPE_CREATE_TIME,
-             2: wal_pb2.TIMESTAMP_TYPE_LOG_APPEND_TIME}
-
-# Segments are immutable: their refs (footer spans) are cached for the process.
-_REFS: dict[str, checkpoint_pb2.SegmentRef] = {}
-_REFS_LOCK = threading.Lock()
-
-
-def _remember(ref: checkpoint_pb2.SegmentRef) -> None:
-    with _REFS_LOCK:
-        _REFS[ref.uri] = ref
-
-
-def forget_segments(uris) -> None:
-    """Drop deleted segments from the per-process footer cache."""
-    with _REFS_LOCK:
-        for uri in uris:
-            _REFS.pop(uri, None)
-
-
-_STORAGES: dict[str, object] = {}
-
-
-def _storage_of(root: str):
-    with _REFS_LOCK:
-        storage = _STORAGES.get(root)
-        if storage is None:
-            storage = _STORAGES[root] = open_storage(root)
-        return storage
-
-
-def _load_ref(info: SegmentInfo) -> checkpoint_pb2.SegmentRef:
-    storage = _storage_of(info.uri.rpartition("/")[0] or ".")
-    data = storage.read(info.name)
-    try:
-        footer = read_footer(data, info.uri)
-        spans, count = list(footer.spans), footer.record_count
-    except WalCorruptionError as exc:
-        # The records may still be intact: take the spans from those that verify.
-        _LOGGER.warning("%s; taking its offsets from the records that verify", exc)
-        found: dict[tuple[str, int], list[int]] = {}
-        count = 0
-        for rec in decode_segment(data, info.uri, fail_on_data_loss=False):
-            span = found.setdefault((rec.topic, rec.partition), [rec.offset, rec.offset])
-            span[1] = rec.offset
-            count += 1
-        spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=a, last_offset=b)
-                 for (t, p), (a, b) in found.items()]
-    return checkpoint_pb2.SegmentRef(uri=info.uri, size_bytes=len(data), record_count=count,
-                                     spans=spans)
-
-
-def segment_refs(segments: list[SegmentInfo]) -> list[checkpoint_pb2.SegmentRef]:
-    """A :class:`SegmentRef` (size, record count, spans) per segment, footers read in parallel.
-
-    Refs are cached per process, so each segment is read at most once here.
-    """
-    with _REFS_LOCK:
-        missing = [s for s in segments if s.uri not in _REFS]
-    if missing:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            for ref in pool.map(_load_ref, missing):
-                _remember(ref)
-    with _REFS_LOCK:
-        return [_REFS[s.uri] for s in segments]
-
-
 def wal_resume_positions(wal_dir: str,
                          checkpoint_dir: str | None = None) -> dict[tuple[str, int], int]:
     """One past the last offset of each partition in the WAL and the checkpoint's plans."""
@@ -177,7 +105,7 @@ def wal_resume_positions(wal_dir: str,
         if next_offset > out.get((topic, partition), -1):
             out[(topic, partition)] = next_offset
 
-    for ref in segment_refs(list_segments(wal_dir)):
+    for ref in wal.segment_refs(wal.list_segments(wal_dir)):
         for span in ref.spans:
             see(span.topic, span.partition, span.last_offset + 1)
     if checkpoint_dir:
@@ -196,26 +124,6 @@ def wal_resume_positions(wal_dir: str,
     return out
 
 
-def claim_writer_epoch(wal_dir: str, owner: str) -> int:
-    """Claim a writer epoch no receiver of ``wal_dir`` ever used (create-once ``_writers/<n>``).
-
-    Returns:
-        The epoch, above every claimed epoch and every segment's epoch.
-    """
-    storage = open_storage(wal_dir)
-    claimed = [int(i.name[len(_WRITERS):]) for i in storage.list(_WRITERS)
-               if i.name[len(_WRITERS):].isdigit()]
-    used = [s.epoch for s in list_segments(wal_dir)]
-    epoch = max(claimed + used, default=0) + 1
-    body = json.dumps({"owner": owner, "claimed_ms": int(time.time() * 1000)}).encode()
-    while True:
-        try:
-            storage.create(f"{_WRITERS}{epoch:08d}", body)
-            return epoch
-        except ObjectExistsError:
-            epoch += 1
-
-
 @dataclass
 class ReceiverStats:
     """What a receiver did (read them while it runs; they only grow)."""
@@ -228,25 +136,6 @@ class ReceiverStats:
     rebalances: int = 0
     peak_buffered_bytes: int = 0
     lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
-
-
-def _to_wal(msg) -> wal_pb2.WalRecord:
-    ts_type, ts = msg.timestamp()
-    rec = wal_pb2.WalRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                            timestamp_ms=ts, timestamp_type=_TS_TYPES.get(ts_type, 0))
-    key = msg.key()
-    if key is not None:
-        rec.key = key
-    value = msg.value()
-    if value is not None:
-        rec.value = value
-    headers = msg.headers()
-    if headers:
-        for hkey, hvalue in headers:
-            header = rec.headers.add(key=hkey)
-            if hvalue is not None:
-                header.value = hvalue
-    return rec
 
 
 class Receiver:
@@ -291,6 +180,11 @@ class Receiver:
 
     # --- the loop -------------------------------------------------------------------------
 
+    @property
+    def assigned(self) -> frozenset[tuple[str, int]]:
+        """The partitions this member holds now."""
+        return frozenset(self._assigned)
+
     def run(self, stop_event: threading.Event, drain_to_end: bool = False,
             targets: dict[tuple[str, int], int] | None = None) -> ReceiverStats:
         """Receive until ``stop_event`` is set, or until drained; seal and commit what is
@@ -310,7 +204,7 @@ class Receiver:
                 fatal error.
         """
         cfg = self.config
-        self.epoch = claim_writer_epoch(cfg.wal_dir, self.owner)
+        self.epoch = wal.claim_writer_epoch(cfg.wal_dir, self.owner)
         half = max(1, cfg.max_buffered_bytes // 2)
         self._writer = WalWriter(cfg.wal_dir, writer_id=self.owner, epoch=self.epoch,
                                  max_bytes=min(cfg.wal_segment_bytes, half),
@@ -409,7 +303,7 @@ class Receiver:
                 for (topic, partition), at in rewind.items():
                     self._consumer.seek(TopicPartition(topic, partition, at))
                 return
-            full = self._writer.append(_to_wal(msg))
+            full = self._writer.append(wal.from_message(msg))
             self._next[tp] = offset + 1
             if _CRASH_ARMED:
                 crash_point("receiver_append")
@@ -574,7 +468,7 @@ class Receiver:
                 time.sleep(_SEAL_RETRY_S)
         if ref is None:
             return None
-        _remember(ref)
+        wal.remember_segment(ref)
         self.stats.segments += 1
         self.stats.records += ref.record_count
         self.stats.sealed_bytes += ref.size_bytes
@@ -673,21 +567,3 @@ class Receiver:
             self._assigned.discard(tp)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
-
-
-def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
-    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
-
-    Raises:
-        WalCorruptionError: the claim is not a JSON object; names its URI.
-    """
-    storage, name = open_storage(wal_dir), f"{_WRITERS}{epoch:08d}"
-    try:
-        claim = json.loads(storage.read(name))
-        if not isinstance(claim, dict):
-            raise ValueError(f"a JSON {type(claim).__name__}, not an object")
-    except ValueError as exc:
-        raise WalCorruptionError(f"WAL writer claim {storage.uri(name)} does not decode ({exc}); "
-                                 "it is only informational: delete it or restore it") from None
-    return claim
-

@@ -1,18 +1,26 @@
-"""KafkaRecord: the element type both modes produce.
+"""KafkaRecord: the element type both modes produce, and every conversion into it.
 
 A typed ``NamedTuple`` so Beam infers a schema for it (``RowCoder``): it can
 be used with ``beam.Select``, SQL and schema-aware transforms, and crosses
 process boundaries compactly. ``headers`` is a list of ``(key, value)``
 pairs as Kafka carries them: keys repeat and order matters.
+
+Every reader builds its records here: :func:`from_message` (a confluent-kafka
+message: direct and streaming reads) and :func:`from_wal` (a WAL record).
+Both are the per-record hot path, so they build the tuple with
+``tuple.__new__`` (NamedTuple's Python-level ``__new__`` costs more than the
+rest of the conversion). The opposite direction, a message into a WAL record,
+is :func:`beam_zdl.wal.from_message`: the receiver and the CLI write WAL
+without importing Beam.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import apache_beam as beam
 
-__all__ = ["KafkaHeader", "KafkaRecord"]
+__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "from_wal", "payload_bytes"]
 
 
 class KafkaHeader(NamedTuple):
@@ -39,3 +47,32 @@ class KafkaRecord(NamedTuple):
 
 beam.coders.registry.register_coder(KafkaHeader, beam.coders.RowCoder)
 beam.coders.registry.register_coder(KafkaRecord, beam.coders.RowCoder)
+
+
+_new = tuple.__new__
+
+
+def from_message(msg: Any) -> KafkaRecord:
+    """The record of a confluent-kafka ``Message`` (one without an error)."""
+    headers = msg.headers()
+    return _new(KafkaRecord, (msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                              msg.value(), msg.timestamp()[1],
+                              [KafkaHeader(k, v) for k, v in headers] if headers else []))
+
+
+def from_wal(rec: Any) -> KafkaRecord:
+    """The record of a :class:`beam_zdl.v1.wal_pb2.WalRecord` (absent fields stay None)."""
+    headers = rec.headers
+    return _new(KafkaRecord, (
+        rec.topic, rec.partition, rec.offset,
+        rec.key if rec.HasField("key") else None,
+        rec.value if rec.HasField("value") else None,
+        rec.timestamp_ms,
+        [KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in headers]
+        if headers else []))
+
+
+def payload_bytes(record: KafkaRecord) -> int:
+    """Key plus value length: what the ``bytes`` counter counts."""
+    key, value = record.key, record.value
+    return (len(key) if key is not None else 0) + (len(value) if value is not None else 0)

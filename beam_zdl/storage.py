@@ -223,10 +223,12 @@ class GcsStorage:
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY
 
+        import beam_zdl.compat as compat
+
         retried = False
         # The library's own test of "transient"; we wrap it to learn whether
         # an attempt was retried (see the class docstring).
-        transient = DEFAULT_RETRY._predicate
+        transient = compat.gcs_transient_predicate()
 
         def predicate(exc: Exception) -> bool:
             nonlocal retried

@@ -63,11 +63,11 @@ confluent_kafka is imported inside methods (see ``kafka.py``).
 
 from __future__ import annotations
 
-import json
+import atexit
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -79,8 +79,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import beam_zdl.metrics as metrics
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, lost_offsets
-from beam_zdl.records import KafkaHeader, KafkaRecord
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+import beam_zdl.records as records
+from beam_zdl.records import KafkaRecord, payload_bytes
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
 
 __all__ = ["FLINK_TIMING", "StreamSettings", "StreamPartition", "PartitionOffsets",
@@ -100,23 +101,15 @@ _MAX_CONSUMERS = 64          # assigned consumers kept per DoFn instance
 
 
 @dataclass(frozen=True)
-class StreamSettings:
-    """What streaming workers need: where Kafka is, where to start, how to behave."""
-    bootstrap_servers: str
-    consumer_group: str
-    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
+class StreamSettings(KafkaSettings):
+    """What streaming workers need beyond Kafka's settings: where to start, how to pace."""
     starting_offsets: str = "committed"
-    fail_on_data_loss: bool = True
     discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
     poll_batch: int = 10_000
     poll_timeout_s: float = _POLL_TIMEOUT_S
     max_call_s: float = _MAX_CALL_S
     idle_resume_delay_s: float = _RESUME_DELAY_S
-
-    def key(self) -> str:
-        return json.dumps([self.bootstrap_servers, self.consumer_group,
-                           self.consumer_config], sort_keys=True)
 
 
 class StreamPartition(NamedTuple):
@@ -184,10 +177,8 @@ class _SharedClient:
     _clients: dict[str, "_SharedClient"] = {}
 
     def __init__(self, settings: StreamSettings) -> None:
-        from beam_zdl.kafka import new_consumer
         self.settings = settings
-        self.consumer = new_consumer(settings.bootstrap_servers, settings.consumer_group,
-                                     settings.consumer_config)
+        self.consumer = settings.consumer()
         self.lock = threading.Lock()
         self._ends: dict[tuple[str, int], tuple[float, int]] = {}
         self._committed: dict[tuple[str, int], int] = {}
@@ -198,8 +189,20 @@ class _SharedClient:
         with cls._lock:
             client = cls._clients.get(key)
             if client is None:
+                if not cls._clients:
+                    # Restriction providers use it too, and they have no teardown.
+                    atexit.register(cls.close_all)
                 client = cls._clients[key] = cls(settings)
             return client
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every shared consumer (at process exit): leave the brokers cleanly."""
+        with cls._lock:
+            clients, cls._clients = list(cls._clients.values()), {}
+        for client in clients:
+            with client.lock:
+                client.consumer.close()
 
     def end_offset(self, topic: str, partition: int) -> int:
         """The partition's high watermark, at most ``_END_CACHE_S`` old."""
@@ -355,14 +358,12 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
     def _consumer_at(self, tp: tuple[str, int], offset: int):
         """An assigned consumer for ``tp`` positioned at ``offset`` (reused when it is there)."""
         from confluent_kafka import TopicPartition
-        from beam_zdl.kafka import new_consumer
         entry = self._consumers.pop(tp, None)
         if entry is None:
             if len(self._consumers) >= _MAX_CONSUMERS:
                 old_tp = next(iter(self._consumers))
                 self._consumers.pop(old_tp)[0].close()
-            s = self._settings
-            entry = [new_consumer(s.bootstrap_servers, s.consumer_group, s.consumer_config), None]
+            entry = [self._settings.consumer(), None]
         if entry[1] != offset:
             entry[0].assign([TopicPartition(tp[0], tp[1], offset)])
             entry[1] = offset
@@ -418,14 +419,10 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                         return
                     last_claimed = offset
                     entry[1] = offset + 1
-                    key, value, headers = msg.key(), msg.value(), msg.headers()
-                    ts_ms = msg.timestamp()[1]
-                    nbytes += (len(value) if value else 0) + (len(key) if key else 0)
+                    record = records.from_message(msg)
+                    nbytes += payload_bytes(record)
                     count += 1
-                    record = KafkaRecord(
-                        sp.topic, sp.partition, offset, key, value, ts_ms,
-                        [KafkaHeader(k, v) for k, v in headers] if headers else [])
-                    ts = Timestamp(micros=ts_ms * 1000)
+                    ts = Timestamp(micros=record.timestamp_ms * 1000)
                     newest = ts if newest is None or ts > newest else newest
                     yield TimestampedValue(record, ts)
                 self._records.inc(count)
@@ -472,10 +469,8 @@ class ReadStreaming(beam.PTransform):
         self._settings = settings
 
     def display_data(self) -> dict:
-        from beam_zdl.kafka import display_data
-        s = self._settings
-        return {**display_data(s.bootstrap_servers, s.consumer_group, s.consumer_config),
-                "topics": ",".join(self._topics), "starting_offsets": s.starting_offsets}
+        return {**self._settings.display_data(), "topics": ",".join(self._topics),
+                "starting_offsets": self._settings.starting_offsets}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         topics = self._topics

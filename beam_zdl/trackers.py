@@ -29,6 +29,8 @@ from typing import Callable
 from apache_beam.io.iobase import RestrictionProgress
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
+import beam_zdl.compat as compat
+
 __all__ = ["OPEN_END", "GrowableOffsetRangeTracker"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
         self._estimator = range_end_estimator
 
     def _open(self) -> bool:
-        return self._range.stop == OPEN_END and self._range.start != self._range.stop
+        rng = self.current_restriction()
+        return rng.stop == OPEN_END and rng.start != rng.stop
 
     def _estimate(self, floor: int) -> int:
         """The estimated end, never below ``floor``; a failing estimator gives ``floor``."""
@@ -67,17 +70,18 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
 
     def last_attempted(self) -> int | None:
         """The last offset passed to ``try_claim``, None before the first."""
-        return self._last_claim_attempt
+        return compat.tracker_last_attempt(self)
 
     def try_split(self, fraction_of_remainder: float):
         if not self._open():
             return super().try_split(fraction_of_remainder)
-        if self._checkpointed:
+        if compat.tracker_checkpointed(self):
             return None
-        if self._last_claim_attempt is not None and self._last_claim_attempt >= OPEN_END - 1:
+        last = compat.tracker_last_attempt(self)
+        if last is not None and last >= OPEN_END - 1:
             return None
-        cur = (self._range.start - 1 if self._last_claim_attempt is None
-               else self._last_claim_attempt)
+        rng = self.current_restriction()
+        cur = rng.start - 1 if last is None else last
         if fraction_of_remainder == 0:
             split = cur + 1
         else:
@@ -86,23 +90,24 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
             split = int(cur + step)  # floor: cur + step > cur, so split >= cur + 1
             if split > end:
                 return None
-        if split < self._range.start or split >= self._range.stop:
+        if split < rng.start or split >= rng.stop:
             return None
         if fraction_of_remainder == 0:
-            self._checkpointed = True
-        self._range, residual = self._range.split_at(split)
-        return self._range, residual
+            compat.mark_tracker_checkpointed(self)
+        primary, residual = rng.split_at(split)
+        compat.set_tracker_range(self, primary)
+        return primary, residual
 
     def current_progress(self) -> RestrictionProgress:
         if not self._open():
             return super().current_progress()
-        start = self._range.start
-        if self._last_claim_attempt is None:
+        start = self.current_restriction().start
+        last = compat.tracker_last_attempt(self)
+        if last is None:
             end = self._estimate(start)
             return RestrictionProgress(completed=0, remaining=end - start)
-        last = self._last_claim_attempt
         end = self._estimate(last + 1)
         return RestrictionProgress(completed=last - start + 1, remaining=end - last - 1)
 
     def is_bounded(self) -> bool:
-        return self._range.stop != OPEN_END
+        return self.current_restriction().stop != OPEN_END

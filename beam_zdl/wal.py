@@ -49,8 +49,11 @@ records it in a :class:`ReadReport` as :class:`LostRange` byte ranges:
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import logging
 import re
+import threading
 import struct
 import time
 from dataclasses import dataclass, field
@@ -82,6 +85,12 @@ __all__ = [
     "decode_segment",
     "verify_segment",
     "read_footer",
+    "from_message",
+    "segment_refs",
+    "remember_segment",
+    "forget_segments",
+    "claim_writer_epoch",
+    "parse_writer_claim",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -161,6 +170,26 @@ def to_wal_record(record: Any) -> wal_pb2.WalRecord:
         if value is not None:
             header.value = bytes(value)
     return out
+
+
+def from_message(msg: Any) -> wal_pb2.WalRecord:
+    """The WAL record of a confluent-kafka ``Message`` (the receiver's hot path)."""
+    ts_type, ts = msg.timestamp()
+    rec = wal_pb2.WalRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                            timestamp_ms=ts, timestamp_type=_TIMESTAMP_TYPES.get(ts_type, 0))
+    key = msg.key()
+    if key is not None:
+        rec.key = key
+    value = msg.value()
+    if value is not None:
+        rec.value = value
+    headers = msg.headers()
+    if headers:
+        for hkey, hvalue in headers:
+            header = rec.headers.add(key=hkey)
+            if hvalue is not None:
+                header.value = hvalue
+    return rec
 
 
 class WalWriter:
@@ -621,3 +650,109 @@ def read_footer(data: bytes, uri: str = "<bytes>") -> wal_pb2.SegmentFooter:
         length += 1
     raise _corrupt(uri, n, "no intact footer frame at the end of the segment (truncated or "
                            "overwritten)")
+
+
+# --- The WAL directory's index: segment refs and writer epochs ----------------------------
+
+_WRITERS = "_writers/"
+
+# Segments are immutable: their refs (footer spans) are cached for the process.
+_REFS: dict[str, checkpoint_pb2.SegmentRef] = {}
+_REFS_LOCK = threading.Lock()
+
+
+def remember_segment(ref: checkpoint_pb2.SegmentRef) -> None:
+    """Cache the ref of a segment this process sealed (it never changes)."""
+    with _REFS_LOCK:
+        _REFS[ref.uri] = ref
+
+
+def forget_segments(uris) -> None:
+    """Drop deleted segments from the per-process footer cache."""
+    with _REFS_LOCK:
+        for uri in uris:
+            _REFS.pop(uri, None)
+
+
+_STORAGES: dict[str, object] = {}
+
+
+def _storage_of(root: str):
+    with _REFS_LOCK:
+        storage = _STORAGES.get(root)
+        if storage is None:
+            storage = _STORAGES[root] = open_storage(root)
+        return storage
+
+
+def _load_ref(info: SegmentInfo) -> checkpoint_pb2.SegmentRef:
+    storage = _storage_of(info.uri.rpartition("/")[0] or ".")
+    data = storage.read(info.name)
+    try:
+        footer = read_footer(data, info.uri)
+        spans, count = list(footer.spans), footer.record_count
+    except WalCorruptionError as exc:
+        # The records may still be intact: take the spans from those that verify.
+        _LOGGER.warning("%s; taking its offsets from the records that verify", exc)
+        found: dict[tuple[str, int], list[int]] = {}
+        count = 0
+        for rec in decode_segment(data, info.uri, fail_on_data_loss=False):
+            span = found.setdefault((rec.topic, rec.partition), [rec.offset, rec.offset])
+            span[1] = rec.offset
+            count += 1
+        spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=a, last_offset=b)
+                 for (t, p), (a, b) in found.items()]
+    return checkpoint_pb2.SegmentRef(uri=info.uri, size_bytes=len(data), record_count=count,
+                                     spans=spans)
+
+
+def segment_refs(segments: list[SegmentInfo]) -> list[checkpoint_pb2.SegmentRef]:
+    """A :class:`SegmentRef` (size, record count, spans) per segment, footers read in parallel.
+
+    Refs are cached per process, so each segment is read at most once here.
+    """
+    with _REFS_LOCK:
+        missing = [s for s in segments if s.uri not in _REFS]
+    if missing:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for ref in pool.map(_load_ref, missing):
+                remember_segment(ref)
+    with _REFS_LOCK:
+        return [_REFS[s.uri] for s in segments]
+
+
+def claim_writer_epoch(wal_dir: str, owner: str) -> int:
+    """Claim a writer epoch no receiver of ``wal_dir`` ever used (create-once ``_writers/<n>``).
+
+    Returns:
+        The epoch, above every claimed epoch and every segment's epoch.
+    """
+    storage = open_storage(wal_dir)
+    claimed = [int(i.name[len(_WRITERS):]) for i in storage.list(_WRITERS)
+               if i.name[len(_WRITERS):].isdigit()]
+    used = [s.epoch for s in list_segments(wal_dir)]
+    epoch = max(claimed + used, default=0) + 1
+    body = json.dumps({"owner": owner, "claimed_ms": int(time.time() * 1000)}).encode()
+    while True:
+        try:
+            storage.create(f"{_WRITERS}{epoch:08d}", body)
+            return epoch
+        except ObjectExistsError:
+            epoch += 1
+
+
+def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
+    """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
+
+    Raises:
+        WalCorruptionError: the claim is not a JSON object; names its URI.
+    """
+    storage, name = open_storage(wal_dir), f"{_WRITERS}{epoch:08d}"
+    try:
+        claim = json.loads(storage.read(name))
+        if not isinstance(claim, dict):
+            raise ValueError(f"a JSON {type(claim).__name__}, not an object")
+    except ValueError as exc:
+        raise WalCorruptionError(f"WAL writer claim {storage.uri(name)} does not decode ({exc}); "
+                                 "it is only informational: delete it or restore it") from None
+    return claim

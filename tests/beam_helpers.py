@@ -8,6 +8,9 @@ import uuid
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+
+import beam_zdl.metrics as metrics
 
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.io import ReadFromKafka
@@ -49,10 +52,20 @@ def options(kafka, topic: str, *extra: str) -> ZdlOptions:
                        *extra])
 
 
-def read_with_beam(kafka, topic: str, out_dir, ranges=None, extra=()) -> list[tuple]:
-    """Run a bounded pipeline reading ``ranges`` of ``topic``; return what it read."""
+def read_with_beam(kafka, topic: str, out_dir, ranges=None, extra=(),
+                   counters: dict | None = None) -> list[tuple]:
+    """Run a bounded pipeline reading ``ranges`` of ``topic``; return what it read.
+
+    ``counters``, when given, receives the run's ``beam_zdl`` counters by name.
+    """
     os.makedirs(out_dir, exist_ok=True)
     opts = options(kafka, topic, *extra)
-    with beam.Pipeline(runner=pipeline_runner(opts), options=opts) as p:
-        (p | ReadFromKafka(opts, ranges=ranges) | beam.ParDo(WriteRecordIds(str(out_dir))))
+    p = beam.Pipeline(runner=pipeline_runner(opts), options=opts)
+    (p | ReadFromKafka(opts, ranges=ranges) | beam.ParDo(WriteRecordIds(str(out_dir))))
+    result = p.run()
+    result.wait_until_finish()
+    if counters is not None:
+        query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+        for c in query["counters"]:
+            counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
     return read_output(out_dir)

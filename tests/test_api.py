@@ -140,3 +140,59 @@ def test_package_is_typed_and_every_public_name_is_visible_to_type_checkers():
     assert checked == set(beam_zdl.__all__)
     for name in beam_zdl.__all__:
         assert getattr(beam_zdl, name) is not None
+
+
+def test_importing_beam_and_beam_zdl_prints_nothing():
+    """Beam's import warned "apitools not found ..." (a root-logger warning that also
+    set logging to WARNING) unless google-apitools is installed: it is a dependency."""
+    import subprocess
+    import sys
+    proc = subprocess.run(
+        [sys.executable, "-c", "import logging, apache_beam, beam_zdl, beam_zdl.io; "
+                               "print(logging.getLogger().handlers)"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stderr == ""
+    assert proc.stdout.strip() == "[]"  # nothing configured the root logger
+
+
+def _beam_zdl_modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (ROOT / "beam_zdl").rglob("*.py")
+            if "v1" not in p.parts and "testing" not in p.parts}
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for module, path in _beam_zdl_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("beam_zdl"):
+                offenders += [f"{module}: from {node.module} import {a.name}"
+                              for a in node.names if a.name.startswith("_")]
+    assert offenders == []
+
+
+def test_import_graph_has_no_cycle():
+    modules = _beam_zdl_modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            graph[module] |= {n for n in names if n in modules and n != module}
+    # The package face (beam_zdl/__init__.py) imports only under TYPE_CHECKING.
+    graph.pop("beam_zdl", None)
+    seen: dict[str, int] = {}  # 1: on the stack, 2: done
+
+    def visit(node: str, stack: list[str]) -> None:
+        seen[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if seen.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(
+                    stack[stack.index(nxt):] + [nxt]))
+            if nxt not in seen:
+                visit(nxt, stack + [nxt])
+        seen[node] = 2
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module, [module])

@@ -16,7 +16,8 @@ from beam_zdl.coordinator import (KIND_COMPLETION, KIND_CONFIG, KIND_EPOCH, KIND
                                   encode_checkpoint_file, migrate_format1)
 from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError, StorageError,
                              UnsupportedCheckpointFormatError, WalCorruptionError, ZdlError)
-from beam_zdl.receiver import claim_writer_epoch, parse_writer_claim, wal_resume_positions
+from beam_zdl.receiver import wal_resume_positions
+from beam_zdl.wal import claim_writer_epoch, parse_writer_claim
 from beam_zdl.storage import join, open_storage
 from beam_zdl.v1 import checkpoint_pb2 as pb
 from tests.test_coordinator import _config, _plan

@@ -8,8 +8,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from beam_zdl.direct import PartitionRange
+import beam_zdl.metrics as metrics
 from beam_zdl.errors import DataLossError
+from beam_zdl.ranges import PartitionRange
 from tests.beam_helpers import MULTI_WORKER, read_with_beam
 
 
@@ -128,11 +129,10 @@ def test_data_loss_raises_naming_partition_and_offsets(kafka, tmp_path):
     kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(100)))
     _delete_below(kafka, topic, 0, 40)
 
-    with pytest.raises(Exception) as info:
+    with pytest.raises(DataLossError) as info:
         read_with_beam(kafka, topic, tmp_path / "out", [PartitionRange(topic, 0, 10, 100)])
 
     text = str(info.value)
-    assert "DataLossError" in text or isinstance(info.value, DataLossError)
     assert f"{topic}[0] offsets [10, 40)" in text
     assert "--fail_on_data_loss=false" in text
 
@@ -142,7 +142,12 @@ def test_data_loss_skipped_and_counted_when_allowed(kafka, tmp_path, caplog):
     kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(100)))
     _delete_below(kafka, topic, 0, 40)
 
+    counters: dict = {}
     rows = read_with_beam(kafka, topic, tmp_path / "out", [PartitionRange(topic, 0, 10, 100)],
-                          ["--fail_on_data_loss=false"])
+                          ["--fail_on_data_loss=false"], counters=counters)
 
     assert sorted(o for _, _, o, _, _ in rows) == list(range(40, 100))
+    assert counters[metrics.DATA_LOSS_RECORDS] == 30
+    assert counters[metrics.RECORDS] == 60
+    assert f"DATA LOSS (skipped, --fail_on_data_loss=false): {topic}[0] offsets [10, 40)" \
+        in caplog.text

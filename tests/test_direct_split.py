@@ -6,7 +6,8 @@ import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.window import GlobalWindow
 
-from beam_zdl.direct import PartitionRange, ReadOffsetRangesFn, ReadSettings
+from beam_zdl.direct import ReadOffsetRangesFn, ReadSettings
+from beam_zdl.ranges import PartitionRange
 
 
 def _offsets(polls) -> list[int]:

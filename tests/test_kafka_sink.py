@@ -103,15 +103,15 @@ def test_a_zombie_writer_is_fenced_and_its_records_never_visible(kafka):
 def test_a_sink_id_shared_with_another_input_fails_instead_of_skipping(kafka):
     """A progress record past the batch, or at it for another input, means a second
     pipeline (or a new checkpoint) writes with this sink_id: fail, write nothing."""
-    from beam_zdl.direct import PartitionRange
+    from beam_zdl.ranges import PartitionRange
     topic = kafka.create_topic(partitions=2)
     ours = beam_zdl.Batch(3, (PartitionRange("in", 0, 0, 10),))
     theirs = beam_zdl.Batch(3, (PartitionRange("in", 0, 0, 20),))
     _write(kafka, topic, _elements(60), batch=ours)
     assert _write(kafka, topic, _elements(60), batch=ours)["sink_shards_skipped"] == SHARDS
-    with pytest.raises(Exception, match="already committed batch 3"):
+    with pytest.raises(ZdlError, match="already committed batch 3"):
         _write(kafka, topic, _elements(60, start=60), batch=theirs)
-    with pytest.raises(Exception, match="already committed batch 3"):
+    with pytest.raises(ZdlError, match="already committed batch 3"):
         _write(kafka, topic, _elements(60, start=60), batch=1)
     assert Counter(read_committed(kafka.bootstrap_servers, topic)) == Counter(_elements(60))
 
@@ -155,7 +155,7 @@ def test_a_missing_topic_is_named_before_anything_runs(kafka):
 def test_a_record_too_large_fails_the_batch_before_any_shard_writes(kafka):
     topic = kafka.create_topic(partitions=2, max_message_bytes=4096)
     elements = _elements(200) + [(b"big", b"x" * 8000)]
-    with pytest.raises(Exception, match=f"too large.*{topic}|{topic}.*too large"):
+    with pytest.raises(ZdlError, match=f"too large.*{topic}|{topic}.*too large"):
         _write(kafka, topic, elements, batch=0)
     assert read_committed(kafka.bootstrap_servers, topic) == []
     assert all(kafka.committed(progress_group(topic, s), topic)[0] < 0 for s in range(SHARDS))
@@ -181,7 +181,7 @@ class _NoTransactionsKafka(LocalKafka):
 def test_a_broker_refusing_transactions_is_named_and_nothing_is_written(tmp_path):
     with _NoTransactionsKafka(workdir=tmp_path / "kafka") as broker:
         topic = broker.create_topic(partitions=2)
-        with pytest.raises(Exception, match="refused transactions for transactional.id "
+        with pytest.raises(ZdlError, match="refused transactions for transactional.id "
                                             f"beam-zdl-sink-{topic}-"):
             _write(broker, topic, _elements(50), batch=0, timeout_s=8)
         assert read_committed(broker.bootstrap_servers, topic) == []
@@ -203,7 +203,8 @@ def test_inside_build_fn_the_sink_finds_its_batch_and_is_exactly_once(kafka, tmp
              f"--checkpoint_dir={tmp_path / 'ckpt'}", "--starting_offsets=earliest"]
     beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(flags))
     # replay batch 0 by hand, as a restart after a crash before its completion would
-    from beam_zdl.driver import Batch, PartitionRange, run_batch_pipeline
+    from beam_zdl.microbatch.loop import Batch, run_batch_pipeline
+    from beam_zdl.ranges import PartitionRange
     from beam_zdl.io import ReadFromKafka
     options = beam_zdl.ZdlOptions(flags)
     ranges = tuple(PartitionRange(source, p, 0, 30) for p in range(2))

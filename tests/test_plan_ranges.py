@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from beam_zdl.direct import plan_ranges
+from beam_zdl.ranges import plan_ranges
 
 offsets = st.integers(min_value=0, max_value=10**12)
 

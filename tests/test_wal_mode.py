@@ -25,10 +25,11 @@ import pytest
 import beam_zdl
 from beam_zdl.coordinator import CheckpointCoordinator
 from tests.driver_proc import read_batches, run_driver
-from beam_zdl.errors import WalCorruptionError
+from beam_zdl.errors import WalCorruptionError, ZdlError
 from beam_zdl.options import ZdlConfig, ZdlOptions
 from beam_zdl.receiver import Receiver
 from beam_zdl.runners import pipeline_runner
+from beam_zdl.testing._process import wait_until
 from beam_zdl.wal import list_segments, read_segment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,13 +215,21 @@ def _receive_in_thread(config, **kwargs):
 
 
 def _wait_wal_holds(wal, expected, timeout_s=90, errors=()):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not errors:
-        rows = _wal_offsets(wal)
-        if len(rows) >= len(expected):
-            return rows
-        time.sleep(0.5)
-    return _wal_offsets(wal)
+    """The WAL's rows once it holds at least ``len(expected)``; fails on a receiver
+    error or at the timeout, saying how far it got."""
+    rows: list = []
+
+    def holds() -> bool:
+        if errors:
+            pytest.fail(f"the receiver failed: {errors}")
+        rows[:] = _wal_offsets(wal)
+        return len(rows) >= len(expected)
+
+    try:
+        wait_until(holds, timeout_s, f"the WAL in {wal} holding {len(expected)} records")
+    except ZdlError as exc:
+        pytest.fail(f"{exc} (it held {len(rows)})")
+    return rows
 
 
 def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
@@ -231,9 +240,8 @@ def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
     first = _receive_in_thread(config, name="first")
     _wait_wal_holds(wal, range(2000), errors=first[3])  # the first holds every partition
     second = _receive_in_thread(config, name="second")  # the first's are revoked, split
-    deadline = time.monotonic() + 60
-    while not (second[0]._assigned and first[0]._assigned) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: second[0].assigned and first[0].assigned, 60,
+               "both receivers holding partitions")
     _produce(kafka, topic, 2000, start=2000)
     expected = sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
                       for o in range(end))
@@ -431,10 +439,8 @@ def test_storage_outage_pauses_the_receiver_within_max_buffered_bytes(kafka, hdf
         _wait_wal_holds(wal, range(200), errors=errors)
         hdfs.kill()
         kafka.produce(topic, ((None, payload, i % 2) for i in range(4000)))  # ~2 MB
-        deadline = time.monotonic() + 60
-        while receiver.stats.pauses == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert receiver.stats.pauses >= 1
+        wait_until(lambda: receiver.stats.pauses >= 1, 60,
+                   "the receiver pausing its partitions while HDFS is down")
         time.sleep(3)
         assert thread.is_alive() and not errors, errors
     finally:
@@ -493,7 +499,7 @@ def test_read_footer_finds_the_footer_from_the_end(tmp_path):
 def test_writer_epochs_are_unique_and_not_segments(any_storage_uri):
     from concurrent.futures import ThreadPoolExecutor
 
-    from beam_zdl.receiver import claim_writer_epoch
+    from beam_zdl.wal import claim_writer_epoch
     with ThreadPoolExecutor(4) as pool:
         epochs = list(pool.map(lambda i: claim_writer_epoch(any_storage_uri, f"r{i}"), range(8)))
     assert sorted(epochs) == list(range(1, 9))

@@ -2,7 +2,7 @@
 
 The driver runs a :class:`~beam_zdl.receiver.Receiver` as a thread of its own
 process and plans batches of sealed segments. The steps are numbered as in
-:mod:`beam_zdl.driver` (Steps 0, 1 and 4 are the shared loop's):
+:mod:`beam_zdl.microbatch.loop` (Steps 0, 1 and 4 are the shared loop's):
 
 * Step 2: plan — the sealed segments not referenced by any stored plan, in
   (epoch, seq) order, as ``SegmentRef``s (with their per-partition spans),
@@ -43,15 +43,15 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_zdl.chaos import crash_point
-from beam_zdl.direct import PartitionRange
-from beam_zdl.driver import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
+from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
-from beam_zdl.receiver import Receiver, forget_segments, segment_refs
+from beam_zdl.ranges import PartitionRange
+from beam_zdl.receiver import Receiver
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
-from beam_zdl.wal import list_segments
+from beam_zdl.wal import forget_segments, list_segments, segment_refs
 
 __all__ = ["WalDriver"]
 
@@ -117,6 +117,7 @@ class WalDriver(BatchLoop):
         return plan
 
     def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        # Step 2
         self._receiver_done_before_listing = not self._receiver_running()
         planned = {_name(seg.uri) for i in self.coordinator.planned_ids()
                    for seg in self._plan(i).segments}
@@ -203,6 +204,7 @@ class WalDriver(BatchLoop):
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""
+        # Step 5
         keep = self.config.retain_batches
         old = self.coordinator.completed_ids()[:-keep]
         deleted = []

@@ -17,8 +17,9 @@ in the code (``# Step N``) and in :func:`beam_zdl.run_micro_batches`:
   segments of old completed batches are deleted instead.
 
 :class:`BatchLoop` is the loop both modes share; direct mode
-(:class:`DirectDriver`, here) and WAL mode (:class:`beam_zdl.wal_driver.WalDriver`)
-supply Steps 2, 3 and 5. :mod:`beam_zdl.micro_batches` picks the mode.
+(:class:`~beam_zdl.microbatch.direct_mode.DirectDriver`) and WAL mode
+(:class:`~beam_zdl.microbatch.wal_mode.WalDriver`) supply Steps 2, 3 and 5;
+:func:`~beam_zdl.microbatch.run.run_micro_batches` picks the mode.
 
 A crash before Step 4 leaves the batch pending: on restart it is re-run with
 the same input (Step 1) before anything new is planned. A crash between
@@ -46,18 +47,16 @@ import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
-from beam_zdl.direct import PartitionRange, plan_ranges
+from beam_zdl.ranges import PartitionRange
 from beam_zdl.errors import ZdlError
-from beam_zdl.io import ReadFromKafka
 from beam_zdl.options import ZdlConfig
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
 
-__all__ = ["Batch", "BatchLoop", "BuildFn", "DirectDriver", "RunSummary", "StopFlag",
-           "current_batch", "run_batch_pipeline"]
+__all__ = ["Batch", "BatchLoop", "BuildFn", "RunSummary", "StopFlag", "current_batch",
+           "run_batch_pipeline"]
 
 _LOGGER = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -332,71 +331,3 @@ class BatchLoop(abc.ABC):
                      self.summary.batches, self.summary.replayed, self.summary.records,
                      self.summary.seconds)
         return self.summary
-
-
-class DirectDriver(BatchLoop):
-    """Direct mode: batches of Kafka offset ranges; the driver commits after completion."""
-
-    mode = checkpoint_pb2.MODE_DIRECT
-
-    def _start(self, stop: "StopFlag") -> None:
-        self._targets = None
-        if self.config.trigger == "available_now":
-            self._targets = self._end_offsets()
-
-    def _finished(self) -> None:
-        # Every batch up to the targets is complete, so the next positions are safe to
-        # commit: this repairs a commit that failed after its batch completed, and commits
-        # the start of a partition nothing was planned for (--starting_offsets=latest).
-        kafka.commit_offsets(self.consumer, self._positions(self.consumer, list(self._targets)))
-        self._verify_finished(self._targets)
-
-    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
-        return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
-                                          for r in plan.ranges), replay=replay)
-
-    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
-        ranges = self._plan_ranges(self.consumer, self._targets)
-        if ranges is None:
-            return None
-        return checkpoint_pb2.BatchPlan(
-            batch_id=batch_id, mode=checkpoint_pb2.MODE_DIRECT,
-            ranges=[checkpoint_pb2.OffsetRange(topic=r.topic, partition=r.partition,
-                                               start=r.start, stop=r.stop) for r in ranges],
-            epoch=self.epoch)
-
-    def _read(self, batch: Batch) -> beam.PTransform:
-        return ReadFromKafka(ranges=batch.ranges, options=self.options)
-
-    def _after_complete(self, batch: Batch) -> None:
-        kafka.commit_offsets(self.consumer,
-                             {(r.topic, r.partition): r.stop for r in batch.ranges})
-        self.coordinator.retain(self.config.retain_batches)
-
-    def _positions(self, consumer, partitions) -> dict[tuple[str, int], int]:
-        """Next offset to read per partition: the checkpoint's, else --starting_offsets."""
-        cfg = self.config
-        planned = self.coordinator.planned_ids()
-        last = self.coordinator.read_plan(planned[-1]) if planned else None
-        if last is None:
-            return kafka.starting_positions(consumer, partitions, cfg.starting_offsets,
-                                            cfg.bootstrap_servers)
-        known = {(r.topic, r.partition): r.stop for r in last.ranges}
-        new = [tp for tp in partitions if tp not in known]
-        if new:
-            # Partitions added after the first batch start at their beginning.
-            _LOGGER.info("new partitions %s start at their log start", new)
-            known.update(kafka.starting_positions(consumer, new, "earliest",
-                                                  cfg.bootstrap_servers))
-        return known
-
-    def _plan_ranges(self, consumer, targets) -> Optional[tuple[PartitionRange, ...]]:
-        """The next batch's ranges, or None when there is nothing new to read."""
-        cfg = self.config
-        partitions = kafka.partitions_of(consumer, cfg.topics, cfg.bootstrap_servers)
-        ends = targets if targets is not None else self._end_offsets()
-        ranges = plan_ranges(partitions, self._positions(consumer, partitions), ends,
-                             cfg.max_records_per_partition)
-        if all(r.stop == r.start for r in ranges):
-            return None
-        return tuple(ranges)

@@ -1,16 +1,18 @@
 """run_micro_batches: the entry point of the micro-batch model, in either mode.
 
-The loop and its steps are in :mod:`beam_zdl.driver`; direct mode's batches
-are planned there, WAL mode's in :mod:`beam_zdl.wal_driver`.
+The loop and its steps are in :mod:`beam_zdl.microbatch.loop`; each mode's
+Steps 2, 3 and 5 in :mod:`~beam_zdl.microbatch.direct_mode` and
+:mod:`~beam_zdl.microbatch.wal_mode`.
 """
 
 from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.driver import BuildFn, DirectDriver, RunSummary
+from beam_zdl.microbatch.direct_mode import DirectDriver
+from beam_zdl.microbatch.loop import BuildFn, RunSummary
+from beam_zdl.microbatch.wal_mode import WalDriver
 from beam_zdl.options import ZdlConfig
-from beam_zdl.wal_driver import WalDriver
 
 __all__ = ["run_micro_batches"]
 

@@ -1,0 +1,83 @@
+"""Direct mode of run_micro_batches: batches of Kafka offset ranges.
+
+The steps are numbered as in :mod:`beam_zdl.microbatch.loop` (Steps 0, 1 and 4
+are the shared loop's):
+
+* Step 2: plan — per partition, from the last plan's stops (else
+  ``--starting_offsets``) to the end offsets (an ``available_now`` run: those
+  seen at start), capped by ``--max_records_per_partition``
+  (:func:`beam_zdl.ranges.plan`);
+* Step 3: run — :class:`~beam_zdl.ReadFromKafka` reads exactly those ranges;
+* Step 5: commit — the consumer group's offsets move to the batch's stops, then
+  checkpoint files of batches beyond ``--retain_batches`` are deleted.
+
+A crash between Steps 4 and 5 leaves a stale Kafka commit, which the next
+commit repairs: the checkpoint, not Kafka, decides where reading resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import apache_beam as beam
+
+import beam_zdl.kafka as kafka
+import beam_zdl.ranges as ranges
+from beam_zdl.io import ReadFromKafka
+from beam_zdl.microbatch.loop import Batch, BatchLoop, StopFlag
+from beam_zdl.ranges import Offsets, PartitionRange
+from beam_zdl.v1 import checkpoint_pb2
+
+__all__ = ["DirectDriver"]
+
+
+class DirectDriver(BatchLoop):
+    """Direct mode's batch loop (see the module doc)."""
+
+    mode = checkpoint_pb2.MODE_DIRECT
+
+    def _start(self, stop: StopFlag) -> None:
+        self._targets: Optional[Offsets] = None
+        if self.config.trigger == "available_now":
+            self._targets = self._end_offsets()
+
+    def _finished(self) -> None:
+        # Every batch up to the targets is complete, so the next positions are safe to
+        # commit: this repairs a commit that failed after its batch completed, and commits
+        # the start of a partition nothing was planned for (--starting_offsets=latest).
+        assert self._targets is not None
+        kafka.commit_offsets(self.consumer, ranges.positions(
+            self.consumer, self.config, list(self._targets), self._checkpointed()))
+        self._verify_finished(self._targets)
+
+    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
+                                          for r in plan.ranges), replay=replay)
+
+    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        # Step 2
+        planned = ranges.plan(self.consumer, self.config, self._checkpointed(), self._targets)
+        if all(r.stop == r.start for r in planned):
+            return None
+        return checkpoint_pb2.BatchPlan(
+            batch_id=batch_id, mode=checkpoint_pb2.MODE_DIRECT,
+            ranges=[checkpoint_pb2.OffsetRange(topic=r.topic, partition=r.partition,
+                                               start=r.start, stop=r.stop) for r in planned],
+            epoch=self.epoch)
+
+    def _read(self, batch: Batch) -> beam.PTransform:
+        return ReadFromKafka(ranges=batch.ranges, options=self.options)
+
+    def _after_complete(self, batch: Batch) -> None:
+        # Step 5
+        kafka.commit_offsets(self.consumer,
+                             {(r.topic, r.partition): r.stop for r in batch.ranges})
+        self.coordinator.retain(self.config.retain_batches)
+
+    def _checkpointed(self) -> Optional[Offsets]:
+        """The last plan's stops (where reading resumes), or None before the first plan."""
+        planned = self.coordinator.planned_ids()
+        last = self.coordinator.read_plan(planned[-1]) if planned else None
+        if last is None:
+            return None
+        return {(r.topic, r.partition): r.stop for r in last.ranges}

@@ -1,0 +1,75 @@
+"""Every private Beam / client API beam_zdl uses (beam_zdl/compat.py) still behaves.
+
+Each test fails naming the installed version, so an upgrade that changes a
+private API is caught here, not as a silent misbehaviour in a read.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import google.api_core.exceptions as gexc
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindow
+from google.cloud import storage as gcs
+
+import beam_zdl.compat as compat
+
+BEAM = f"apache-beam {beam.__version__}"
+GCS = f"google-cloud-storage {gcs.__version__}"
+
+
+def test_windowed_value_is_passed_on_as_is_by_a_dofn():
+    wv = compat.windowed_value("x", 5_000_000, (GlobalWindow(),))
+    assert (wv.value, wv.timestamp.micros, tuple(wv.windows)) == \
+        ("x", 5_000_000, (GlobalWindow(),)), f"{BEAM}: windowed_value.create changed"
+
+    class EmitWindowed(beam.DoFn):
+        def process(self, element, window=beam.DoFn.WindowParam):
+            yield compat.windowed_value(element, 7_000_000, (window,))
+
+    class Stamp(beam.DoFn):
+        def process(self, element, ts=beam.DoFn.TimestampParam):
+            yield (element, ts.micros)
+
+    with beam.Pipeline() as p:
+        out = p | beam.Create(["a", "b"]) | beam.ParDo(EmitWindowed()) | beam.ParDo(Stamp())
+        # If Beam stopped passing a yielded WindowedValue on as is, the element would be
+        # the WindowedValue itself (wrapped again) with the input's timestamp.
+        assert_that(out, equal_to([("a", 7_000_000), ("b", 7_000_000)]))
+
+
+def test_offset_tracker_private_state():
+    tracker = OffsetRestrictionTracker(OffsetRange(10, 100))
+    assert compat.tracker_last_attempt(tracker) is None, \
+        f"{BEAM}: OffsetRestrictionTracker._last_claim_attempt changed"
+    assert tracker.try_claim(12)
+    assert compat.tracker_last_attempt(tracker) == 12, \
+        f"{BEAM}: OffsetRestrictionTracker._last_claim_attempt no longer tracks try_claim"
+    assert not compat.tracker_checkpointed(tracker)
+    tracker.try_split(0)
+    assert compat.tracker_checkpointed(tracker), \
+        f"{BEAM}: OffsetRestrictionTracker._checkpointed no longer set by try_split(0)"
+    assert tracker.try_split(0) is None, f"{BEAM}: a checkpointed tracker split again"
+
+    other = OffsetRestrictionTracker(OffsetRange(0, 50))
+    compat.mark_tracker_checkpointed(other)
+    assert other.try_split(0) is None, \
+        f"{BEAM}: try_split(0) no longer honours _checkpointed"
+    compat.set_tracker_range(other, OffsetRange(0, 20))
+    assert other.current_restriction() == OffsetRange(0, 20), \
+        f"{BEAM}: OffsetRestrictionTracker._range is not current_restriction()"
+    assert not other.try_claim(20), f"{BEAM}: try_claim ignores _range"
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (gexc.ServiceUnavailable("down"), True),
+    (gexc.TooManyRequests("slow down"), True),
+    (ConnectionError("reset"), True),
+    (gexc.PreconditionFailed("exists"), False),
+    (gexc.NotFound("gone"), False),
+])
+def test_gcs_transient_predicate(exc, transient):
+    assert compat.gcs_transient_predicate()(exc) is transient, \
+        f"{GCS}: DEFAULT_RETRY._predicate changed its idea of a transient {type(exc).__name__}"
