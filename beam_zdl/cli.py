@@ -31,10 +31,11 @@ import datetime
 import json
 import logging
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
+import beam_zdl.kafka as kafka
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
-from beam_zdl.errors import WalCorruptionError, ZdlError
+from beam_zdl.errors import StorageError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
 
@@ -58,11 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check every file of a checkpoint directory (magic, format version, "
                     "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
                     "current epoch, last completed batch, pending batches (their offset ranges "
-                    "or WAL segments) and the WAL segments with their sizes. Reads only; safe "
-                    "while a driver runs.")
+                    "or WAL segments), per partition the planned and completed offsets (with "
+                    "--bootstrap_servers also the group's committed offset, the end offset and "
+                    "the lag) and the WAL segments with their sizes. Reads only; safe while a "
+                    "driver runs.")
     inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
     inspect.add_argument("--wal_dir", default=None,
                          help="WAL directory to list (default: the one in the checkpoint config)")
+    inspect.add_argument("--bootstrap_servers", default=None,
+                         help="a Kafka broker (host:port,...) to read the group's committed "
+                              "offsets and the end offsets from, for the lag")
+    inspect.add_argument("--consumer_config", default=None,
+                         help="extra confluent-kafka settings as JSON (security; secrets as "
+                              "${env:NAME} / ${file:PATH})")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=_inspect)
 
@@ -158,6 +167,47 @@ def _table(rows: list[list[str]], out: TextIO, indent: str = "  ") -> None:
         print((indent + "  ".join(cells)).rstrip(), file=out)
 
 
+def _partition_rows(coord: CheckpointCoordinator, config: checkpoint_pb2.CheckpointConfig,
+                    args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per partition: planned and completed positions; with Kafka, committed, end and lag."""
+    planned: dict[tuple[str, int], int] = {}
+    completed: dict[tuple[str, int], int] = {}
+    done = set(coord.completed_ids())
+    for batch_id in coord.planned_ids():
+        try:
+            plan = coord.read_plan(batch_id)
+        except StorageError:
+            continue  # removed by retention meanwhile
+        for r in plan.ranges:
+            tp = (r.topic, r.partition)
+            planned[tp] = max(planned.get(tp, 0), r.stop)
+            if batch_id in done:
+                completed[tp] = max(completed.get(tp, 0), r.stop)
+    committed: dict[tuple[str, int], Optional[int]] = {}
+    ends: dict[tuple[str, int], int] = {}
+    if args.bootstrap_servers:
+        try:
+            extra = json.loads(args.consumer_config) if args.consumer_config else {}
+        except json.JSONDecodeError as exc:  # the value is not echoed: it may hold a secret
+            raise ZdlError(f"--consumer_config is not valid JSON ({exc})") from None
+        consumer = kafka.new_consumer(args.bootstrap_servers, config.consumer_group, extra)
+        try:
+            partitions = kafka.partitions_of(consumer, config.topics, args.bootstrap_servers)
+            ends = {tp: high for tp, (_, high) in kafka.watermarks(
+                consumer, partitions, args.bootstrap_servers).items()}
+            committed = kafka.committed_offsets(consumer, partitions, args.bootstrap_servers)
+        finally:
+            consumer.close()
+    rows = []
+    for tp in sorted(set(planned) | set(ends)):
+        done_at = completed.get(tp, committed.get(tp))
+        end = ends.get(tp)
+        rows.append({"topic": tp[0], "partition": tp[1], "planned": planned.get(tp),
+                     "completed": completed.get(tp), "committed": committed.get(tp),
+                     "end": end, "lag": None if end is None else max(0, end - (done_at or 0))})
+    return rows
+
+
 def _plan_dict(plan: checkpoint_pb2.BatchPlan) -> dict[str, Any]:
     return {
         "batch_id": plan.batch_id, "mode": _mode(plan.mode), "epoch": plan.epoch,
@@ -199,6 +249,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     wal_dir = args.wal_dir or config.wal_dir or None
     segments: list[SegmentInfo] = list_segments(wal_dir) if wal_dir else []
 
+    partitions = _partition_rows(coord, config, args)
     if args.json:
         doc = {
             "checkpoint_dir": args.checkpoint_dir,
@@ -214,6 +265,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
                               "epoch": last.epoch, "completed_ms": last.completed_ms}},
             "next_batch_id": coord.next_batch_id(),
             "pending": [_plan_dict(p) for p in pending],
+            "partitions": partitions,
             "wal": None if wal_dir is None else {
                 "dir": wal_dir, "total_bytes": sum(s.size_bytes for s in segments),
                 "segments": [{"name": s.name, "uri": s.uri, "size_bytes": s.size_bytes,
@@ -237,6 +289,17 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
          f"(epoch {last.epoch}); {len(completed)} completed batches kept"],
         ["next batch", str(coord.next_batch_id())],
     ], out, indent="")
+
+    if partitions:
+        print("\npartitions:", file=out)
+        rows = [["PARTITION", "PLANNED", "COMPLETED", "COMMITTED", "END", "LAG"]]
+        rows.extend([f"{r['topic']}[{r['partition']}]"] + [
+            "-" if r[k] is None else str(r[k])
+            for k in ("planned", "completed", "committed", "end", "lag")] for r in partitions)
+        _table(rows, out)
+        if not args.bootstrap_servers:
+            print("(pass --bootstrap_servers to show committed and end offsets and the lag)",
+                  file=out)
 
     print(f"\npending batches: {len(pending)}", file=out)
     if pending:

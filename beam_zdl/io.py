@@ -2,7 +2,8 @@
 
 Inside :func:`beam_zdl.run_micro_batches` the driver hands ``ReadFromKafka``
 the batch's planned ranges. Used on its own in a bounded pipeline it plans
-ranges at construction: from ``--starting_offsets`` to the end offsets seen
+ranges when the pipeline is built: from ``--starting_offsets`` to ``--ending_offsets``
+(default: the end offsets seen
 then, so the pipeline reads a fixed, repeatable set of records.
 """
 
@@ -16,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.ranges as ranges_
 from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
+from beam_zdl.errors import ConfigError
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.records import KafkaRecord
@@ -43,8 +45,9 @@ class ReadFromKafka(beam.PTransform):
     ZdlOptions flags of ``options`` or of the pipeline. :meth:`from_options` reads
     everything from flags. All Kafka I/O happens in ``expand``.
 
-    Without ``ranges``, a bounded pipeline reads from ``starting_offsets`` to the end
-    offsets seen when the pipeline is built; with ``--streaming`` the read is
+    Without ``ranges``, a bounded pipeline reads from ``starting_offsets`` to
+    ``ending_offsets`` (default: the end offsets seen when the pipeline is built), so
+    it reads a fixed, repeatable set of records; with ``--streaming`` the read is
     unbounded (see :mod:`beam_zdl.streaming`).
 
     Args:
@@ -54,8 +57,13 @@ class ReadFromKafka(beam.PTransform):
         bootstrap_servers: ``host:port,...`` (``--bootstrap_servers``).
         consumer_group: the group whose offsets are read and committed
             (``--consumer_group``).
-        starting_offsets: ``earliest``, ``latest`` or ``committed``
-            (``--starting_offsets``).
+        starting_offsets: ``earliest``, ``latest``, ``committed``, ``timestamp:<epoch ms>``
+            or a JSON map of exact offsets (``--starting_offsets``; see
+            :mod:`beam_zdl.positions`).
+        ending_offsets: where a bounded read stops: ``latest``, ``timestamp:<epoch ms>``
+            or a JSON map (``--ending_offsets``).
+        start_read_time: as Beam's: epoch milliseconds to start from, the same as
+            ``starting_offsets="timestamp:<ms>"``.
         max_records_per_partition: cap per partition of a bounded read
             (``--max_records_per_partition``).
         fail_on_data_loss: False skips, counts and logs records that no longer exist
@@ -73,6 +81,8 @@ class ReadFromKafka(beam.PTransform):
                  bootstrap_servers: Optional[str] = None,
                  consumer_group: Optional[str] = None,
                  starting_offsets: Optional[str] = None,
+                 ending_offsets: Optional[str] = None,
+                 start_read_time: Optional[int] = None,
                  max_records_per_partition: Optional[int] = None,
                  fail_on_data_loss: Optional[bool] = None,
                  ranges: Optional[Iterable[PartitionRange]] = None,
@@ -83,7 +93,8 @@ class ReadFromKafka(beam.PTransform):
         self._options = options
         self._overrides = _overrides("ReadFromKafka", consumer_config, topics, dict(
             bootstrap_servers=bootstrap_servers, consumer_group=consumer_group,
-            starting_offsets=starting_offsets,
+            starting_offsets=_start(starting_offsets, start_read_time),
+            ending_offsets=ending_offsets,
             max_records_per_partition=max_records_per_partition,
             fail_on_data_loss=fail_on_data_loss))
         self._ranges = None if ranges is None else [PartitionRange(*r) for r in ranges]
@@ -102,6 +113,8 @@ class ReadFromKafka(beam.PTransform):
             shown.update(display_data(cfg.bootstrap_servers, cfg.consumer_group,
                                       cfg.consumer_config))
             shown.update(topics=",".join(cfg.topics), starting_offsets=cfg.starting_offsets)
+            if cfg.ending_offsets:
+                shown.update(ending_offsets=cfg.ending_offsets)
         if self._ranges is not None:
             shown.update(ranges=len(self._ranges),
                          planned_records=sum(r.stop - r.start for r in self._ranges))
@@ -112,6 +125,9 @@ class ReadFromKafka(beam.PTransform):
         config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
                                                        source="ReadFromKafka")
         if self._ranges is None and _streaming(options, pbegin):
+            if config.ending_offsets:
+                raise ConfigError("ReadFromKafka: ending_offsets (--ending_offsets) bounds a "
+                                  "read, but the pipeline is --streaming; drop one of them")
             apply_runner_defaults(pbegin.pipeline.options, pbegin.pipeline.runner)
             flink = is_flink(pbegin.pipeline.options, pbegin.pipeline.runner)
             return pbegin | "Stream" >> _read_streaming(config, flink)
@@ -133,7 +149,8 @@ class ReadFromKafka(beam.PTransform):
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
-    """From ``--starting_offsets`` to the end offsets now: a fixed, repeatable read."""
+    """From ``--starting_offsets`` to ``--ending_offsets`` (default: the end offsets now):
+    a fixed, repeatable read."""
     import beam_zdl.kafka as kafka
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
@@ -143,11 +160,23 @@ def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
         consumer.close()
 
 
+def _start(starting_offsets: Optional[str], start_read_time: Optional[int]) -> Optional[str]:
+    """``start_read_time`` (Beam's keyword) as a ``timestamp:`` position."""
+    if start_read_time is None:
+        return starting_offsets
+    if starting_offsets is not None:
+        raise ConfigError("ReadFromKafka: give starting_offsets= or start_read_time=, not both")
+    if not isinstance(start_read_time, int) or isinstance(start_read_time, bool) \
+            or start_read_time < 0:
+        raise ConfigError("ReadFromKafka(start_read_time=...) must be epoch milliseconds "
+                          f"(an int >= 0), got {start_read_time!r}")
+    return f"timestamp:{start_read_time}"
+
+
 def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
                topics: Optional[Union[str, Sequence[str]]],
                named: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments as ZdlConfig overrides (by flag name), checked for type."""
-    from beam_zdl.errors import ConfigError
     out = {k: v for k, v in named.items() if v is not None}
     if topics is not None:
         if isinstance(topics, str):
@@ -238,7 +267,6 @@ class ReadFromWal(beam.PTransform):
                  segments: Optional[Sequence[Any]] = None,
                  fail_on_data_loss: Optional[bool] = None,
                  options: Optional[PipelineOptions] = None) -> None:
-        from beam_zdl.errors import ConfigError
         super().__init__()
         if wal_dir is not None and not isinstance(wal_dir, str):
             wal_dir, segments = None, wal_dir  # ReadFromWal([segment, ...])
@@ -253,7 +281,6 @@ class ReadFromWal(beam.PTransform):
     @classmethod
     def from_options(cls, options: PipelineOptions, **kwargs: Any) -> "ReadFromWal":
         """Replays ``--wal_dir`` of ``options`` (keywords override)."""
-        from beam_zdl.errors import ConfigError
         from beam_zdl.options import ZdlOptions
         wal_dir = kwargs.pop("wal_dir", None) or options.view_as(ZdlOptions).wal_dir
         if not wal_dir and "segments" not in kwargs:

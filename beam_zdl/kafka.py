@@ -16,13 +16,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
 from beam_zdl.secrets import redact, resolve
-
-if TYPE_CHECKING:
-    from beam_zdl.options import ZdlConfig
 
 __all__ = [
     "KafkaSettings",
@@ -35,6 +32,7 @@ __all__ = [
     "end_offsets",
     "committed_offsets",
     "commit_offsets",
+    "offsets_for_time",
     "group_holders",
     "display_data",
 ]
@@ -105,8 +103,9 @@ class KafkaSettings:
     fail_on_data_loss: bool = True
 
     @classmethod
-    def from_config(cls: type[_Settings], config: "ZdlConfig", **extra: Any) -> _Settings:
-        """The settings of a validated config, plus the subclass's ``extra`` fields."""
+    def from_config(cls: type[_Settings], config: Any, **extra: Any) -> _Settings:
+        """The settings of a validated :class:`~beam_zdl.options.ZdlConfig` (not imported:
+        options imports this module), plus the subclass's ``extra`` fields."""
         return cls(bootstrap_servers=config.bootstrap_servers,
                    consumer_group=config.consumer_group,
                    consumer_config=dict(config.consumer_config),
@@ -232,23 +231,21 @@ def commit_offsets(consumer, offsets: Mapping[tuple[str, int], int],
     return False
 
 
-def starting_positions(consumer, partitions: Iterable[tuple[str, int]], policy: str,
-                       bootstrap_servers: str) -> dict[tuple[str, int], int]:
-    """Where each partition starts under ``--starting_offsets`` when nothing is checkpointed.
-
-    ``earliest``: the log start; ``latest``: the end; ``committed``: the group's
-    committed offset, else the log start. A committed offset below the log
-    start is returned as is, so the reader reports the gap as data loss.
-    """
-    partitions = list(partitions)
-    marks = watermarks(consumer, partitions, bootstrap_servers)
-    if policy == "earliest":
-        return {tp: low for tp, (low, _) in marks.items()}
-    if policy == "latest":
-        return {tp: high for tp, (_, high) in marks.items()}
-    committed = committed_offsets(consumer, partitions, bootstrap_servers)
-    return {tp: committed.get(tp) if committed.get(tp) is not None else low
-            for tp, (low, _) in marks.items()}
+def offsets_for_time(consumer: Any, partitions: Iterable[tuple[str, int]], timestamp_ms: int,
+                     bootstrap_servers: str) -> dict[tuple[str, int], int]:
+    """Per partition the first offset with a timestamp at or after ``timestamp_ms``, or -1
+    when every record is older (Kafka's ListOffsets by time)."""
+    from confluent_kafka import KafkaException, TopicPartition
+    tps = [TopicPartition(t, p, timestamp_ms) for t, p in partitions]
+    if not tps:
+        return {}
+    try:
+        found = consumer.offsets_for_times(tps, timeout=_METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not look up offsets by time from --bootstrap_servers={bootstrap_servers} "
+            f"({exc.args[0]})") from None
+    return {(tp.topic, tp.partition): tp.offset for tp in found}
 
 
 def lost_offsets(topic: str, partition: int, first_missing: int, log_start: int,

@@ -20,15 +20,15 @@ from typing import Any, Mapping
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+import beam_zdl.positions as positions
 from beam_zdl.errors import ConfigError
 from beam_zdl.secrets import literal_secrets
 
-__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "STARTING_OFFSETS", "TRIGGERS", "parse_bool"]
+__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "TRIGGERS", "parse_bool"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("direct", "wal")
-STARTING_OFFSETS = ("earliest", "latest", "committed")
 TRIGGERS = ("available_now", "continuous")
 
 
@@ -57,7 +57,9 @@ class ZdlConfig:
     mode: str = "direct"
     wal_dir: str | None = None
     starting_offsets: str = "committed"
+    ending_offsets: str | None = None
     max_records_per_partition: int = 0
+    max_records_per_batch: int = 0
     batch_interval_s: float = 5.0
     trigger: str = "available_now"
     fail_on_data_loss: bool = True
@@ -123,9 +125,15 @@ class ZdlConfig:
                                   "(use --consumer_group / --bootstrap_servers)")
         _warn_literal_secrets(consumer_config)
         _choice(o, "zdl_mode", MODES)
-        _choice(o, "starting_offsets", STARTING_OFFSETS)
+        positions.parse(o["starting_offsets"], "--starting_offsets", topics)
+        if o.get("ending_offsets"):
+            positions.parse(o["ending_offsets"], "--ending_offsets", topics, end=True)
+            if o["zdl_mode"] == "wal":
+                raise ConfigError("--ending_offsets works in direct mode only: in WAL mode the "
+                                  "receiver reads what arrives; use --zdl_mode=direct to "
+                                  "reprocess a range")
         _choice(o, "trigger", TRIGGERS)
-        for name in ("max_records_per_partition", "max_batches"):
+        for name in ("max_records_per_partition", "max_records_per_batch", "max_batches"):
             if o[name] < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {o[name]}")
         if o["retain_batches"] < 1:
@@ -160,8 +168,10 @@ class ZdlConfig:
             checkpoint_dir=o.get("checkpoint_dir"),
             mode=o["zdl_mode"],
             wal_dir=o.get("wal_dir"),
-            starting_offsets=o["starting_offsets"],
+            starting_offsets=str(o["starting_offsets"]).strip(),
+            ending_offsets=str(o["ending_offsets"]).strip() if o.get("ending_offsets") else None,
             max_records_per_partition=o["max_records_per_partition"],
+            max_records_per_batch=o["max_records_per_batch"],
             batch_interval_s=o["batch_interval_s"],
             trigger=o["trigger"],
             fail_on_data_loss=o["fail_on_data_loss"],
@@ -222,12 +232,25 @@ class ZdlOptions(PipelineOptions):
         parser.add_argument(
             "--starting_offsets", default=_DEFAULTS["starting_offsets"],
             help="Where a partition starts when the checkpoint has no position for "
-                 "it: earliest, latest, or committed (the group's committed offset, "
-                 "else earliest).")
+                 "it: earliest, latest, committed (the group's committed offset, "
+                 "else earliest), timestamp:<epoch ms> (the first record at or after it), "
+                 'or a JSON map {"topic": {"0": 1234, "1": -2}} (-2 earliest, -1 latest).')
+        parser.add_argument(
+            "--ending_offsets", default=_DEFAULTS["ending_offsets"],
+            help="Direct mode: where reading stops, to reprocess a range: latest (the end "
+                 "offsets when the run starts), timestamp:<epoch ms>, or a JSON map "
+                 '{"topic": {"0": 5000, "1": -1}} (-1 latest). run_micro_batches stops '
+                 "there (any --trigger); a bounded ReadFromKafka reads up to there. "
+                 "Default: none (the end offsets).")
         parser.add_argument(
             "--max_records_per_partition", type=int,
             default=_DEFAULTS["max_records_per_partition"],
             help="Cap on records per partition in one batch; 0 means no cap.")
+        parser.add_argument(
+            "--max_records_per_batch", type=int, default=_DEFAULTS["max_records_per_batch"],
+            help="Cap on records in one batch across partitions, shared in proportion to "
+                 "each partition's lag (Spark's maxOffsetsPerTrigger); 0 means no cap. WAL "
+                 "mode caps at segment granularity.")
         parser.add_argument(
             "--batch_interval_s", type=float, default=_DEFAULTS["batch_interval_s"],
             help="With --trigger=continuous: seconds between batch starts.")

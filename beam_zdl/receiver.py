@@ -71,6 +71,7 @@ import time
 from dataclasses import dataclass
 
 import beam_zdl.kafka as kafka
+import beam_zdl.positions as positions_
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import (DataLossError, KafkaUnavailableError,
                              PartitionsUnavailableError, StorageError,
@@ -516,8 +517,10 @@ class Receiver:
                 positions[tp] = max(found)
         fresh = [tp for tp in tps if tp not in positions]
         if fresh:
-            positions.update(kafka.starting_positions(consumer, fresh, cfg.starting_offsets,
-                                                      cfg.bootstrap_servers))
+            positions.update(positions_.resolve_text(
+                consumer, cfg.starting_offsets, fresh, flag="--starting_offsets",
+                bootstrap_servers=cfg.bootstrap_servers,
+                fail_on_data_loss=cfg.fail_on_data_loss))
         marks = kafka.watermarks(consumer, tps, cfg.bootstrap_servers)
         for tp in tps:
             low = marks[tp][0]

@@ -219,7 +219,8 @@ class _SharedClient:
 
     def start_offset(self, sp: StreamPartition) -> int:
         """Committed offset of the group, else the policy (late partitions: earliest)."""
-        from beam_zdl.kafka import committed_offsets, starting_positions
+        import beam_zdl.positions as positions
+        from beam_zdl.kafka import committed_offsets
         tp = (sp.topic, sp.partition)
         servers = self.settings.bootstrap_servers
         policy = "earliest" if sp.discovered_late else self.settings.starting_offsets
@@ -229,7 +230,10 @@ class _SharedClient:
                 committed = committed_offsets(self.consumer, [tp], servers).get(tp)
                 if committed is not None:
                     return committed
-                return starting_positions(self.consumer, [tp], policy, servers)[tp]
+                return positions.resolve_text(
+                    self.consumer, policy, [tp], flag="--starting_offsets",
+                    bootstrap_servers=servers,
+                    fail_on_data_loss=self.settings.fail_on_data_loss)[tp]
         return _retrying(ask, f"the start offset of {tp[0]}[{tp[1]}]")
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -378,13 +382,15 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         tracker=beam.DoFn.RestrictionParam(),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ) -> Iterator[TimestampedValue]:
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaException, TopicPartition
 
         tp = (sp.topic, sp.partition)
         start = tracker.current_restriction().start
         client = _SharedClient.of(self._settings)
         entry = self._consumer_at(tp, start)
         consumer = entry[0]
+        tpart = TopicPartition(*tp)
+        lag = Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(*tp))
         deadline = time.monotonic() + self._settings.max_call_s
         last_claimed = None
         try:
@@ -427,6 +433,10 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                     yield TimestampedValue(record, ts)
                 self._records.inc(count)
                 self._bytes.inc(nbytes)
+                # The high watermark of the last fetch response: local, no broker round trip.
+                high = consumer.get_watermark_offsets(tpart, cached=True)[1]
+                if high >= 0 and last_claimed is not None:
+                    lag.set(max(0, high - last_claimed - 1))
                 if newest is not None:
                     current = watermark.current_watermark()
                     if current is None or newest > current:

@@ -4,9 +4,11 @@ The steps are numbered as in :mod:`beam_zdl.microbatch.loop` (Steps 0, 1 and 4
 are the shared loop's):
 
 * Step 2: plan — per partition, from the last plan's stops (else
-  ``--starting_offsets``) to the end offsets (an ``available_now`` run: those
-  seen at start), capped by ``--max_records_per_partition``
-  (:func:`beam_zdl.ranges.plan`);
+  ``--starting_offsets``) to ``--ending_offsets``, else the end offsets (an
+  ``available_now`` run: those seen at start), capped by
+  ``--max_records_per_partition`` and ``--max_records_per_batch``
+  (:func:`beam_zdl.ranges.plan`); a run with ``--ending_offsets`` stops there
+  whatever its ``--trigger``;
 * Step 3: run — :class:`~beam_zdl.ReadFromKafka` reads exactly those ranges;
 * Step 5: commit — the consumer group's offsets move to the batch's stops, then
   checkpoint files of batches beyond ``--retain_batches`` are deleted.
@@ -37,9 +39,16 @@ class DirectDriver(BatchLoop):
     mode = checkpoint_pb2.MODE_DIRECT
 
     def _start(self, stop: StopFlag) -> None:
+        # A run with targets ends there: --ending_offsets, or what available_now saw at start.
         self._targets: Optional[Offsets] = None
-        if self.config.trigger == "available_now":
-            self._targets = self._end_offsets()
+        if self.config.trigger == "available_now" or self.config.ending_offsets:
+            self._targets = ranges.end_positions(self.consumer, self.config)
+
+    def _done_when_idle(self) -> bool:
+        return self._targets is not None
+
+    def _start_positions(self, partitions: list[tuple[str, int]]) -> Offsets:
+        return ranges.positions(self.consumer, self.config, partitions, self._checkpointed())
 
     def _finished(self) -> None:
         # Every batch up to the targets is complete, so the next positions are safe to
@@ -56,7 +65,11 @@ class DirectDriver(BatchLoop):
 
     def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
         # Step 2
-        planned = ranges.plan(self.consumer, self.config, self._checkpointed(), self._targets)
+        ends = self._targets
+        if ends is None:
+            ends = ranges.end_positions(self.consumer, self.config)
+            self.progress.planned_to(ends)
+        planned = ranges.plan(self.consumer, self.config, self._checkpointed(), ends)
         if all(r.stop == r.start for r in planned):
             return None
         return checkpoint_pb2.BatchPlan(

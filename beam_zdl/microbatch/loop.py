@@ -49,6 +49,7 @@ from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.errors import ZdlError
+from beam_zdl.microbatch.progress import Progress
 from beam_zdl.options import ZdlConfig
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
@@ -179,6 +180,7 @@ class BatchLoop(abc.ABC):
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
         self.summary = RunSummary()
         self.consumer = None
+        self.progress = Progress()
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -207,6 +209,10 @@ class BatchLoop(abc.ABC):
     @abc.abstractmethod
     def _after_complete(self, batch: Batch) -> None:
         raise NotImplementedError
+
+    def _start_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where this run starts reading each partition (for the progress report)."""
+        return {}
 
     def _done_when_idle(self) -> bool:
         """With nothing to plan: True ends the run, False waits for more."""
@@ -265,6 +271,8 @@ class BatchLoop(abc.ABC):
                     created_ms=int(time.time() * 1000)))
                 _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
                 self._start(stop)
+                targets = getattr(self, "_targets", None)
+                self.progress.start(self._start_positions(list(targets or ())), targets)
                 # Step 1
                 for plan in self.coordinator.pending():
                     self._check()
@@ -298,6 +306,7 @@ class BatchLoop(abc.ABC):
                 self._check()
                 return self._finish(started)
         finally:
+            self.progress.close()
             try:
                 self._stop()
             finally:
@@ -318,9 +327,10 @@ class BatchLoop(abc.ABC):
         self.summary.replayed += int(batch.replay)
         self.summary.records += records
         self.summary.batch_ids.append(batch.batch_id)
-        _LOGGER.info("batch %d%s done: %d records in %.1f s (%.0f records/s)",
+        self.progress.done(batch.ranges)
+        _LOGGER.info("batch %d%s done: %d records in %.1f s (%.0f records/s)%s",
                      batch.batch_id, " (replay)" if batch.replay else "", records, took,
-                     records / took if took else 0.0)
+                     records / took if took else 0.0, self.progress.describe())
 
     def _reached_max(self) -> bool:
         return bool(self.config.max_batches) and self.summary.batches >= self.config.max_batches

@@ -30,7 +30,8 @@ it fails after ``--drain_timeout_s``) — then stops. The driver plans batches
 meanwhile, and once the receiver has stopped, plans what is left, checks that
 the group's offsets reached those ends, and exits. ``continuous``: a batch
 of whatever is sealed every ``--batch_interval_s``. ``--max_records_per_partition``
-caps a batch at segment granularity (a batch takes at least one segment).
+and ``--max_records_per_batch`` cap a batch at segment granularity (a batch takes
+at least one segment).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+import beam_zdl.positions as positions
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
@@ -128,11 +130,14 @@ class WalDriver(BatchLoop):
         self._check_no_overlap(refs, [seg for i in self.coordinator.planned_ids()
                                       for seg in self._plan(i).segments])
         cap = self.config.max_records_per_partition
+        cap_total = self.config.max_records_per_batch
         chosen: list[checkpoint_pb2.SegmentRef] = []
         counts: dict[tuple[str, int], int] = {}
         for ref in refs:
             add = {(s.topic, s.partition): s.last_offset - s.first_offset + 1 for s in ref.spans}
-            if cap and chosen and any(counts.get(tp, 0) + n > cap for tp, n in add.items()):
+            if chosen and (
+                    (cap and any(counts.get(tp, 0) + n > cap for tp, n in add.items()))
+                    or (cap_total and sum(counts.values()) + sum(add.values()) > cap_total)):
                 break
             chosen.append(ref)
             for tp, n in add.items():
@@ -174,6 +179,12 @@ class WalDriver(BatchLoop):
                         "losing its partitions. Nothing was planned. Check the two segments "
                         "(beam-zdl verify / inspect), delete the duplicate one from the WAL "
                         "directory, and restart.")
+
+    def _start_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        # The receiver resumes past the group's commits (or the WAL's, which are ahead).
+        return positions.resolve_text(self.consumer, "committed", partitions,
+                                      flag="--starting_offsets",
+                                      bootstrap_servers=self.config.bootstrap_servers)
 
     def _done_when_idle(self) -> bool:
         # Only when the receiver had stopped before the listing found nothing new.

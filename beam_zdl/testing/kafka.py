@@ -150,7 +150,8 @@ class LocalKafka:
 
     def produce(self, topic: str, records: Iterable[Record],
                 config: dict | None = None) -> int:
-        """Produce records: ``(key, value)``, optionally ``partition`` and ``headers``.
+        """Produce records: ``(key, value)``, optionally ``partition``, ``headers`` and a
+        timestamp in epoch milliseconds.
 
         Returns how many were acknowledged; raises if any delivery failed.
         """
@@ -175,6 +176,8 @@ class LocalKafka:
                 kwargs["partition"] = rest[0]
             if len(rest) > 1 and rest[1]:
                 kwargs["headers"] = rest[1]
+            if len(rest) > 2 and rest[2] is not None:
+                kwargs["timestamp"] = rest[2]
             while True:
                 try:
                     producer.produce(topic, value=value, key=key,
