@@ -112,7 +112,7 @@ def test_bad_arguments_are_named_at_construction(kwargs, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(topics="t", starting_offsets="sometimes"),
-     r"ReadFromKafka\(starting_offsets=\.\.\.\) must be one of earliest"),
+     r"ReadFromKafka\(starting_offsets=\.\.\.\) must be earliest, latest, committed"),
     (dict(topics="t", consumer_config={"enable.auto.commit": True}),
      r"ReadFromKafka\(consumer_config=\.\.\.\) may not set 'enable.auto.commit'"),
 ])
