@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 import beam_zdl.kafka as kafka
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
-from beam_zdl.errors import StorageError, WalCorruptionError, ZdlError
+from beam_zdl.errors import WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
 
@@ -173,15 +173,11 @@ def _partition_rows(coord: CheckpointCoordinator, config: checkpoint_pb2.Checkpo
     planned: dict[tuple[str, int], int] = {}
     completed: dict[tuple[str, int], int] = {}
     done = set(coord.completed_ids())
-    for batch_id in coord.planned_ids():
-        try:
-            plan = coord.read_plan(batch_id)
-        except StorageError:
-            continue  # removed by retention meanwhile
+    for plan in coord.retained_plans():
         for r in plan.ranges:
             tp = (r.topic, r.partition)
             planned[tp] = max(planned.get(tp, 0), r.stop)
-            if batch_id in done:
+            if plan.batch_id in done:
                 completed[tp] = max(completed.get(tp, 0), r.stop)
     committed: dict[tuple[str, int], Optional[int]] = {}
     ends: dict[tuple[str, int], int] = {}

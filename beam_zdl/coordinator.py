@@ -73,7 +73,7 @@ import os
 import socket
 import struct
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -405,6 +405,15 @@ class CheckpointCoordinator:
         plan = self._parse(checkpoint_pb2.BatchPlan, name, KIND_PLAN)
         self._check_id(name, "plan", plan.batch_id, batch_id)
         return plan
+
+    def retained_plans(self) -> Iterator[checkpoint_pb2.BatchPlan]:
+        """Every stored plan, by ascending id; one that retention removed meanwhile is
+        passed over (a damaged one raises, as in :meth:`read_plan`)."""
+        for batch_id in self.planned_ids():
+            try:
+                yield self.read_plan(batch_id)
+            except StorageError:
+                continue
 
     def read_completion(self, batch_id: int) -> checkpoint_pb2.Completion:
         """The stored completion of ``batch_id``, checked.

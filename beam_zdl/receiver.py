@@ -112,11 +112,7 @@ def wal_resume_positions(wal_dir: str,
     if checkpoint_dir:
         from beam_zdl.coordinator import CheckpointCoordinator
         coord = CheckpointCoordinator(checkpoint_dir)
-        for batch_id in coord.planned_ids():
-            try:
-                plan = coord.read_plan(batch_id)
-            except StorageError:
-                continue  # removed by retention meanwhile
+        for plan in coord.retained_plans():
             for rng in plan.ranges:
                 see(rng.topic, rng.partition, rng.stop)
             for seg in plan.segments:

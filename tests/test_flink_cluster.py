@@ -109,24 +109,33 @@ def test_parallel_read_of_a_topic_being_produced_to_outputs_every_record_once(
     print(f"\n[flink cluster] committed < read seen {len(lagging)} times, e.g. {lagging[0]}")
 
 
+def _run_until_mid_stream(kafka, cluster, topic: str, group: str, job: _Job,
+                          producer: _Producer, seed: int) -> str:
+    """Seed ``topic`` (4 partitions) with ``seed`` records, wait for the job's first
+    records, start producing, and wait until it has read 3,000 records and committed past
+    the seed on every partition; return the job id."""
+    _seed(kafka, topic, 4, seed)
+    job.wait_for(lambda: _ids(job.out), 300, "first records read on the cluster")
+    producer.start()
+    job_id = cluster.wait_for_job()
+
+    def mid_stream() -> bool:
+        committed = kafka.committed(group, topic)
+        return (len(_ids(job.out)) > 3000 and all(o > 0 for o in committed.values())
+                and sum(committed.values()) > seed)
+    job.wait_for(mid_stream, 300, "job reading with offsets committed")
+    return job_id
+
+
 def test_taskmanager_sigkilled_mid_stream_restores_from_the_last_checkpoint(
         kafka, cluster, tmp_path):
     topic = kafka.create_topic(partitions=4)
     group = f"g-{topic}"
     seed = 400
-    _seed(kafka, topic, 4, seed)
     producer = _Producer(kafka, topic, 4, None, rate=500)
     job = _Job(kafka, topic, group, cluster.runner_args(parallelism=2), "ids", tmp_path / "out")
     try:
-        job.wait_for(lambda: _ids(job.out), 300, "first records read on the cluster")
-        producer.start()
-        job_id = cluster.wait_for_job()
-
-        def mid_stream() -> bool:
-            committed = kafka.committed(group, topic)
-            return (len(_ids(job.out)) > 3000 and all(o > 0 for o in committed.values())
-                    and sum(committed.values()) > seed)
-        job.wait_for(mid_stream, 300, "job reading with offsets committed")
+        job_id = _run_until_mid_stream(kafka, cluster, topic, group, job, producer, seed)
         committed = kafka.committed(group, topic)
         before_kill = _outputs(job.out)
         triggered = {c["id"]: c["trigger_timestamp"] / 1000
@@ -183,20 +192,11 @@ def test_job_cancelled_then_a_fresh_job_resumes_at_the_committed_offsets(
     topic = kafka.create_topic(partitions=4)
     group = f"g-{topic}"
     seed = 400
-    _seed(kafka, topic, 4, seed)
     producer = _Producer(kafka, topic, 4, None, rate=500)
     args = cluster.runner_args(parallelism=2)
     first = _Job(kafka, topic, group, args, "ids", tmp_path / "run1")
     try:
-        first.wait_for(lambda: _ids(first.out), 300, "first records read on the cluster")
-        producer.start()
-        job_id = cluster.wait_for_job()
-
-        def mid_stream() -> bool:
-            committed = kafka.committed(group, topic)
-            return (len(_ids(first.out)) > 3000 and all(o > 0 for o in committed.values())
-                    and sum(committed.values()) > seed)
-        first.wait_for(mid_stream, 300, "job reading with offsets committed")
+        job_id = _run_until_mid_stream(kafka, cluster, topic, group, first, producer, seed)
         cluster.cancel(job_id)  # while the producer keeps producing
     except BaseException:
         producer.stop()
