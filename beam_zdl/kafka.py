@@ -129,7 +129,8 @@ class KafkaSettings:
                           sort_keys=True)
 
 
-def partitions_of(consumer: Any, topics: Iterable[str], bootstrap_servers: str) -> list[tuple[str, int]]:
+def partitions_of(consumer: Any, topics: Iterable[str],
+                  bootstrap_servers: str) -> list[tuple[str, int]]:
     """Every (topic, partition) of ``topics``; a clear error for a missing topic."""
     from confluent_kafka import KafkaException
     out: list[tuple[str, int]] = []
