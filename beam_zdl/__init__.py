@@ -11,7 +11,7 @@ does not pay for importing Apache Beam.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
     from beam_zdl.microbatch.loop import Batch, RunSummary
@@ -49,7 +49,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'beam_zdl' has no attribute {name!r}")

@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.flags = unknown
     try:
-        return args.func(args, sys.stdout)
+        code: int = args.func(args, sys.stdout)
+        return code
     except ZdlError as exc:
         print(f"beam-zdl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -342,9 +343,9 @@ def _migrate(args: argparse.Namespace, out: TextIO) -> int:
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
     uri = args.wal_uri.rstrip("/")
-    if parse_segment_name(uri):
+    if parsed := parse_segment_name(uri):
         name = uri.rpartition("/")[2]
-        segments = [SegmentInfo(name, uri, 0, *parse_segment_name(name))]
+        segments = [SegmentInfo(name, uri, 0, *parsed)]
     else:
         segments = list_segments(uri)
     results: list[dict[str, Any]] = []
@@ -398,7 +399,7 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     config = ZdlConfig.from_options(ZdlOptions(flags))
     stop = threading.Event()
 
-    def on_signal(signum, frame) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         _LOGGER.warning("signal %d: sealing, committing and leaving the group", signum)
         stop.set()
 

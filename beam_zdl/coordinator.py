@@ -73,7 +73,7 @@ import os
 import socket
 import struct
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -113,6 +113,8 @@ _PLANS = "plans/"
 _COMPLETIONS = "completions/"
 
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def encode_checkpoint_file(kind: int, payload: bytes) -> bytes:
@@ -201,7 +203,7 @@ def _ids(storage: Storage, prefix: str, suffix: str = "") -> list[int]:
     return sorted(out)
 
 
-class EpochClaim(dict):
+class EpochClaim(dict[str, Any]):
     """What an epoch object holds: ``owner`` (host:pid[:name]) and ``claimed_ms``."""
 
 
@@ -444,9 +446,10 @@ class CheckpointCoordinator:
         planned = self.planned_ids()
         plans = self._map(lambda i: (self._read_or_none(self.read_plan, _plan_name(i), i)
                                      if i in done else self.read_plan(i)), planned)
-        return [plan for i, plan in zip(planned, plans) if i not in done]
+        # A pending plan was read with read_plan, which raises rather than give None.
+        return [plan for i, plan in zip(planned, plans) if i not in done and plan is not None]
 
-    def _read_or_none(self, read: Callable[[int], _M], name: str, batch_id: int) -> _M | None:
+    def _read_or_none(self, read: Callable[[int], _T], name: str, batch_id: int) -> _T | None:
         try:
             return read(batch_id)
         except StorageError:
@@ -455,7 +458,7 @@ class CheckpointCoordinator:
             return None  # removed by retention meanwhile
 
     @staticmethod
-    def _map(fn: Callable, items: list) -> list:
+    def _map(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
         if len(items) < 2:
             return [fn(i) for i in items]
         with concurrent.futures.ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
@@ -537,6 +540,7 @@ class CheckpointCoordinator:
             ValueError: ``batch_id`` skips ids (it must be at most :meth:`next_batch_id`).
         """
         self.check_fence()
+        assert self.epoch is not None  # check_fence raised otherwise
         plan = checkpoint_pb2.BatchPlan.FromString(plan.SerializeToString())
         plan.epoch = self.epoch
         plan.created_ms = plan.created_ms or int(time.time() * 1000)
@@ -705,6 +709,7 @@ def migrate_format1(old_dir: str, new_dir: str) -> list[str]:
                                             f"decode ({exc})", advice) from None
         claim["epoch"] = epoch
         files.append((name, encode_checkpoint_file(KIND_EPOCH, json.dumps(claim).encode())))
+    message: type[checkpoint_pb2.BatchPlan] | type[checkpoint_pb2.Completion]
     for prefix, message, kind, name_of in (
             (_PLANS, checkpoint_pb2.BatchPlan, KIND_PLAN, _plan_name),
             (_COMPLETIONS, checkpoint_pb2.Completion, KIND_COMPLETION, _completion_name)):

@@ -63,7 +63,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -129,14 +129,15 @@ class OffsetRangeProvider(RestrictionProvider):
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
         return OffsetRestrictionTracker(restriction)
 
-    def split(self, element: PartitionRange, restriction: OffsetRange):
+    def split(self, element: PartitionRange, restriction: OffsetRange) -> Iterator[OffsetRange]:
         yield from _split_offsets(restriction)
 
     def restriction_size(self, element: PartitionRange, restriction: OffsetRange) -> int:
-        return restriction.size()
+        size: int = restriction.size()
+        return size
 
 
-class Poll(list):
+class Poll(list[WindowedValue]):
     """The records of one poll, as WindowedValues: what the SDF emits (see UnbatchFn)."""
 
 
@@ -185,12 +186,12 @@ class ReadOffsetRangesFn(beam.DoFn):
 
     def __init__(self, settings: ReadSettings) -> None:
         self._settings = settings
-        self._consumer = None
+        self._consumer: Any = None
         self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
         self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
         self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, Any]:
         return self._settings.display_data()
 
     def setup(self) -> None:
@@ -204,9 +205,10 @@ class ReadOffsetRangesFn(beam.DoFn):
     def process(
         self,
         element: PartitionRange,
-        window=beam.DoFn.WindowParam,
-        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(OffsetRangeProvider()),
-    ) -> Iterator[WindowedValue]:
+        window: Any = beam.DoFn.WindowParam,
+        # Beam passes a view of the OffsetRestrictionTracker, not the tracker itself.
+        tracker: Any = beam.DoFn.RestrictionParam(OffsetRangeProvider()),
+    ) -> Iterator[Poll]:
         from confluent_kafka import KafkaException, TopicPartition
         import time
 

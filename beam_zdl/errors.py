@@ -60,7 +60,7 @@ class CheckpointCorruptionError(ZdlError):
         self.reason = reason
         self.advice = advice
 
-    def __reduce__(self):
+    def __reduce__(self) -> "tuple[type[CheckpointCorruptionError], tuple[str, str, str]]":
         return type(self), (self.uri, self.reason, self.advice)
 
 

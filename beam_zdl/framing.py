@@ -27,5 +27,5 @@ def mcrc(data: bytes) -> int:
     Returns:
         An unsigned 32-bit integer.
     """
-    crc = google_crc32c.value(data)
+    crc: int = google_crc32c.value(data)
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF

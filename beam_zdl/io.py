@@ -36,7 +36,7 @@ _BEAM_STYLE_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consu
                     "auto.offset.reset": "starting_offsets"}
 
 
-class ReadFromKafka(beam.PTransform):
+class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):
     """Reads Kafka records as :class:`~beam_zdl.KafkaRecord`, exactly the planned ranges.
 
     Takes keyword arguments like Beam's own ``apache_beam.io.kafka.ReadFromKafka``
@@ -105,9 +105,9 @@ class ReadFromKafka(beam.PTransform):
         """A read configured by the ZdlOptions flags of ``options`` (keywords override)."""
         return cls(options=options, **kwargs)
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, Any]:
         from beam_zdl.kafka import display_data
-        shown: dict = {}
+        shown: dict[str, Any] = {}
         if self._config is not None:
             cfg = self._config
             shown.update(display_data(cfg.bootstrap_servers, cfg.consumer_group,
@@ -120,7 +120,7 @@ class ReadFromKafka(beam.PTransform):
                          planned_records=sum(r.stop - r.start for r in self._ranges))
         return shown
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         options = self._options or pbegin.pipeline.options
         config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
                                                        source="ReadFromKafka")
@@ -130,7 +130,9 @@ class ReadFromKafka(beam.PTransform):
                                   "read, but the pipeline is --streaming; drop one of them")
             apply_runner_defaults(pbegin.pipeline.options, pbegin.pipeline.runner)
             flink = is_flink(pbegin.pipeline.options, pbegin.pipeline.runner)
-            return pbegin | "Stream" >> _read_streaming(config, flink)
+            streamed: beam.PCollection[KafkaRecord] = (
+                pbegin | "Stream" >> _read_streaming(config, flink))
+            return streamed
         ranges = self._ranges
         if ranges is None:
             ranges = _plan_bounded(config)
@@ -142,10 +144,12 @@ class ReadFromKafka(beam.PTransform):
         chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
         if len(chunks) > 1:
             chunked = chunked | "Spread" >> beam.Reshuffle()
-        return (chunked
-                | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
-                .with_output_types(Poll)
-                | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
+        read: beam.PCollection[KafkaRecord] = (
+            chunked
+            | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
+            .with_output_types(Poll)
+            | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
+        return read
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
@@ -219,7 +223,9 @@ def _streaming(options: PipelineOptions, pbegin: beam.pvalue.PBegin) -> bool:
                for o in (options, pbegin.pipeline.options))
 
 
-def _read_streaming(config: ZdlConfig, flink: bool = False) -> beam.PTransform:
+def _read_streaming(
+        config: ZdlConfig, flink: bool = False,
+) -> beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]:
     """The unbounded read (see beam_zdl.streaming); checks the topics exist first.
 
     On Flink it self-checkpoints less often (``FLINK_TIMING``): every
@@ -242,7 +248,7 @@ def _read_streaming(config: ZdlConfig, flink: bool = False) -> beam.PTransform:
 
 # --- WAL mode --------------------------------------------------------------------------------
 
-class ReadFromWal(beam.PTransform):
+class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):
     """Reads sealed WAL segments as :class:`~beam_zdl.KafkaRecord`, segments in parallel.
 
     Yields exactly the records direct mode would have read for the same offsets,
@@ -288,8 +294,8 @@ class ReadFromWal(beam.PTransform):
         return cls(wal_dir=wal_dir if "segments" not in kwargs else None, options=options,
                    **kwargs)
 
-    def display_data(self) -> dict:
-        shown: dict = {}
+    def display_data(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
         if self._wal_dir is not None:
             shown["wal_dir"] = self._wal_dir
         if self._uris is not None:
@@ -300,13 +306,14 @@ class ReadFromWal(beam.PTransform):
         if self._uris is not None:
             return self._uris
         from beam_zdl.wal import list_segments, parse_segment_name
+        assert self._wal_dir is not None  # __init__ keeps exactly one of wal_dir and segments
         if parse_segment_name(self._wal_dir):
             return [self._wal_dir]
         uris = [s.uri for s in list_segments(self._wal_dir)]
         _LOGGER.info("ReadFromWal: %d segments in %s", len(uris), self._wal_dir)
         return uris
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         from beam_zdl.options import ZdlOptions
         options = self._options or pbegin.pipeline.options
         fail = self._fail_on_data_loss
@@ -316,6 +323,7 @@ class ReadFromWal(beam.PTransform):
         segments = pbegin | "Segments" >> beam.Create(uris, reshuffle=False)
         if len(uris) > 1:
             segments = segments | "Spread" >> beam.Reshuffle()
-        return (segments
-                | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail))
-                .with_output_types(KafkaRecord))
+        read: beam.PCollection[KafkaRecord] = (
+            segments
+            | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail)).with_output_types(KafkaRecord))
+        return read

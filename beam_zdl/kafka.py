@@ -52,7 +52,7 @@ _COORDINATOR_MOVING = (14, 15, 16)
 
 
 def consumer_settings(bootstrap_servers: str, group: str,
-                      extra: Mapping[str, object] | None = None) -> dict:
+                      extra: Mapping[str, object] | None = None) -> dict[str, Any]:
     """The confluent-kafka settings of every beam_zdl consumer.
 
     ``${env:NAME}`` / ``${file:PATH}`` values in ``extra`` are resolved here, where
@@ -81,7 +81,8 @@ def display_data(bootstrap_servers: str, group: str,
             "consumer_config": json.dumps(redact(extra or {}), sort_keys=True)}
 
 
-def new_consumer(bootstrap_servers: str, group: str, extra: Mapping[str, object] | None = None):
+def new_consumer(bootstrap_servers: str, group: str,
+                 extra: Mapping[str, object] | None = None) -> Any:
     """A confluent-kafka Consumer with beam_zdl's settings."""
     from confluent_kafka import Consumer
     return Consumer(consumer_settings(bootstrap_servers, group, extra))
@@ -127,10 +128,11 @@ class KafkaSettings:
                           sort_keys=True)
 
 
-def partitions_of(consumer, topics: Iterable[str], bootstrap_servers: str) -> list[tuple[str, int]]:
+def partitions_of(consumer: Any, topics: Iterable[str],
+                  bootstrap_servers: str) -> list[tuple[str, int]]:
     """Every (topic, partition) of ``topics``; a clear error for a missing topic."""
     from confluent_kafka import KafkaException
-    out = []
+    out: list[tuple[str, int]] = []
     for topic in topics:
         try:
             meta = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
@@ -148,7 +150,7 @@ def partitions_of(consumer, topics: Iterable[str], bootstrap_servers: str) -> li
     return out
 
 
-def watermarks(consumer, partitions: Iterable[tuple[str, int]],
+def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]],
                bootstrap_servers: str) -> dict[tuple[str, int], tuple[int, int]]:
     """(log start offset, end offset) of each partition, asked of the broker.
 
@@ -156,7 +158,7 @@ def watermarks(consumer, partitions: Iterable[tuple[str, int]],
     so a batch never plans over an open transaction.
     """
     from confluent_kafka import KafkaException, TopicPartition
-    out = {}
+    out: dict[tuple[str, int], tuple[int, int]] = {}
     for topic, partition in partitions:
         try:
             low, high = consumer.get_watermark_offsets(
@@ -169,7 +171,7 @@ def watermarks(consumer, partitions: Iterable[tuple[str, int]],
     return out
 
 
-def end_offsets(consumer, topics: Iterable[str],
+def end_offsets(consumer: Any, topics: Iterable[str],
                 bootstrap_servers: str) -> dict[tuple[str, int], int]:
     """The end offset (last stable offset) of every partition of ``topics``, now."""
     partitions = partitions_of(consumer, topics, bootstrap_servers)
@@ -177,7 +179,7 @@ def end_offsets(consumer, topics: Iterable[str],
                                                      bootstrap_servers).items()}
 
 
-def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
+def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
                       bootstrap_servers: str) -> dict[tuple[str, int], int | None]:
     """The group's committed offset of each partition, None where it has none."""
     from confluent_kafka import KafkaException, TopicPartition
@@ -203,7 +205,7 @@ def committed_offsets(consumer, partitions: Iterable[tuple[str, int]],
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 
-def commit_offsets(consumer, offsets: Mapping[tuple[str, int], int],
+def commit_offsets(consumer: Any, offsets: Mapping[tuple[str, int], int],
                    attempts: int = 5, backoff_s: float = 0.5) -> bool:
     """Commit ``offsets`` (each the *next* offset to read) with retries.
 
@@ -282,7 +284,7 @@ def group_holders(bootstrap_servers: str, group: str,
     out. Returns {} when the group cannot be described (the caller only logs it).
     """
     from confluent_kafka.admin import AdminClient
-    settings = {"bootstrap.servers": bootstrap_servers}
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap_servers}
     settings.update(resolve({k: v for k, v in (extra or {}).items()
                              if k.startswith(_ADMIN_PREFIXES)}))
     admin = AdminClient(settings)  # held until the future resolves (see DESIGN.md)

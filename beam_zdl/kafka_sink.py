@@ -75,7 +75,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
+                    Tuple, cast)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -84,6 +85,9 @@ import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 __all__ = ["WriteToKafka", "ShardWriter", "OutputRecord", "shard_of", "progress_group",
            "transactional_id", "read_progress", "input_fingerprint"]
@@ -96,7 +100,8 @@ _DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 # enough that a record passing the check also fits a batch the broker accepts.
 _RECORD_OVERHEAD = 128
 
-OutputRecord = tuple  # (key: bytes | None, value: bytes | None, headers: list[(str, bytes)])
+# (key, value, headers); a header's value may be None, like a record's key and value.
+OutputRecord = Tuple[Optional[bytes], Optional[bytes], List[Tuple[str, Optional[bytes]]]]
 
 
 def transactional_id(sink_id: str, shard: int) -> str:
@@ -126,8 +131,8 @@ def _as_bytes(what: str, data: Any) -> Optional[bytes]:
                       f"{type(data).__name__}; pass key_fn/value_fn that return bytes")
 
 
-def to_record(element: Any, key_fn: Optional[Callable] = None,
-              value_fn: Optional[Callable] = None) -> OutputRecord:
+def to_record(element: Any, key_fn: Optional[Callable[[Any], Any]] = None,
+              value_fn: Optional[Callable[[Any], Any]] = None) -> OutputRecord:
     """One element as ``(key, value, headers)``.
 
     With ``key_fn``/``value_fn``: their results (the element itself is the value
@@ -175,7 +180,7 @@ _COORDINATOR_MOVING = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS",
                        "COORDINATOR_NOT_AVAILABLE")
 
 
-def read_progress(consumer, progress_topic: str,
+def read_progress(consumer: Any, progress_topic: str,
                   timeout_s: float = _TIMEOUT_S) -> tuple[Optional[int], str]:
     """The batch id the shard's progress record says was last committed (None if none),
     and the record's metadata (``sink=... shard=... batch=... records=... input=...``).
@@ -238,7 +243,7 @@ class ShardWriter:
         timeout_s: how long each Kafka call may take.
     """
 
-    def __init__(self, topic: str, bootstrap_servers: str, producer_config: Mapping,
+    def __init__(self, topic: str, bootstrap_servers: str, producer_config: Mapping[str, Any],
                  sink_id: str, shard: int, progress_topic: str,
                  timeout_s: float = _TIMEOUT_S) -> None:
         self.topic, self.sink_id, self.shard = topic, sink_id, shard
@@ -251,8 +256,8 @@ class ShardWriter:
                           "delivery.report.only.error": True,
                           **dict(producer_config),
                           "transactional.id": self.transactional_id}
-        self._producer = None
-        self._consumer = None
+        self._producer: Any = None
+        self._consumer: Any = None
         self._failures: list[str] = []
         self._written = 0
 
@@ -307,7 +312,7 @@ class ShardWriter:
         self._flush()
         return self._written
 
-    def _on_delivery(self, err, msg) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
@@ -363,7 +368,7 @@ class ShardWriter:
                     "completes or aborts it (init_transactions), and the batch, which stays "
                     "pending, then skips the shard if it committed.") from None
 
-    def _check_fenced(self, err) -> None:
+    def _check_fenced(self, err: Any) -> None:
         if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
                                           "INVALID_PRODUCER_EPOCH"):
             raise ZdlError(
@@ -414,7 +419,7 @@ class ShardWriter:
 class _WriteShardsFn(beam.DoFn):
     """Writes each ``(shard, records)`` group in one transaction (exactly_once)."""
 
-    def __init__(self, topic: str, bootstrap_servers: str, producer_config: dict,
+    def __init__(self, topic: str, bootstrap_servers: str, producer_config: dict[str, Any],
                  sink_id: str, progress_topic: str, batch_id: int, fingerprint: str,
                  timeout_s: float) -> None:
         self._args = (topic, bootstrap_servers, producer_config, sink_id)
@@ -426,7 +431,9 @@ class _WriteShardsFn(beam.DoFn):
         self._committed = Metrics.counter(metrics.NAMESPACE, "sink_shards_committed")
         self._skipped = Metrics.counter(metrics.NAMESPACE, "sink_shards_skipped")
 
-    def process(self, element):
+    def process(
+            self, element: tuple[int, Iterable[OutputRecord]],
+    ) -> Iterator[tuple[int, Optional[int]]]:
         shard, records = element
         writer = ShardWriter(*self._args, shard=shard, progress_topic=self._progress_topic,
                              timeout_s=self._timeout_s)
@@ -446,20 +453,20 @@ class _WriteShardsFn(beam.DoFn):
 class _WriteAtLeastOnceFn(beam.DoFn):
     """An idempotent producer, flushed at the end of every bundle."""
 
-    def __init__(self, topic: str, settings: dict, timeout_s: float) -> None:
+    def __init__(self, topic: str, settings: dict[str, Any], timeout_s: float) -> None:
         self._topic, self._settings, self._timeout_s = topic, settings, timeout_s
         self._written = Metrics.counter(metrics.NAMESPACE, "sink_records_written")
 
     def setup(self) -> None:
         from confluent_kafka import Producer
-        self._producer = Producer(secrets.resolve(self._settings))
+        self._producer: Any = Producer(secrets.resolve(self._settings))
         self._failures: list[str] = []
 
-    def _on_delivery(self, err, msg) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def process(self, record):
+    def process(self, record: OutputRecord) -> None:
         key, value, headers = record
         while True:
             try:
@@ -483,7 +490,7 @@ class _WriteAtLeastOnceFn(beam.DoFn):
             self._producer.flush(self._timeout_s)
 
 
-class WriteToKafka(beam.PTransform):
+class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]):
     """Writes a PCollection to a Kafka topic; exactly-once inside ``run_micro_batches``.
 
     Elements are :class:`~beam_zdl.KafkaRecord`-like objects (``key``, ``value``,
@@ -522,7 +529,8 @@ class WriteToKafka(beam.PTransform):
 
     def __init__(self, topic: str, bootstrap_servers: str, *,
                  producer_config: Optional[Mapping[str, Any]] = None,
-                 key_fn: Optional[Callable] = None, value_fn: Optional[Callable] = None,
+                 key_fn: Optional[Callable[[Any], Any]] = None,
+                 value_fn: Optional[Callable[[Any], Any]] = None,
                  batch: Any = None, exactly_once: Optional[bool] = None,
                  sink_id: Optional[str] = None, shards: int = 4,
                  progress_topic: Optional[str] = None, timeout_s: float = _TIMEOUT_S) -> None:
@@ -558,16 +566,17 @@ class WriteToKafka(beam.PTransform):
                               "it is derived from sink_id and the shard (pass sink_id=)")
 
     @classmethod
-    def from_options(cls, options, topic: str, **kwargs) -> "WriteToKafka":
+    def from_options(cls, options: PipelineOptions, topic: str,
+                     **kwargs: Any) -> "WriteToKafka":
         """``bootstrap_servers`` from ``--bootstrap_servers``; the rest as keywords."""
         return cls(topic, options.get_all_options()["bootstrap_servers"], **kwargs)
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, Any]:
         return {"topic": self._topic, "sink_id": self._sink_id, "shards": self._shards,
                 "exactly_once": self._exactly_once,
                 "batch_id": -1 if self._batch_id is None else self._batch_id}
 
-    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+    def expand(self, pcoll: beam.PCollection[Any]) -> beam.PCollection[Any]:
         from apache_beam.options.pipeline_options import StandardOptions
         if self._exactly_once and pcoll.pipeline.options.view_as(StandardOptions).streaming:
             raise ConfigError(
@@ -584,25 +593,29 @@ class WriteToKafka(beam.PTransform):
                     **self._producer_config, "message.max.bytes": limit}
         if not self._exactly_once:
             settings.update({"enable.idempotence": True, "acks": "all"})
-            return (pcoll
-                    | "ToRecord" >> beam.Map(
-                        lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
-                    | "Write" >> beam.ParDo(
-                        _WriteAtLeastOnceFn(topic, settings, self._timeout_s)))
+            written: beam.PCollection[Any] = (
+                pcoll
+                | "ToRecord" >> beam.Map(
+                    lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
+                | "Write" >> beam.ParDo(_WriteAtLeastOnceFn(topic, settings, self._timeout_s)))
+            return written
         settings.pop("bootstrap.servers")
         shards = self._shards
+        assert self._batch_id is not None  # __init__ refuses exactly_once without a batch
 
-        def keyed(element):
+        def keyed(element: Any) -> tuple[int, OutputRecord]:
             record = _check_size(to_record(element, key_fn, value_fn), limit, topic)
             return shard_of(record, shards), record
 
-        return (pcoll
-                | "ToShardedRecord" >> beam.Map(keyed)
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShards" >> beam.ParDo(_WriteShardsFn(
-                    topic, self._bootstrap_servers, settings, self._sink_id,
-                    self._progress_topic, self._batch_id, self._fingerprint,
-                    self._timeout_s)))
+        committed: beam.PCollection[Any] = (
+            pcoll
+            | "ToShardedRecord" >> beam.Map(keyed)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShardsFn(
+                topic, self._bootstrap_servers, settings, self._sink_id,
+                self._progress_topic, self._batch_id, self._fingerprint,
+                self._timeout_s)))
+        return committed
 
     def _size_limit(self) -> int:
         """The smaller of the topic's max.message.bytes and the producer's message.max.bytes;
@@ -612,7 +625,9 @@ class WriteToKafka(beam.PTransform):
         settings = {"bootstrap.servers": self._bootstrap_servers}
         settings.update({k: v for k, v in self._producer_config.items()
                          if k.startswith(("security.", "sasl.", "ssl.", "socket.", "client."))})
-        admin = AdminClient(secrets.resolve(settings))  # held until futures resolve (DESIGN.md)
+        # Settings are JSON scalars, which is what AdminClient's stub asks for.
+        resolved = cast("dict[str, str | int | float | bool]", secrets.resolve(settings))
+        admin = AdminClient(resolved)  # held until futures resolve (DESIGN.md)
         for name in {self._topic, self._progress_topic}:
             try:
                 info = admin.list_topics(name, timeout=self._timeout_s).topics.get(name)

@@ -12,6 +12,7 @@ anything runs.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -52,7 +53,7 @@ class ZdlConfig:
     bootstrap_servers: str
     topics: tuple[str, ...]
     consumer_group: str
-    consumer_config: dict = field(default_factory=dict, repr=False)  # may hold secrets
+    consumer_config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     checkpoint_dir: str | None = None
     mode: str = "direct"
     wal_dir: str | None = None
@@ -201,7 +202,7 @@ class ZdlOptions(PipelineOptions):
     """beam_zdl's flags. ``--bootstrap_servers`` comes from Beam (see module doc)."""
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--topics", default=None,
             help="Comma-separated Kafka topics to read. Required.")
@@ -316,7 +317,7 @@ class ZdlOptions(PipelineOptions):
 _WARNED_SECRETS: set[tuple[str, ...]] = set()
 
 
-def _warn_literal_secrets(consumer_config: dict) -> None:
+def _warn_literal_secrets(consumer_config: dict[str, Any]) -> None:
     """Say once per process which secrets are given literally (never their values)."""
     keys = tuple(literal_secrets(consumer_config))
     if keys and keys not in _WARNED_SECRETS:
@@ -327,6 +328,6 @@ def _warn_literal_secrets(consumer_config: dict) -> None:
                         ", ".join(keys))
 
 
-def _choice(o: dict, name: str, allowed: tuple[str, ...]) -> None:
+def _choice(o: dict[str, Any], name: str, allowed: tuple[str, ...]) -> None:
     if o.get(name) not in allowed:
         raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {o.get(name)!r}")

@@ -69,6 +69,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 import beam_zdl.kafka as kafka
 import beam_zdl.positions as positions_
@@ -152,12 +153,13 @@ class Receiver:
         if not config.wal_dir:
             raise ZdlError("the receiver needs --wal_dir: where WAL segments are written")
         self.config = config
+        self.wal_dir: str = config.wal_dir
         self.checkpoint_dir = (checkpoint_dir if checkpoint_dir is not None
                                else config.checkpoint_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.stats = ReceiverStats()
         self.epoch: int | None = None
-        self._consumer = None
+        self._consumer: Any = None
         self._writer: WalWriter | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset to append per partition
@@ -171,7 +173,7 @@ class Receiver:
         self._last_drain_check = 0.0
         self._last_drain_report = 0.0
         self._drain_deadline = 0.0
-        self._waiting_for: tuple = ()
+        self._waiting_for: tuple[tuple[tuple[str, int], int | None], ...] = ()
         self.assigned_ever: set[tuple[str, int]] = set()
         self.drained = False
 
@@ -201,9 +203,9 @@ class Receiver:
                 fatal error.
         """
         cfg = self.config
-        self.epoch = wal.claim_writer_epoch(cfg.wal_dir, self.owner)
+        self.epoch = wal.claim_writer_epoch(self.wal_dir, self.owner)
         half = max(1, cfg.max_buffered_bytes // 2)
-        self._writer = WalWriter(cfg.wal_dir, writer_id=self.owner, epoch=self.epoch,
+        self._writer = WalWriter(self.wal_dir, writer_id=self.owner, epoch=self.epoch,
                                  max_bytes=min(cfg.wal_segment_bytes, half),
                                  max_records=cfg.wal_segment_records,
                                  max_age_s=cfg.wal_segment_age_s)
@@ -219,7 +221,6 @@ class Receiver:
                                                         cfg.consumer_group, extra)
         _LOGGER.info("receiver %s: writer epoch %d on %s, group %s, topics %s", self.owner,
                      self.epoch, cfg.wal_dir, cfg.consumer_group, ",".join(cfg.topics))
-        targets = None
         started = time.monotonic()
         last_report, last_records = started, 0
         try:
@@ -267,8 +268,9 @@ class Receiver:
                      if self.stats.lost_records else "")
         return self.stats
 
-    def _append(self, messages) -> None:
+    def _append(self, messages: list[Any]) -> None:
         from confluent_kafka import KafkaError, KafkaException, TopicPartition
+        assert self._writer is not None  # run() makes it before consuming
         for index, msg in enumerate(messages):
             err = msg.error()
             if err is not None:
@@ -325,6 +327,7 @@ class Receiver:
         if mine or got_messages or now - self._last_drain_check < _DRAIN_CHECK_EVERY_S:
             return False
         self._last_drain_check = now
+        assert self._writer is not None  # run() makes it before consuming
         if self._writer.buffered_records:
             self._seal_and_commit(retry=False)
         self._commit_positions(force=True)
@@ -336,7 +339,7 @@ class Receiver:
             _LOGGER.warning("receiver %s: %s; asking again", self.owner, exc)
             committed = {}
         short = {tp: committed.get(tp) for tp, end in targets.items()
-                 if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
+                 if end > 0 and ((c := committed.get(tp)) is None or c < end)}
         if not short:
             return True
         waiting_for = tuple(sorted(short.items()))
@@ -378,7 +381,7 @@ class Receiver:
                         "(%s; giving up in %.0f s)", self.owner, len(short), "; ".join(lines),
                         why, self._drain_deadline - now)
 
-    def _advance_past_gaps(self, tps) -> None:
+    def _advance_past_gaps(self, tps: Iterable[tuple[str, int]]) -> None:
         """Move the next offset of ``tps`` up to the consumer's position, which passes
         transaction markers, aborted and compacted records that are never delivered."""
         from confluent_kafka import TopicPartition
@@ -395,6 +398,7 @@ class Receiver:
         safe and brings the group's offsets to the end. Also retries a failed commit.
         """
         now = time.monotonic()
+        assert self._writer is not None  # run() makes it before consuming
         if (self._writer.buffered_records or self._seal_failed or not self._assigned
                 or not force and now - self._last_position_commit < _POSITION_COMMIT_EVERY_S):
             return
@@ -413,6 +417,7 @@ class Receiver:
         seal fails keeps the receiver's records in memory under about
         ``--max_buffered_bytes`` however long storage (or the batches reading it) lag.
         """
+        assert self._writer is not None  # run() makes it before consuming
         if self._seal_failed and not self._paused:
             _LOGGER.warning("receiver %s: sealing failed with %d bytes buffered "
                             "(--max_buffered_bytes=%d): pausing partitions until a seal "
@@ -444,6 +449,7 @@ class Receiver:
                ``retry`` return and let backpressure pause the partitions.
             2. Commit ``last + 1`` of each sealed partition that is still assigned here.
         """
+        assert self._writer is not None  # run() makes it before consuming
         # Step 1
         deadline = time.monotonic() + _SEAL_RETRY_FOR_S
         self.stats.peak_buffered_bytes = max(self.stats.peak_buffered_bytes,
@@ -484,7 +490,7 @@ class Receiver:
 
     # --- rebalance callbacks (run inside consume()) ---------------------------------------
 
-    def _on_assign(self, consumer, partitions) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.stats.rebalances += 1
         positions = self._resume_positions(consumer, tps)
@@ -500,11 +506,12 @@ class Receiver:
         _LOGGER.info("receiver %s: assigned %s", self.owner,
                      ", ".join(f"{t}[{p}]@{positions[(t, p)]}" for t, p in sorted(tps)) or "-")
 
-    def _resume_positions(self, consumer, tps) -> dict[tuple[str, int], int]:
+    def _resume_positions(self, consumer: Any,
+                          tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Step by step: WAL + checkpoint plans, group commit, --starting_offsets; then check
         against the log start and repair a lost commit."""
         cfg = self.config
-        wal = wal_resume_positions(cfg.wal_dir, self.checkpoint_dir)
+        wal = wal_resume_positions(self.wal_dir, self.checkpoint_dir)
         committed = kafka.committed_offsets(consumer, tps, cfg.bootstrap_servers)
         positions: dict[tuple[str, int], int] = {}
         for tp in tps:
@@ -526,8 +533,8 @@ class Receiver:
                     why="they were never written to the WAL")
                 positions[tp] = low
         repair = {tp: pos for tp, pos in positions.items()
-                  if committed.get(tp) is not None and pos > committed[tp]
-                  or committed.get(tp) is None and tp in wal}
+                  if (c := committed.get(tp)) is not None and pos > c
+                  or c is None and tp in wal}
         self._committed.update({tp: c for tp, c in committed.items() if c is not None})
         if repair:
             _LOGGER.info("receiver %s: the WAL is ahead of the group's commit for %s; "
@@ -536,7 +543,7 @@ class Receiver:
                 self._committed.update(repair)
         return positions
 
-    def _on_revoke(self, consumer, partitions) -> None:
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self.stats.rebalances += 1
         if not self._failed and self._writer is not None:
             # Seal and commit what we hold before the partitions go to another member.
@@ -546,12 +553,13 @@ class Receiver:
         _LOGGER.info("receiver %s: revoked %s", self.owner,
                      ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "-")
 
-    def _on_lost(self, consumer, partitions) -> None:
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # Another member may own them already: sealing now could write records twice.
         lost = {(tp.topic, tp.partition) for tp in partitions}
         if self._writer is not None and self._writer.buffered_records:
             dropped = self._writer.buffered_records
-            self._writer = WalWriter(self.config.wal_dir, writer_id=self.owner, epoch=self.epoch,
+            assert self.epoch is not None  # claimed in run() before the writer was made
+            self._writer = WalWriter(self.wal_dir, writer_id=self.owner, epoch=self.epoch,
                                      max_bytes=self._writer.max_bytes,
                                      max_records=self._writer.max_records,
                                      max_age_s=self._writer.max_age_s)
@@ -561,7 +569,7 @@ class Receiver:
                             sorted(lost), dropped)
         self._drop(lost)
 
-    def _drop(self, tps) -> None:
+    def _drop(self, tps: Iterable[tuple[str, int]]) -> None:
         for tp in tps:
             self._assigned.discard(tp)
             self._next.pop(tp, None)

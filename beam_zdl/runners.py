@@ -21,11 +21,16 @@ Flink
 
 from __future__ import annotations
 
+import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_zdl.options import parse_bool
+
+if TYPE_CHECKING:
+    from apache_beam.runners.runner import PipelineRunner
 
 __all__ = ["FlinkOptions", "pipeline_runner", "is_flink", "apply_runner_defaults"]
 
@@ -38,7 +43,7 @@ class FlinkOptions(PipelineOptions):
     """Flink runner flags Beam's Python SDK does not declare (see module doc)."""
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--checkpointing_interval", type=int, default=None,
             help="Flink: milliseconds between checkpoints. Required for streaming "
@@ -53,7 +58,7 @@ class FlinkOptions(PipelineOptions):
                  "apache/beam PR #12345).")
 
 
-def is_flink(options: PipelineOptions, runner=None) -> bool:
+def is_flink(options: PipelineOptions, runner: object = None) -> bool:
     """Whether the pipeline runs on Flink (by ``--runner`` or the runner object)."""
     if runner is not None and type(runner).__name__.lower() in _FLINK_NAMES:
         return True
@@ -65,7 +70,7 @@ def is_flink(options: PipelineOptions, runner=None) -> bool:
     return name.rsplit(".", 1)[-1].lower() in _FLINK_NAMES
 
 
-def apply_runner_defaults(options: PipelineOptions, runner=None) -> None:
+def apply_runner_defaults(options: PipelineOptions, runner: object = None) -> None:
     """Set the runner flags a streaming read needs when the user did not set them.
 
     On Flink: ``--finish_bundle_before_checkpointing=true`` (see module doc),
@@ -94,7 +99,7 @@ def apply_runner_defaults(options: PipelineOptions, runner=None) -> None:
             "committed to the consumer group; pass e.g. --checkpointing_interval=10000")
 
 
-def pipeline_runner(options: PipelineOptions):
+def pipeline_runner(options: PipelineOptions) -> PipelineRunner | str | None:
     """The runner for one bounded batch.
 
     The DirectRunner (Beam's default) first tries Prism, which it downloads at
@@ -102,7 +107,7 @@ def pipeline_runner(options: PipelineOptions):
     FnApiRunner, which honours ``--direct_num_workers`` and
     ``--direct_running_mode``. Any other runner is used as given.
     """
-    runner = options.view_as(StandardOptions).runner
+    runner: PipelineRunner | str | None = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         return FnApiRunner()

@@ -34,12 +34,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, List, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import requests
 
 from beam_zdl.errors import ObjectExistsError, StorageError
+
+_T = TypeVar("_T")
 
 __all__ = ["ObjectInfo", "Storage", "LocalStorage", "GcsStorage", "HdfsStorage",
            "open_storage", "join"]
@@ -83,7 +85,7 @@ def join(*parts: str) -> str:
 class LocalStorage:
     """A folder on a local (or mounted) file system."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root_uri = str(self.root)
 
@@ -191,7 +193,7 @@ class GcsStorage:
         self._client = client
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # Clients hold sessions and locks: a pickled storage (say in a DoFn)
         # makes its own client where it is used.
         state = self.__dict__.copy()
@@ -199,7 +201,7 @@ class GcsStorage:
         state["_lock"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -212,7 +214,7 @@ class GcsStorage:
     def _client_(self) -> Any:
         with self._lock:
             if self._client is None:
-                from google.cloud import storage
+                import google.cloud.storage as storage
                 self._client = storage.Client()
             return self._client
 
@@ -264,7 +266,8 @@ class GcsStorage:
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY
         try:
-            return self._blob(name).download_as_bytes(retry=DEFAULT_RETRY)
+            data: bytes = self._blob(name).download_as_bytes(retry=DEFAULT_RETRY)
+            return data
         except exceptions.NotFound:
             raise StorageError(f"{self.uri(name)} does not exist (or its bucket "
                                f"gs://{self.bucket_name} does not)") from None
@@ -274,7 +277,8 @@ class GcsStorage:
     def exists(self, name: str) -> bool:
         from google.cloud.storage.retry import DEFAULT_RETRY
         try:
-            return self._blob(name).exists(retry=DEFAULT_RETRY)
+            found: bool = self._blob(name).exists(retry=DEFAULT_RETRY)
+            return found
         except Exception as err:
             raise self._error("check", name, err) from err
 
@@ -382,7 +386,7 @@ class HdfsStorage:
         self.attempts = attempts
         self._session: requests.Session | None = None
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_session"] = None
         return state
@@ -488,7 +492,7 @@ class HdfsStorage:
                                     headers={"Content-Type": "application/octet-stream"})
         _check(resp)
 
-    def _status(self, path: str) -> dict | None:
+    def _status(self, path: str) -> dict[str, Any] | None:
         """The FileStatus of ``path``, or None if it does not exist."""
         try:
             resp = self._retrying(f"check {self._uri_of(path)}",
@@ -497,9 +501,11 @@ class HdfsStorage:
             if err.status == 404 or err.exception == "FileNotFoundException":
                 return None
             raise self._error_at("check", path, err) from None
-        return resp.json()["FileStatus"]
+        status: dict[str, Any] = resp.json()["FileStatus"]
+        return status
 
-    def _list_dir(self, path: str) -> list[dict]:
+    # typing.List: in this class body `list` is the method above.
+    def _list_dir(self, path: str) -> List[dict[str, Any]]:
         try:
             resp = self._retrying(f"list {self._uri_of(path)}",
                                   lambda: self._call("GET", path, "LISTSTATUS"))
@@ -507,7 +513,8 @@ class HdfsStorage:
             if err.status == 404 or err.exception == "FileNotFoundException":
                 return []
             raise self._error_at("list", path, err) from None
-        return resp.json()["FileStatuses"]["FileStatus"]
+        statuses: List[dict[str, Any]] = resp.json()["FileStatuses"]["FileStatus"]
+        return statuses
 
     def _delete_quietly(self, path: str) -> None:
         try:
@@ -532,7 +539,7 @@ class HdfsStorage:
         _check(resp)
         return resp
 
-    def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _retrying(self, what: str, fn: Callable[[], _T]) -> _T:
         """Run ``fn``, retrying connection errors, 5xx and retriable exceptions."""
         for attempt in range(1, self.attempts + 1):
             try:

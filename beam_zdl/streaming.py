@@ -68,7 +68,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange
@@ -88,6 +88,15 @@ __all__ = ["FLINK_TIMING", "StreamSettings", "StreamPartition", "PartitionOffset
            "DiscoverPartitionsFn", "ReadPartitionFn", "ReadStreaming"]
 
 _LOGGER = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _unbounded_per_element() -> Callable[[_F], _F]:
+    """``beam.DoFn.unbounded_per_element()``; Beam leaves it unannotated, and an
+    untyped decorator would leave the ``process`` it marks unchecked."""
+    decorator: Callable[[_F], _F] = beam.DoFn.unbounded_per_element()
+    return decorator
 
 _POLL_TIMEOUT_S = 0.25       # an empty poll this long → checkpoint
 _MAX_CALL_S = 2.0            # a call reading this long → checkpoint (finalize, commit)
@@ -123,15 +132,23 @@ class PartitionOffsets(OffsetRange):
     """An OffsetRange that knows its partition, so its tracker can estimate the end."""
 
     def __init__(self, topic: str, partition: int, start: int, stop: int) -> None:
-        super().__init__(start, stop)
+        # Named, not super(): mypy can tell Beam's unannotated __init__ is Beam's only so.
+        OffsetRange.__init__(self, start, stop)
         self.topic = topic
         self.partition = partition
+
+    if TYPE_CHECKING:
+        # Beam's OffsetRange is unannotated; declared so this module's uses are checked.
+        start: int
+        stop: int
+
+        def size(self) -> int: ...
 
     def split_at(self, split_pos: int) -> tuple["PartitionOffsets", "PartitionOffsets"]:
         return (PartitionOffsets(self.topic, self.partition, self.start, split_pos),
                 PartitionOffsets(self.topic, self.partition, split_pos, self.stop))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[PartitionOffsets], tuple[str, int, int, int]]:
         return PartitionOffsets, (self.topic, self.partition, self.start, self.stop)
 
     def __repr__(self) -> str:
@@ -145,7 +162,9 @@ class _CheckpointOnlyTracker(GrowableOffsetRangeTracker):
     See Splitting in the module doc: the committed offset must end a prefix.
     """
 
-    def try_split(self, fraction_of_remainder: float):
+    def try_split(
+            self, fraction_of_remainder: float,
+    ) -> Optional[tuple[OffsetRange, OffsetRange]]:
         if fraction_of_remainder > 0:
             return None
         return super().try_split(fraction_of_remainder)
@@ -271,7 +290,7 @@ class _DiscoveryProvider(RestrictionProvider):
     def restriction_size(self, topic: str, restriction: OffsetRange) -> int:
         return 1
 
-    def truncate(self, topic: str, restriction: OffsetRange):
+    def truncate(self, topic: str, restriction: OffsetRange) -> None:
         return None  # on drain, stop discovering
 
 
@@ -281,13 +300,14 @@ class DiscoverPartitionsFn(beam.DoFn):
     def __init__(self, settings: StreamSettings) -> None:
         self._settings = settings
 
-    @beam.DoFn.unbounded_per_element()
+    @_unbounded_per_element()
     def process(
         self,
         topic: str,
-        tracker=beam.DoFn.RestrictionParam(_DiscoveryProvider()),
-        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
-    ) -> Iterator[TimestampedValue]:
+        tracker: Any = beam.DoFn.RestrictionParam(_DiscoveryProvider()),
+        watermark: Any = beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()),
+    ) -> Iterator[TimestampedValue[StreamPartition]]:
         first_round = tracker.current_restriction().start == 0
         count = _SharedClient.of(self._settings).partition_count(topic)
         now = Timestamp.now()
@@ -322,7 +342,8 @@ class _PartitionProvider(RestrictionProvider):
         settings = self._settings
         return lambda: _SharedClient.of(settings).end_offset(r.topic, r.partition)
 
-    def split(self, sp: StreamPartition, restriction: PartitionOffsets):
+    def split(self, sp: StreamPartition,
+              restriction: PartitionOffsets) -> Iterator[PartitionOffsets]:
         yield restriction
 
     def restriction_size(self, sp: StreamPartition, restriction: PartitionOffsets) -> int:
@@ -334,7 +355,7 @@ class _PartitionProvider(RestrictionProvider):
             return 0
         return max(0, end - restriction.start)
 
-    def truncate(self, sp: StreamPartition, restriction: PartitionOffsets):
+    def truncate(self, sp: StreamPartition, restriction: PartitionOffsets) -> None:
         return None  # on drain, stop reading: the group's commit is where a new job resumes
 
 
@@ -352,14 +373,14 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
 
     def setup(self) -> None:
         # tp → (consumer, offset it will deliver next), least recently used first
-        self._consumers: dict[tuple[str, int], list] = {}
+        self._consumers: dict[tuple[str, int], list[Any]] = {}
 
     def teardown(self) -> None:
         for consumer, _ in self._consumers.values():
             consumer.close()
         self._consumers = {}
 
-    def _consumer_at(self, tp: tuple[str, int], offset: int):
+    def _consumer_at(self, tp: tuple[str, int], offset: int) -> list[Any]:
         """An assigned consumer for ``tp`` positioned at ``offset`` (reused when it is there)."""
         from confluent_kafka import TopicPartition
         entry = self._consumers.pop(tp, None)
@@ -374,14 +395,15 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         self._consumers[tp] = entry
         return entry
 
-    @beam.DoFn.unbounded_per_element()
+    @_unbounded_per_element()
     def process(
         self,
         sp: StreamPartition,
-        finalizer=beam.DoFn.BundleFinalizerParam,
-        tracker=beam.DoFn.RestrictionParam(),
-        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
-    ) -> Iterator[TimestampedValue]:
+        finalizer: Any = beam.DoFn.BundleFinalizerParam,
+        tracker: Any = beam.DoFn.RestrictionParam(),
+        watermark: Any = beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()),
+    ) -> Iterator[TimestampedValue[KafkaRecord]]:
         from confluent_kafka import KafkaException, TopicPartition
 
         tp = (sp.topic, sp.partition)
@@ -449,9 +471,9 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
             # of a stage that requires finalization, and the SDK refuses to finalize
             # a bundle that registered nothing ("not in a finalizable state").
             offsets = {} if last_claimed is None else {tp: last_claimed + 1}
-            finalizer.register(lambda: offsets and client.commit(offsets))
+            finalizer.register(lambda: client.commit(offsets) if offsets else None)
 
-    def _advance_idle(self, watermark) -> None:
+    def _advance_idle(self, watermark: Any) -> None:
         """Caught up: nothing older than now - delay is expected any more."""
         idle = Timestamp.now() - Duration.of(self._settings.idle_watermark_delay_s)
         current = watermark.current_watermark()
@@ -470,7 +492,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         return low
 
 
-class ReadStreaming(beam.PTransform):
+class ReadStreaming(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):
     """The unbounded read of ``topics`` (what ReadFromKafka expands to with --streaming)."""
 
     def __init__(self, topics: tuple[str, ...], settings: StreamSettings) -> None:
@@ -478,15 +500,17 @@ class ReadStreaming(beam.PTransform):
         self._topics = tuple(topics)
         self._settings = settings
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, Any]:
         return {**self._settings.display_data(), "topics": ",".join(self._topics),
                 "starting_offsets": self._settings.starting_offsets}
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         topics = self._topics
-        return (pbegin
-                | "Impulse" >> beam.Impulse()
-                | "Topics" >> beam.FlatMap(lambda _: topics)
-                | "Discover" >> beam.ParDo(DiscoverPartitionsFn(self._settings))
-                | "Read" >> beam.ParDo(ReadPartitionFn(self._settings))
-                .with_output_types(KafkaRecord))
+        read: beam.PCollection[KafkaRecord] = (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "Topics" >> beam.FlatMap(lambda _: topics)
+            | "Discover" >> beam.ParDo(DiscoverPartitionsFn(self._settings))
+            | "Read" >> beam.ParDo(ReadPartitionFn(self._settings))
+            .with_output_types(KafkaRecord))
+        return read

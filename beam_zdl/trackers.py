@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from fractions import Fraction
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, cast
 
 from apache_beam.io.iobase import RestrictionProgress
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -34,6 +34,9 @@ import beam_zdl.compat as compat
 __all__ = ["OPEN_END", "GrowableOffsetRangeTracker"]
 
 _LOGGER = logging.getLogger(__name__)
+
+# What try_split returns: (primary, residual), or None when no split is possible.
+_Split = Optional[Tuple[OffsetRange, OffsetRange]]
 
 # The end of an open range: Java's Long.MAX_VALUE, so the restriction means
 # the same to a runner that reads it as a Java OffsetRange.
@@ -56,9 +59,14 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
         super().__init__(offset_range)
         self._estimator = range_end_estimator
 
+    if TYPE_CHECKING:
+        # Beam leaves the inherited accessor unannotated; declared here so this
+        # class's own calls are checked against the OffsetRange it returns.
+        def current_restriction(self) -> OffsetRange: ...
+
     def _open(self) -> bool:
         rng = self.current_restriction()
-        return rng.stop == OPEN_END and rng.start != rng.stop
+        return bool(rng.stop == OPEN_END and rng.start != rng.stop)
 
     def _estimate(self, floor: int) -> int:
         """The estimated end, never below ``floor``; a failing estimator gives ``floor``."""
@@ -72,9 +80,11 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
         """The last offset passed to ``try_claim``, None before the first."""
         return compat.tracker_last_attempt(self)
 
-    def try_split(self, fraction_of_remainder: float):
+    def try_split(self, fraction_of_remainder: float) -> _Split:
         if not self._open():
-            return super().try_split(fraction_of_remainder)
+            # Beam's try_split is unannotated, and reached through super() mypy's
+            # untyped_calls_exclude cannot tell it is Beam's.
+            return cast(Callable[[float], _Split], super().try_split)(fraction_of_remainder)
         if compat.tracker_checkpointed(self):
             return None
         last = compat.tracker_last_attempt(self)
@@ -110,4 +120,4 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
         return RestrictionProgress(completed=last - start + 1, remaining=end - last - 1)
 
     def is_bounded(self) -> bool:
-        return self.current_restriction().stop != OPEN_END
+        return bool(self.current_restriction().stop != OPEN_END)

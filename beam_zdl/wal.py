@@ -57,7 +57,7 @@ import threading
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -175,8 +175,9 @@ def to_wal_record(record: Any) -> wal_pb2.WalRecord:
 def from_message(msg: Any) -> wal_pb2.WalRecord:
     """The WAL record of a confluent-kafka ``Message`` (the receiver's hot path)."""
     ts_type, ts = msg.timestamp()
-    rec = wal_pb2.WalRecord(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                            timestamp_ms=ts, timestamp_type=_TIMESTAMP_TYPES.get(ts_type, 0))
+    rec = wal_pb2.WalRecord(
+        topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts,
+        timestamp_type=_TIMESTAMP_TYPES.get(ts_type, wal_pb2.TIMESTAMP_TYPE_UNSPECIFIED))
     key = msg.key()
     if key is not None:
         rec.key = key
@@ -329,6 +330,8 @@ class WalWriter:
         spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=first, last_offset=last)
                  for (t, p), (first, last) in self._spans.items()]
         if self._sealed is None:
+            # append() stamps it with the first buffered frame, and frames are buffered.
+            assert self._opened_at is not None
             header = wal_pb2.SegmentHeader(format_version=FORMAT_VERSION, writer_id=self.writer_id,
                                            epoch=self.epoch, created_ms=int(self._opened_at * 1000))
             footer = wal_pb2.SegmentFooter(record_count=len(self._frames), spans=spans)
@@ -667,17 +670,17 @@ def remember_segment(ref: checkpoint_pb2.SegmentRef) -> None:
         _REFS[ref.uri] = ref
 
 
-def forget_segments(uris) -> None:
+def forget_segments(uris: Iterable[str]) -> None:
     """Drop deleted segments from the per-process footer cache."""
     with _REFS_LOCK:
         for uri in uris:
             _REFS.pop(uri, None)
 
 
-_STORAGES: dict[str, object] = {}
+_STORAGES: dict[str, Storage] = {}
 
 
-def _storage_of(root: str):
+def _storage_of(root: str) -> Storage:
     with _REFS_LOCK:
         storage = _STORAGES.get(root)
         if storage is None:
@@ -741,7 +744,7 @@ def claim_writer_epoch(wal_dir: str, owner: str) -> int:
             epoch += 1
 
 
-def parse_writer_claim(wal_dir: str, epoch: int) -> dict:
+def parse_writer_claim(wal_dir: str, epoch: int) -> dict[str, Any]:
     """Who claimed a writer epoch (``owner``, ``claimed_ms``), for inspection.
 
     Raises:

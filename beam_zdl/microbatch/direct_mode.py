@@ -19,7 +19,7 @@ commit repairs: the checkpoint, not Kafka, decides where reading resumes.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 
@@ -78,7 +78,7 @@ class DirectDriver(BatchLoop):
                                                start=r.start, stop=r.stop) for r in planned],
             epoch=self.epoch)
 
-    def _read(self, batch: Batch) -> beam.PTransform:
+    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
         return ReadFromKafka(ranges=batch.ranges, options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:

@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -94,7 +94,7 @@ class RunSummary:
     batch_ids: list[int] = field(default_factory=list)
 
 
-BuildFn = Callable[[beam.PCollection, Batch], None]
+BuildFn = Callable[[beam.PCollection[Any], Batch], None]
 
 
 class StopFlag:
@@ -102,7 +102,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._previous: dict = {}
+        self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
@@ -110,11 +110,11 @@ class StopFlag:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
         if self._event.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         _LOGGER.warning("stop requested: finishing the current batch, then exiting "
@@ -142,8 +142,8 @@ def current_batch() -> Optional[Batch]:
     return _BUILDING.get()
 
 
-def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch,
-                       read: beam.PTransform) -> int:
+def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
+                       read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
     pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
     records = pipeline | f"ReadBatch{batch.batch_id}" >> read
@@ -177,9 +177,10 @@ class BatchLoop(abc.ABC):
         self.build_fn = build_fn
         self.options = options
         self.config = config
+        assert config.checkpoint_dir is not None  # ZdlConfig(need_checkpoint=True) has one
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
         self.summary = RunSummary()
-        self.consumer = None
+        self.consumer: Any = None
         self.progress = Progress()
 
     # --- hooks ----------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class BatchLoop(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def _read(self, batch: Batch) -> beam.PTransform:
+    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -239,7 +240,7 @@ class BatchLoop(abc.ABC):
         cfg = self.config
         committed = kafka.committed_offsets(self.consumer, targets, cfg.bootstrap_servers)
         short = {tp: committed.get(tp) for tp, end in targets.items()
-                 if end > 0 and (committed.get(tp) is None or committed[tp] < end)}
+                 if end > 0 and ((c := committed.get(tp)) is None or c < end)}
         if short:
             raise ZdlError(
                 "--trigger=available_now: every batch completed, but the offsets of consumer "
@@ -271,6 +272,7 @@ class BatchLoop(abc.ABC):
                     created_ms=int(time.time() * 1000)))
                 _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
                 self._start(stop)
+                plan: Optional[checkpoint_pb2.BatchPlan]
                 targets = getattr(self, "_targets", None)
                 self.progress.start(self._start_positions(list(targets or ())), targets)
                 # Step 1

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -79,7 +79,9 @@ class WalDriver(BatchLoop):
         self._thread: Optional[threading.Thread] = None
         self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
         self._receiver_done_before_listing = False
-        self._wal_storage = open_storage(config.wal_dir)
+        assert config.wal_dir is not None  # ZdlConfig requires it with --zdl_mode=wal
+        self._wal_dir: str = config.wal_dir
+        self._wal_storage = open_storage(self._wal_dir)
 
     # --- the receiver thread --------------------------------------------------------------
 
@@ -123,7 +125,7 @@ class WalDriver(BatchLoop):
         self._receiver_done_before_listing = not self._receiver_running()
         planned = {_name(seg.uri) for i in self.coordinator.planned_ids()
                    for seg in self._plan(i).segments}
-        unplanned = [s for s in list_segments(self.config.wal_dir) if s.name not in planned]
+        unplanned = [s for s in list_segments(self._wal_dir) if s.name not in planned]
         if not unplanned:
             return None
         refs = segment_refs(unplanned)
@@ -194,6 +196,7 @@ class WalDriver(BatchLoop):
         if not self.receiver.drained:
             raise ZdlError("--trigger=available_now: the WAL receiver stopped before every "
                            "partition was drained; the run is not finished (run it again)")
+        assert self._targets is not None  # set by _start under available_now
         self._verify_finished(self._targets)
 
     def _idle_wait_s(self, since: float) -> float:
@@ -210,7 +213,7 @@ class WalDriver(BatchLoop):
                            for r in plan.ranges),
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
-    def _read(self, batch: Batch) -> beam.PTransform:
+    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
         return ReadFromWal(segments=list(batch.segments), options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:

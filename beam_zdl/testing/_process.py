@@ -19,7 +19,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
@@ -50,11 +51,11 @@ class ServerProcess:
     (SIGTERM) reach every process it started.
     """
 
-    def __init__(self, args: Sequence[str], log: Path, env: dict | None = None) -> None:
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
         self.log = log
         self.env = env
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -77,13 +78,13 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash would."""
-        if self.alive():
+        if self._proc is not None and self.alive():
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if not self.alive():
+        if self._proc is None or not self.alive():
             return
         os.killpg(self._proc.pid, signal.SIGTERM)
         try:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -89,7 +90,7 @@ class LocalFlink:
     """
 
     def __init__(self, taskmanagers: int = 2, slots: int = 2,
-                 workdir: str | os.PathLike | None = None, jobmanager_mb: int = 768,
+                 workdir: str | os.PathLike[str] | None = None, jobmanager_mb: int = 768,
                  taskmanager_mb: int = 1024, start_timeout_s: float = 120.0) -> None:
         self.taskmanager_count = taskmanagers
         self.slots = slots
@@ -167,7 +168,7 @@ class LocalFlink:
                 self.log_file("jobmanager"))
             self._jobmanager.start()
         for i in range(self.taskmanager_count):
-            if self._taskmanagers[i] is None or not self._taskmanagers[i].alive():
+            if (tm := self._taskmanagers[i]) is None or not tm.alive():
                 self._start_taskmanager(i)
         self.wait_for_taskmanagers(self.taskmanager_count)
         return self
@@ -204,14 +205,14 @@ class LocalFlink:
         wait_until(lambda: any(tm["id"] not in before for tm in self.taskmanagers()),
                    self.start_timeout_s, f"TaskManager {i} registering at {self.rest_url}",
                    log=self.log_file(f"taskmanager-{i}"),
-                   alive=lambda: self._taskmanagers[i].alive())
+                   alive=lambda: self._taskmanager(i).alive())
 
     def taskmanager_alive(self, i: int) -> bool:
         return self._taskmanager(i).alive()
 
     # -- REST --------------------------------------------------------------
 
-    def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0):
+    def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0) -> Any:
         """A REST call to the JobManager; the decoded JSON answer."""
         response = requests.request(method, self.rest_url + path, timeout=timeout_s)
         if response.status_code >= 300:
@@ -219,19 +220,22 @@ class LocalFlink:
                            f"{response.status_code}: {response.text[:500]}")
         return response.json() if response.content else None
 
-    def taskmanagers(self) -> list[dict]:
-        return self.rest("/taskmanagers")["taskmanagers"]
+    def taskmanagers(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.rest("/taskmanagers")["taskmanagers"]
+        return found
 
     def wait_for_taskmanagers(self, count: int, timeout_s: float | None = None) -> None:
         """Wait until ``count`` TaskManagers are registered with the JobManager."""
         wait_until(lambda: len(self.taskmanagers()) >= count,
                    timeout_s or self.start_timeout_s,
                    f"Flink session cluster at {self.rest_url} with {count} TaskManagers",
-                   log=self.log_file("jobmanager"), alive=self._jobmanager.alive)
+                   log=self.log_file("jobmanager"),
+                   alive=lambda: self._jobmanager is not None and self._jobmanager.alive())
 
-    def jobs(self) -> list[dict]:
+    def jobs(self) -> list[dict[str, Any]]:
         """Every job the cluster knows: ``{"id": ..., "status": ...}``."""
-        return self.rest("/jobs")["jobs"]
+        found: list[dict[str, Any]] = self.rest("/jobs")["jobs"]
+        return found
 
     def running_jobs(self) -> list[str]:
         return [j["id"] for j in self.jobs()
@@ -249,7 +253,8 @@ class LocalFlink:
         return found[0]
 
     def job_status(self, job_id: str) -> str:
-        return self.rest(f"/jobs/{job_id}")["state"]
+        state: str = self.rest(f"/jobs/{job_id}")["state"]
+        return state
 
     def cancel(self, job_id: str, timeout_s: float = 60.0) -> None:
         """Cancel a job and wait until it is CANCELED (or otherwise ended)."""
@@ -257,9 +262,10 @@ class LocalFlink:
         wait_until(lambda: self.job_status(job_id) in ("CANCELED", "FAILED", "FINISHED"),
                    timeout_s, f"job {job_id} cancelled on {self.rest_url}")
 
-    def checkpoints(self, job_id: str) -> dict:
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
         """Flink's checkpoint statistics of a job (``/jobs/<id>/checkpoints``)."""
-        return self.rest(f"/jobs/{job_id}/checkpoints")
+        stats: dict[str, Any] = self.rest(f"/jobs/{job_id}/checkpoints")
+        return stats
 
     # -- internals ---------------------------------------------------------
 
@@ -268,11 +274,11 @@ class LocalFlink:
         return self.workdir / "conf"
 
     def _taskmanager(self, i: int) -> ServerProcess:
-        if not 0 <= i < self.taskmanager_count or self._taskmanagers[i] is None:
+        if not 0 <= i < self.taskmanager_count or (proc := self._taskmanagers[i]) is None:
             raise ZdlError(f"no TaskManager {i}: this LocalFlink has "
                            f"{self.taskmanager_count} (0..{self.taskmanager_count - 1}); "
                            "call start() first")
-        return self._taskmanagers[i]
+        return proc
 
     def _task_heap_mb(self) -> int:
         """What is left for task heap once the fixed parts (see _write_config) are out."""

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -64,7 +65,7 @@ class LocalGcs:
         start_timeout_s: how long to wait for the emulator to answer.
     """
 
-    def __init__(self, backend: str = "memory", workdir: str | os.PathLike | None = None,
+    def __init__(self, backend: str = "memory", workdir: str | os.PathLike[str] | None = None,
                  project: str = "test", start_timeout_s: float = 30.0) -> None:
         if backend not in ("memory", "filesystem"):
             raise ZdlError(f"LocalGcs backend must be 'memory' or 'filesystem', not {backend!r}")
@@ -162,10 +163,10 @@ class LocalGcs:
 
     # -- helpers -----------------------------------------------------------
 
-    def client(self):
+    def client(self) -> Any:
         """A google-cloud-storage client bound to this emulator (anonymous)."""
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        import google.cloud.storage as storage
         return storage.Client(project=self.project, credentials=AnonymousCredentials(),
                               client_options={"api_endpoint": self.endpoint})
 

@@ -59,7 +59,7 @@ class LocalHdfs:
         start_timeout_s: how long to wait for WebHDFS to answer.
     """
 
-    def __init__(self, workdir: str | os.PathLike | None = None, heap_mb: int = 256,
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, heap_mb: int = 256,
                  start_timeout_s: float = 90.0) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localhdfs-"))

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Tuple
 
 from beam_zdl.errors import ZdlError
 import beam_zdl.testing.jars as jars
@@ -36,7 +36,8 @@ logger.kafka.name = kafka.server.KafkaRaftServer
 logger.kafka.level = info
 """
 
-Record = tuple  # (key, value) or (key, value, partition) or (key, value, partition, headers)
+# (key, value) or (key, value, partition) or (key, value, partition, headers)
+Record = Tuple[Any, ...]
 
 
 class LocalKafka:
@@ -45,7 +46,7 @@ class LocalKafka:
     Use as a context manager, or call ``start()`` and ``stop()``.
     """
 
-    def __init__(self, workdir: str | os.PathLike | None = None,
+    def __init__(self, workdir: str | os.PathLike[str] | None = None,
                  heap_mb: int = 768, start_timeout_s: float = 90.0) -> None:
         self.external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
         self._own_dir = workdir is None
@@ -71,7 +72,7 @@ class LocalKafka:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> "LocalKafka":
@@ -129,7 +130,7 @@ class LocalKafka:
 
     # -- helpers -----------------------------------------------------------
 
-    def admin(self):
+    def admin(self) -> Any:
         from confluent_kafka.admin import AdminClient
         return AdminClient({"bootstrap.servers": self.bootstrap_servers})
 
@@ -149,7 +150,7 @@ class LocalKafka:
         return name
 
     def produce(self, topic: str, records: Iterable[Record],
-                config: dict | None = None) -> int:
+                config: dict[str, Any] | None = None) -> int:
         """Produce records: ``(key, value)``, optionally ``partition``, ``headers`` and a
         timestamp in epoch milliseconds.
 
@@ -162,7 +163,7 @@ class LocalKafka:
         failures: list[str] = []
         acked = 0
 
-        def on_delivery(err, msg) -> None:
+        def on_delivery(err: Any, msg: Any) -> None:
             nonlocal acked
             if err is not None:
                 failures.append(str(err))
@@ -171,7 +172,7 @@ class LocalKafka:
 
         for record in records:
             key, value, *rest = record
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             if rest and rest[0] is not None:
                 kwargs["partition"] = rest[0]
             if len(rest) > 1 and rest[1]:
@@ -192,8 +193,9 @@ class LocalKafka:
                            f"errors: {failures[:5]}")
         return acked
 
-    def produce_transactions(self, topic: str,
-                             transactions: Iterable[tuple[bool, list[Record]]]) -> set[tuple]:
+    def produce_transactions(
+            self, topic: str, transactions: Iterable[tuple[bool, list[Record]]],
+    ) -> set[tuple[str, int, int]]:
         """Produce each list of records in one transaction: committed when its flag is
         True, aborted otherwise. Returns ``(topic, partition, offset)`` of every record
         of a committed transaction.
@@ -205,12 +207,12 @@ class LocalKafka:
         producer = Producer({"bootstrap.servers": self.bootstrap_servers, "linger.ms": 5,
                              "transactional.id": f"beam-zdl-test-{uuid.uuid4().hex[:8]}"})
         producer.init_transactions(60)
-        committed: set[tuple] = set()
+        committed: set[tuple[str, int, int]] = set()
         for commit, records in transactions:
-            delivered: list[tuple] = []
+            delivered: list[tuple[str, int, int]] = []
             failures: list[str] = []
 
-            def on_delivery(err, msg) -> None:
+            def on_delivery(err: Any, msg: Any) -> None:
                 if err is not None:
                     failures.append(str(err))
                 else:
