@@ -209,19 +209,46 @@ def shown_url(url: str) -> str:
 
 
 class DecodeRecordsFn(beam.DoFn):
-    """Decodes one :class:`~beam_zdl.KafkaRecord`: main output or dead letter, never dropped."""
+    """Decodes one :class:`~beam_zdl.KafkaRecord`: main output or dead letter, never dropped.
 
-    def __init__(self, key: Any, value: Any, registry_url: Optional[str],
-                 registry_config: Mapping[str, Any]) -> None:
-        self._key_spec = key
-        self._value_spec = value
+    Takes :class:`DecodeRecords`' arguments (``registry_url``/``registry_config`` are its
+    ``schema_registry_url``/``schema_registry_config``) and validates them alike.
+    """
+
+    def __init__(self, value: Decoder = "bytes", key: Decoder = "bytes",
+                 registry_url: Optional[str] = None,
+                 registry_config: Optional[Mapping[str, Any]] = None) -> None:
+        self._value_spec = _spec("value", value)
+        self._key_spec = _spec("key", key)
+        config = dict(registry_config or {})
+        if registry_url is None:
+            registry_url = config.pop("url", None)
+        elif config.pop("url", registry_url) != registry_url:
+            raise ConfigError("DecodeRecords: schema_registry_config['url'] and "
+                              "schema_registry_url= disagree; give the URL once")
+        if registry_url is not None and not isinstance(registry_url, str):
+            raise ConfigError("DecodeRecords(schema_registry_url=...) must be a URL string, "
+                              f"not {type(registry_url).__name__}")
+        if (_needs_registry(self._value_spec) or _needs_registry(self._key_spec)) and \
+                not registry_url:
+            raise ConfigError("DecodeRecords: the avro, json_schema and protobuf decoders "
+                              "read schemas from a Schema Registry: pass "
+                              "schema_registry_url='http://host:port'")
+        for setting in secrets.literal_secrets(config):
+            _LOGGER.warning("DecodeRecords: schema_registry_config[%r] holds a literal secret, "
+                            "which runners keep in job descriptions; use ${env:NAME} or "
+                            "${file:PATH} instead", setting)
         self._registry_url = registry_url
-        self._registry_config = dict(registry_config)
+        self._registry_config = config
         self._dead = Metrics.counter(metrics.NAMESPACE, metrics.DEAD_LETTER_RECORDS)
 
     def display_data(self) -> dict:
-        return _display_data(self._key_spec, self._value_spec, self._registry_url,
-                             self._registry_config)
+        shown = {"key": _describe(self._key_spec), "value": _describe(self._value_spec)}
+        if self._registry_url:
+            shown["schema_registry_url"] = shown_url(self._registry_url)
+            shown["schema_registry_config"] = json.dumps(
+                secrets.redact(self._registry_config), sort_keys=True)
+        return shown
 
     def setup(self) -> None:
         self._decoders = {"key": self._decoder(self._key_spec),
@@ -313,16 +340,6 @@ def _transport_errors() -> tuple:
     return (httpx.TransportError, OSError)
 
 
-def _display_data(key: Any, value: Any, registry_url: Optional[str],
-                  registry_config: Mapping[str, Any]) -> dict:
-    shown = {"key": _describe(key), "value": _describe(value)}
-    if registry_url:
-        shown["schema_registry_url"] = shown_url(registry_url)
-        shown["schema_registry_config"] = json.dumps(secrets.redact(registry_config),
-                                                     sort_keys=True)
-    return shown
-
-
 class DecodeRecords(beam.PTransform):
     """Decodes :class:`~beam_zdl.KafkaRecord` keys and values; undecodable records become
     dead letters.
@@ -360,31 +377,11 @@ class DecodeRecords(beam.PTransform):
                  schema_registry_url: Optional[str] = None,
                  schema_registry_config: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__()
-        self._value = _spec("value", value)
-        self._key = _spec("key", key)
-        config = dict(schema_registry_config or {})
-        if schema_registry_url is None:
-            schema_registry_url = config.pop("url", None)
-        elif config.pop("url", schema_registry_url) != schema_registry_url:
-            raise ConfigError("DecodeRecords: schema_registry_config['url'] and "
-                              "schema_registry_url= disagree; give the URL once")
-        if schema_registry_url is not None and not isinstance(schema_registry_url, str):
-            raise ConfigError("DecodeRecords(schema_registry_url=...) must be a URL string, "
-                              f"not {type(schema_registry_url).__name__}")
-        if (_needs_registry(self._value) or _needs_registry(self._key)) and \
-                not schema_registry_url:
-            raise ConfigError("DecodeRecords: the avro, json_schema and protobuf decoders "
-                              "read schemas from a Schema Registry: pass "
-                              "schema_registry_url='http://host:port'")
-        self._registry_url = schema_registry_url
-        self._registry_config = config
+        self._fn = DecodeRecordsFn(value, key, schema_registry_url, schema_registry_config)
 
     def display_data(self) -> dict:
-        return _display_data(self._key, self._value, self._registry_url,
-                             self._registry_config)
+        return self._fn.display_data()
 
     def expand(self, records: beam.PCollection):
-        return records | "Decode" >> beam.ParDo(
-            DecodeRecordsFn(self._key, self._value, self._registry_url,
-                            self._registry_config)).with_outputs(DEAD_LETTERS,
-                                                                 main="records")
+        return records | "Decode" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS,
+                                                                       main="records")
