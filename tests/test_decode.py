@@ -88,16 +88,22 @@ def _dead_row(d) -> list:
 
 
 def _consume_all(kafka, topic: str) -> list:
+    """Every committed record of partition 0, up to its end offset (transaction markers
+    take offsets too, so the position, not a count, says when to stop)."""
+    import time
     from confluent_kafka import Consumer, TopicPartition
     end = kafka.end_offsets(topic)[0]
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
-                         "group.id": f"read-{topic}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
+                         "group.id": f"read-{topic}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    partition = TopicPartition(topic, 0, 0)
+    consumer.assign([partition])
+    deadline = time.monotonic() + 60
     try:
         messages = []
-        while len(messages) < end:
-            messages += [m for m in consumer.consume(end - len(messages), timeout=10)
-                         if m.error() is None]
+        while consumer.position([partition])[0].offset < end:
+            assert time.monotonic() < deadline, f"{topic} not read to offset {end} in 60 s"
+            messages += [m for m in consumer.consume(10, timeout=1) if m.error() is None]
         return messages
     finally:
         consumer.close()
@@ -357,3 +363,36 @@ def test_secrets_are_redacted_in_display_data():
 def test_bad_arguments_are_named_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         beam_zdl.DecodeRecords(**kwargs)
+
+
+def test_the_readme_example_decodes_and_sends_dead_letters_to_a_topic(
+        kafka, schema_registry, tmp_path):
+    """examples/decode_dead_letters.py, which the README's section shows, as it is."""
+    import importlib.util
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    spec = importlib.util.spec_from_file_location(
+        "decode_dead_letters", Path(__file__).resolve().parents[1] / "examples"
+        / "decode_dead_letters.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    topic, dlq = kafka.create_topic(), kafka.create_topic()
+    user = AvroSerializer(schema_registry.client(), USER_SCHEMA)
+    good = _serialize(user, topic, {"name": "ann", "age": 3})
+    kafka.produce(topic, [(b"a", good), (b"b", b"not avro"), (b"c", good)])
+
+    summary = example.main([
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--checkpoint_dir={tmp_path / 'ckpt'}", "--starting_offsets=earliest",
+        f"--schema_registry_url={schema_registry.url}", f"--dead_letter_topic={dlq}",
+        f"--output_dir={tmp_path / 'out'}"])
+
+    assert summary.records == 3
+    [written] = (tmp_path / "out").glob("batch-*.jsonl")
+    assert [json.loads(line) for line in written.read_text().splitlines()] == [
+        {"id": f"{topic}/0/{o}", "key": k, "value": {"name": "ann", "age": 3}}
+        for o, k in [(0, "a"), (2, "c")]]
+    [dead] = _consume_all(kafka, dlq)
+    headers = dict(dead.headers())
+    assert (dead.key(), dead.value()) == (b"b", b"not avro")
+    assert headers[DEAD_LETTER_HEADER_PREFIX + "offset"] == b"1"
+    assert headers[DEAD_LETTER_HEADER_PREFIX + "error_type"] == b"SerializationError"
