@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["free_port", "wait_until", "ServerProcess"]
+__all__ = ["free_port", "wait_until", "ServerProcess", "LocalServer"]
 
 
 def free_port() -> int:
@@ -91,3 +93,67 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+
+
+class LocalServer:
+    """The lifecycle of a harness that runs one server process, or uses an external
+    server named by an environment variable instead (then ``kill``/``restart`` are refused).
+
+    Subclasses set ``EXTERNAL_ENV`` (the variable), ``KIND`` (what messages call the
+    external server), ``LOG_NAME`` (the log file in ``workdir``), implement ``start``,
+    and keep their :class:`ServerProcess` in ``self._proc``.
+    """
+
+    EXTERNAL_ENV = ""
+    KIND = "server"
+    LOG_NAME = "server.log"
+    STOP_TIMEOUT_S = 30.0
+
+    def __init__(self, workdir: str | os.PathLike | None, prefix: str) -> None:
+        self.external = os.environ.get(self.EXTERNAL_ENV) or None
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self._proc: ServerProcess | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / self.LOG_NAME
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server cleanly and delete its folder if it is ours."""
+        if self._proc:
+            self._proc.stop(self.STOP_TIMEOUT_S)
+            self._proc = None
+        if self._own_dir and not self.external:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or an outage would; its folder stays."""
+        self._require_local("kill")
+        if self._proc:
+            self._proc.kill()
+
+    def restart(self):
+        """Start again on the same ports and folder (after ``kill``)."""
+        self._require_local("restart")
+        if self._proc and self._proc.alive():
+            self._proc.stop(self.STOP_TIMEOUT_S)
+        return self.start()
+
+    def alive(self) -> bool:
+        return bool(self.external) or bool(self._proc and self._proc.alive())
+
+    def _require_local(self, what: str) -> None:
+        if self.external:
+            raise ZdlError(f"cannot {what} the external {self.KIND} in "
+                           f"{self.EXTERNAL_ENV}={self.external}")

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import requests
 
-from beam_zdl.errors import ZdlError
 import beam_zdl.testing.jars as jars
-from beam_zdl.testing._process import ServerProcess, free_port, wait_until
+from beam_zdl.testing._process import LocalServer, ServerProcess, free_port, wait_until
 
 __all__ = ["LocalSchemaRegistry"]
 
@@ -35,12 +31,12 @@ _LOGGER = logging.getLogger(__name__)
 _API = "/apis/ccompat/v7"
 
 
-class LocalSchemaRegistry:
+class LocalSchemaRegistry(LocalServer):
     """Apicurio Registry on 127.0.0.1, or the registry in $SCHEMA_REGISTRY_URL.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``kill()``
     SIGKILLs it (an outage); ``restart()`` starts it again on the same port,
-    empty.
+    empty (storage is in memory).
 
     Args:
         workdir: the folder of its log; a new temporary folder (deleted on
@@ -49,16 +45,18 @@ class LocalSchemaRegistry:
         start_timeout_s: how long to wait for the registry to answer.
     """
 
+    EXTERNAL_ENV = "SCHEMA_REGISTRY_URL"
+    KIND = "registry"
+    LOG_NAME = "schema-registry.log"
+    STOP_TIMEOUT_S = 15.0
+
     def __init__(self, workdir: str | os.PathLike | None = None, heap_mb: int = 384,
                  start_timeout_s: float = 120.0) -> None:
-        self.external = os.environ.get("SCHEMA_REGISTRY_URL") or None
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localschemaregistry-"))
+        super().__init__(workdir, prefix="localschemaregistry-")
         self.heap_mb = heap_mb
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.startup_s: float | None = None
-        self._proc: ServerProcess | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -66,17 +64,6 @@ class LocalSchemaRegistry:
     def url(self) -> str:
         """The Confluent-compatible API: what ``SchemaRegistryClient({'url': ...})`` takes."""
         return self.external or f"http://127.0.0.1:{self.port}{_API}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "schema-registry.log"
-
-    def __enter__(self) -> "LocalSchemaRegistry":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> "LocalSchemaRegistry":
         """Start the registry (building it the first time) and wait until it answers.
@@ -115,30 +102,6 @@ class LocalSchemaRegistry:
         _LOGGER.info("Schema Registry serving at %s after %.1f s", self.url, self.startup_s)
         return self
 
-    def stop(self) -> None:
-        """Stop the registry and delete its folder if it is ours."""
-        if self._proc:
-            self._proc.stop(timeout_s=15)
-            self._proc = None
-        if self._own_dir and not self.external:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def kill(self) -> None:
-        """SIGKILL the registry, as an outage would."""
-        self._require_local("kill")
-        if self._proc:
-            self._proc.kill()
-
-    def restart(self) -> "LocalSchemaRegistry":
-        """Start again on the same port (in-memory storage: empty again)."""
-        self._require_local("restart")
-        if self._proc and self._proc.alive():
-            self._proc.stop(timeout_s=15)
-        return self.start()
-
-    def alive(self) -> bool:
-        return bool(self.external) or bool(self._proc and self._proc.alive())
-
     # -- helpers -----------------------------------------------------------
 
     def client(self, **config: object):
@@ -147,11 +110,6 @@ class LocalSchemaRegistry:
         return SchemaRegistryClient({"url": self.url, **config})
 
     # -- internals ---------------------------------------------------------
-
-    def _require_local(self, what: str) -> None:
-        if self.external:
-            raise ZdlError(f"cannot {what} the external registry in "
-                           f"SCHEMA_REGISTRY_URL={self.external}")
 
     def _ready(self) -> bool:
         return requests.get(f"{self.url}/subjects", timeout=2).status_code == 200
