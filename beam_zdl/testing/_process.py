@@ -64,6 +64,16 @@ class ServerProcess:
                 self.args, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
 
+    def start_serving(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Start, then wait until ``ready()``; on failure kill it (no half-started server
+        is left behind) and raise naming ``what`` with the log tail."""
+        self.start()
+        try:
+            wait_until(ready, timeout_s, what, log=self.log, alive=self.alive)
+        except BaseException:
+            self.kill()
+            raise
+
     def wait(self, timeout_s: float | None = None) -> int:
         """Wait for the process to exit; return its exit code."""
         if self._proc is None:

@@ -91,13 +91,8 @@ class LocalSchemaRegistry(LocalServer):
              "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={self.port}",
              "-jar", str(runner)],
             self.log_file)
-        self._proc.start()
-        try:
-            wait_until(self._ready, self.start_timeout_s, f"Schema Registry at {self.url}",
-                       log=self.log_file, alive=self._proc.alive)
-        except BaseException:
-            self._proc.kill()  # do not leave a half-started registry behind
-            raise
+        self._proc.start_serving(self._ready, self.start_timeout_s,
+                                 f"Schema Registry at {self.url}")
         self.startup_s = time.monotonic() - began
         _LOGGER.info("Schema Registry serving at %s after %.1f s", self.url, self.startup_s)
         return self
