@@ -251,11 +251,15 @@ class DecodeRecordsFn(beam.DoFn):
         return shown
 
     def setup(self) -> None:
+        self._client = None
+        if _needs_registry(self._key_spec) or _needs_registry(self._value_spec):
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+            settings = secrets.resolve(self._registry_config, source="schema_registry_config")
+            self._client = SchemaRegistryClient({**settings, "url": self._registry_url})
         self._decoders = {"key": self._decoder(self._key_spec),
                           "value": self._decoder(self._value_spec)}
 
     def _decoder(self, spec: Any) -> Callable:
-        from confluent_kafka.serialization import MessageField, SerializationContext
         if spec == "bytes":
             return lambda data, record, field: data
         if spec == "string":
@@ -264,6 +268,7 @@ class DecodeRecordsFn(beam.DoFn):
             return lambda data, record, field: json.loads(data.decode("utf-8"))
         if not _needs_registry(spec):
             return lambda data, record, field: spec(data)
+        from confluent_kafka.serialization import MessageField, SerializationContext
         deserializer = self._deserializer(spec)
         fields = {"key": MessageField.KEY, "value": MessageField.VALUE}
 
@@ -274,20 +279,15 @@ class DecodeRecordsFn(beam.DoFn):
         return registry_decode
 
     def _deserializer(self, spec: Any) -> Callable:
-        client = getattr(self, "_client", None)
-        if client is None:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-            settings = secrets.resolve(self._registry_config, source="schema_registry_config")
-            client = self._client = SchemaRegistryClient({**settings, "url": self._registry_url})
         if isinstance(spec, Avro):
             from confluent_kafka.schema_registry.avro import AvroDeserializer
-            return AvroDeserializer(client, schema_str=spec.reader_schema)
+            return AvroDeserializer(self._client, schema_str=spec.reader_schema)
         if isinstance(spec, JsonSchema):
             from confluent_kafka.schema_registry.json_schema import JSONDeserializer
-            return JSONDeserializer(spec.schema, schema_registry_client=client)
+            return JSONDeserializer(spec.schema, schema_registry_client=self._client)
         from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
         return ProtobufDeserializer(spec.message_type, {"use.deprecated.format": False},
-                                    schema_registry_client=client)
+                                    schema_registry_client=self._client)
 
     def process(self, record: KafkaRecord):
         decoded = {}
