@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import apache_beam as beam
@@ -151,7 +151,7 @@ class JsonSchema(NamedTuple):
 
 class Protobuf(NamedTuple):
     """Confluent-framed Protobuf decoded into ``message_type``, a generated message class."""
-    message_type: type
+    message_type: Any  # a generated class: a google.protobuf.message.Message subclass
 
 
 Decoder = Union[str, Avro, JsonSchema, Protobuf, Callable[[bytes], Any]]
@@ -242,7 +242,7 @@ class DecodeRecordsFn(beam.DoFn):
         self._registry_config = config
         self._dead = Metrics.counter(metrics.NAMESPACE, metrics.DEAD_LETTER_RECORDS)
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, str]:
         shown = {"key": _describe(self._key_spec), "value": _describe(self._value_spec)}
         if self._registry_url:
             shown["schema_registry_url"] = shown_url(self._registry_url)
@@ -259,7 +259,7 @@ class DecodeRecordsFn(beam.DoFn):
         self._decoders = {"key": self._decoder(self._key_spec),
                           "value": self._decoder(self._value_spec)}
 
-    def _decoder(self, spec: Any) -> Callable:
+    def _decoder(self, spec: Any) -> Callable[[bytes, KafkaRecord, str], Any]:
         if spec == "bytes":
             return lambda data, record, field: data
         if spec == "string":
@@ -274,11 +274,11 @@ class DecodeRecordsFn(beam.DoFn):
 
         def registry_decode(data: bytes, record: KafkaRecord, field: str) -> Any:
             context = SerializationContext(record.topic, fields[field],
-                                           [tuple(h) for h in record.headers])
+                                           [(h.key, h.value) for h in record.headers])
             return deserializer(data, context)
         return registry_decode
 
-    def _deserializer(self, spec: Any) -> Callable:
+    def _deserializer(self, spec: Any) -> Any:
         if isinstance(spec, Avro):
             from confluent_kafka.schema_registry.avro import AvroDeserializer
             return AvroDeserializer(self._client, schema_str=spec.reader_schema)
@@ -289,8 +289,8 @@ class DecodeRecordsFn(beam.DoFn):
         return ProtobufDeserializer(spec.message_type, {"use.deprecated.format": False},
                                     schema_registry_client=self._client)
 
-    def process(self, record: KafkaRecord):
-        decoded = {}
+    def process(self, record: KafkaRecord) -> Iterator[Any]:
+        decoded: dict[str, Any] = {}
         for field in ("key", "value"):
             data = getattr(record, field)
             if data is None:
@@ -331,13 +331,11 @@ class DecodeRecordsFn(beam.DoFn):
             "schema_registry_config are right, then run again") from None
 
 
-def _transport_errors() -> tuple:
-    """The HTTP client's network-level errors (confluent-kafka uses httpx2, else httpx)."""
-    try:
-        import httpx2 as httpx
-    except ImportError:  # Python < 3.10 installs httpx instead
-        import httpx
-    return (httpx.TransportError, OSError)
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network-level errors of the registry's HTTP client (httpx2, which
+    confluent-kafka's schemaregistry extra installs on Python >= 3.10)."""
+    import httpx2
+    return (httpx2.TransportError, OSError)
 
 
 class DecodeRecords(beam.PTransform):
@@ -379,9 +377,9 @@ class DecodeRecords(beam.PTransform):
         super().__init__()
         self._fn = DecodeRecordsFn(value, key, schema_registry_url, schema_registry_config)
 
-    def display_data(self) -> dict:
+    def display_data(self) -> dict[str, str]:
         return self._fn.display_data()
 
-    def expand(self, records: beam.PCollection):
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "Decode" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTERS,
                                                                        main="records")

@@ -10,11 +10,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from beam_zdl.errors import ZdlError
 
 __all__ = ["free_port", "wait_until", "ServerProcess", "LocalServer"]
+
+_Server = TypeVar("_Server", bound="LocalServer")
 
 
 def free_port() -> int:
@@ -119,7 +121,7 @@ class LocalServer:
     LOG_NAME = "server.log"
     STOP_TIMEOUT_S = 30.0
 
-    def __init__(self, workdir: str | os.PathLike | None, prefix: str) -> None:
+    def __init__(self, workdir: str | os.PathLike[str] | None, prefix: str) -> None:
         self.external = os.environ.get(self.EXTERNAL_ENV) or None
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
@@ -129,14 +131,14 @@ class LocalServer:
     def log_file(self) -> Path:
         return self.workdir / self.LOG_NAME
 
-    def __enter__(self):
+    def __enter__(self: _Server) -> _Server:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self):
+    def start(self: _Server) -> _Server:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -153,7 +155,7 @@ class LocalServer:
         if self._proc:
             self._proc.kill()
 
-    def restart(self):
+    def restart(self: _Server) -> _Server:
         """Start again on the same ports and folder (after ``kill``)."""
         self._require_local("restart")
         if self._proc and self._proc.alive():

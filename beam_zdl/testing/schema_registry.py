@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 import requests
 
@@ -50,7 +51,7 @@ class LocalSchemaRegistry(LocalServer):
     LOG_NAME = "schema-registry.log"
     STOP_TIMEOUT_S = 15.0
 
-    def __init__(self, workdir: str | os.PathLike | None = None, heap_mb: int = 384,
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, heap_mb: int = 384,
                  start_timeout_s: float = 120.0) -> None:
         super().__init__(workdir, prefix="localschemaregistry-")
         self.heap_mb = heap_mb
@@ -99,7 +100,7 @@ class LocalSchemaRegistry(LocalServer):
 
     # -- helpers -----------------------------------------------------------
 
-    def client(self, **config: object):
+    def client(self, **config: object) -> Any:
         """A confluent-kafka ``SchemaRegistryClient`` for this registry."""
         from confluent_kafka.schema_registry import SchemaRegistryClient
         return SchemaRegistryClient({"url": self.url, **config})
