@@ -396,3 +396,28 @@ def test_the_readme_example_decodes_and_sends_dead_letters_to_a_topic(
     assert (dead.key(), dead.value()) == (b"b", b"not avro")
     assert headers[DEAD_LETTER_HEADER_PREFIX + "offset"] == b"1"
     assert headers[DEAD_LETTER_HEADER_PREFIX + "error_type"] == b"SerializationError"
+
+
+@pytest.mark.slow
+def test_a_killed_registry_process_fails_decoding_and_a_restarted_empty_one_dead_letters(
+        tmp_path):
+    """The outage for real: the registry process SIGKILLed, then back without its schemas."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from beam_zdl.testing.schema_registry import LocalSchemaRegistry
+    with LocalSchemaRegistry(workdir=tmp_path) as registry:
+        data = _serialize(AvroSerializer(registry.client(), USER_SCHEMA), "t",
+                          {"name": "ann", "age": 3})
+        record = KafkaRecord("t", 0, 5, None, data, 0, [])
+        assert _one_decoded(_decode(record, value="avro", registry_url=registry.url)).value == \
+            {"name": "ann", "age": 3}
+
+        registry.kill()
+        with pytest.raises(beam_zdl.SchemaRegistryUnavailableError,
+                           match=f"{registry.url}.* could not be reached .* t/0/5"):
+            _decode(record, value="avro", registry_url=registry.url,
+                    registry_config={"max.retries": 1, "retries.wait.ms": 50})
+
+        registry.restart()  # in-memory storage: schema id 1 is unknown now
+        dead = _one_dead(_decode(record, value="avro", registry_url=registry.url))
+        assert (dead.offset, dead.error_type) == (5, "SchemaRegistryError")
+        assert "404" in dead.error
