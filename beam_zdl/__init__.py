@@ -14,11 +14,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
+    from beam_zdl.decode import DeadLetter, DecodedRecord, DecodeRecords
     from beam_zdl.microbatch.loop import Batch, RunSummary
     from beam_zdl.microbatch.run import run_micro_batches
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
                                  ConfigError, ConfigMismatchError, DataLossError,
-                                 PartitionsUnavailableError, WalCorruptionError, ZdlError)
+                                 PartitionsUnavailableError, SchemaRegistryUnavailableError,
+                                 WalCorruptionError, ZdlError)
     from beam_zdl.io import ReadFromKafka, ReadFromWal
     from beam_zdl.kafka_sink import WriteToKafka
     from beam_zdl.options import ZdlOptions
@@ -33,6 +35,9 @@ _PUBLIC = {
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",
     "WriteToKafka": "beam_zdl.kafka_sink",
+    "DecodeRecords": "beam_zdl.decode",
+    "DecodedRecord": "beam_zdl.decode",
+    "DeadLetter": "beam_zdl.decode",
     "KafkaRecord": "beam_zdl.records",
     "KafkaHeader": "beam_zdl.records",
     "ZdlOptions": "beam_zdl.options",
@@ -44,6 +49,7 @@ _PUBLIC = {
     "CheckpointConflictError": "beam_zdl.errors",
     "CheckpointCorruptionError": "beam_zdl.errors",
     "PartitionsUnavailableError": "beam_zdl.errors",
+    "SchemaRegistryUnavailableError": "beam_zdl.errors",
 }
 
 __all__ = sorted(_PUBLIC)

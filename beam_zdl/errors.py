@@ -17,6 +17,7 @@ __all__ = [
     "ObjectExistsError",
     "KafkaUnavailableError",
     "PartitionsUnavailableError",
+    "SchemaRegistryUnavailableError",
 ]
 
 
@@ -88,3 +89,9 @@ class KafkaUnavailableError(ZdlError):
 class PartitionsUnavailableError(ZdlError):
     """An ``available_now`` run could not finish: other group members held partitions
     past ``--drain_timeout_s``; names the partitions and the members."""
+
+
+class SchemaRegistryUnavailableError(ZdlError):
+    """The Schema Registry could not be reached or answered an error that is not about the
+    record (5xx, 408, 429, 401/403) while decoding; names the registry URL and the
+    topic/partition/offset. The batch fails and is replayed: nothing is dead-lettered."""

@@ -11,6 +11,8 @@ WAL) where they apply:
                         ``--fail_on_data_loss=false``; 0 otherwise
 ``wal_segments``        WAL segments read
 ``wal_lost_frames``     damaged WAL byte ranges skipped
+``dead_letter_records`` records ``DecodeRecords`` could not decode, sent to its
+                        dead-letter output
 ======================  =========================================================
 
 Gauge ``lag/<topic>/<partition>``: end offset minus next offset to read.
@@ -19,7 +21,7 @@ Gauge ``lag/<topic>/<partition>``: end offset minus next offset to read.
 from __future__ import annotations
 
 __all__ = ["NAMESPACE", "RECORDS", "BYTES", "DATA_LOSS_RECORDS", "WAL_SEGMENTS",
-           "WAL_LOST_FRAMES", "lag_name"]
+           "WAL_LOST_FRAMES", "DEAD_LETTER_RECORDS", "lag_name"]
 
 NAMESPACE = "beam_zdl"
 RECORDS = "records"
@@ -27,6 +29,7 @@ BYTES = "bytes"
 DATA_LOSS_RECORDS = "data_loss_records"
 WAL_SEGMENTS = "wal_segments"
 WAL_LOST_FRAMES = "wal_lost_frames"
+DEAD_LETTER_RECORDS = "dead_letter_records"
 
 
 def lag_name(topic: str, partition: int) -> str:

@@ -42,8 +42,9 @@ REDACTED = "<redacted>"
 
 # librdkafka's secret-bearing settings: sasl.password, ssl.key.password,
 # ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.client.secret,
-# sasl.oauthbearer.config, sasl.jaas.config (Java-style), and anything alike.
-_SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|oauthbearer\.config|"
+# sasl.oauthbearer.config, sasl.jaas.config (Java-style), and anything alike; the Schema
+# Registry client's basic.auth.user.info ("user:password") and bearer.auth.token.
+_SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|oauthbearer\.config|user\.info|"
                          r"(^|\.)key(\.pem)?$|private", re.IGNORECASE)
 _REFERENCE = re.compile(r"^\$\{(env|file):(.+)\}$")
 
@@ -68,8 +69,11 @@ def literal_secrets(settings: Mapping[str, object]) -> list[str]:
     return sorted(k for k, v in settings.items() if is_secret(k) and not _is_reference(v))
 
 
-def resolve(settings: Mapping[str, object]) -> dict[str, object]:
+def resolve(settings: Mapping[str, object],
+            source: str = "--consumer_config") -> dict[str, object]:
     """A copy of ``settings`` with ``${env:NAME}`` / ``${file:PATH}`` values resolved.
+
+    ``source`` names where the settings came from in error messages.
 
     Raises:
         ConfigError: a referenced variable or file does not exist here; names the
@@ -83,19 +87,19 @@ def resolve(settings: Mapping[str, object]) -> dict[str, object]:
         kind, name = match.groups()
         if kind == "env":
             if name not in os.environ:
-                raise ConfigError(f"--consumer_config {key!r} refers to environment variable "
+                raise ConfigError(f"{source} {key!r} refers to environment variable "
                                   f"{name!r}, which is not set in this process "
-                                  f"(pid {os.getpid()}); set it where Kafka clients run "
+                                  f"(pid {os.getpid()}); set it where the clients run "
                                   "(driver and every worker)")
             out[key] = os.environ[name]
         else:
             try:
-                with open(name, encoding="utf-8") as source:
-                    out[key] = source.read().rstrip("\r\n")
+                with open(name, encoding="utf-8") as referenced:
+                    out[key] = referenced.read().rstrip("\r\n")
             except OSError as exc:
-                raise ConfigError(f"--consumer_config {key!r} refers to file {name!r}, which "
+                raise ConfigError(f"{source} {key!r} refers to file {name!r}, which "
                                   f"cannot be read here ({exc.strerror}); make it readable "
-                                  "where Kafka clients run (driver and every worker)") from None
+                                  "where the clients run (driver and every worker)") from None
     return out
 
 

@@ -1,5 +1,6 @@
 """Session-scoped real components: one Kafka broker (or $KAFKA_BOOTSTRAP_SERVERS),
-the GCS emulator and a MiniDFSCluster, started once and shared by the tests.
+the GCS emulator, a MiniDFSCluster and a Schema Registry (or $SCHEMA_REGISTRY_URL),
+started once and shared by the tests.
 
 Components start lazily, on the first test that asks for them: a test that
 uses only ``any_storage_uri[local]`` starts neither GCS nor HDFS.
@@ -14,6 +15,7 @@ import pytest
 from beam_zdl.testing import LocalKafka
 from beam_zdl.testing.gcs import LocalGcs
 from beam_zdl.testing.hdfs import LocalHdfs
+from beam_zdl.testing.schema_registry import LocalSchemaRegistry
 
 STORAGE_KINDS = ["local", "gcs", "hdfs"]
 
@@ -42,6 +44,13 @@ def hdfs():
     """A MiniDFSCluster (1 NameNode, 1 DataNode); ``hdfs.url`` is its hdfs:// root."""
     with LocalHdfs() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def schema_registry():
+    """Apicurio Registry's Confluent-compatible API (``schema_registry.url``), in memory."""
+    with LocalSchemaRegistry() as registry:
+        yield registry
 
 
 @pytest.fixture(params=STORAGE_KINDS)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["free_port", "wait_until", "ServerProcess"]
+__all__ = ["free_port", "wait_until", "ServerProcess", "LocalServer"]
+
+_Server = TypeVar("_Server", bound="LocalServer")
 
 
 def free_port() -> int:
@@ -63,6 +67,16 @@ class ServerProcess:
                 self.args, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
 
+    def start_serving(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Start, then wait until ``ready()``; on failure kill it (no half-started server
+        is left behind) and raise naming ``what`` with the log tail."""
+        self.start()
+        try:
+            wait_until(ready, timeout_s, what, log=self.log, alive=self.alive)
+        except BaseException:
+            self.kill()
+            raise
+
     def wait(self, timeout_s: float | None = None) -> int:
         """Wait for the process to exit; return its exit code."""
         if self._proc is None:
@@ -92,3 +106,67 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+
+
+class LocalServer:
+    """The lifecycle of a harness that runs one server process, or uses an external
+    server named by an environment variable instead (then ``kill``/``restart`` are refused).
+
+    Subclasses set ``EXTERNAL_ENV`` (the variable), ``KIND`` (what messages call the
+    external server), ``LOG_NAME`` (the log file in ``workdir``), implement ``start``,
+    and keep their :class:`ServerProcess` in ``self._proc``.
+    """
+
+    EXTERNAL_ENV = ""
+    KIND = "server"
+    LOG_NAME = "server.log"
+    STOP_TIMEOUT_S = 30.0
+
+    def __init__(self, workdir: str | os.PathLike[str] | None, prefix: str) -> None:
+        self.external = os.environ.get(self.EXTERNAL_ENV) or None
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self._proc: ServerProcess | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / self.LOG_NAME
+
+    def __enter__(self: _Server) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self: _Server) -> _Server:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server cleanly and delete its folder if it is ours."""
+        if self._proc:
+            self._proc.stop(self.STOP_TIMEOUT_S)
+            self._proc = None
+        if self._own_dir and not self.external:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or an outage would; its folder stays."""
+        self._require_local("kill")
+        if self._proc:
+            self._proc.kill()
+
+    def restart(self: _Server) -> _Server:
+        """Start again on the same ports and folder (after ``kill``)."""
+        self._require_local("restart")
+        if self._proc and self._proc.alive():
+            self._proc.stop(self.STOP_TIMEOUT_S)
+        return self.start()
+
+    def alive(self) -> bool:
+        return bool(self.external) or bool(self._proc and self._proc.alive())
+
+    def _require_local(self, what: str) -> None:
+        if self.external:
+            raise ZdlError(f"cannot {what} the external {self.KIND} in "
+                           f"{self.EXTERNAL_ENV}={self.external}")

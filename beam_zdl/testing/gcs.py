@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from beam_zdl.errors import ZdlError
-from beam_zdl.testing._process import ServerProcess, free_port, wait_until
+from beam_zdl.testing._process import ServerProcess, free_port
 
 __all__ = ["LocalGcs", "emulator_binary"]
 
@@ -118,13 +118,8 @@ class LocalGcs:
         if self.backend == "filesystem":
             args += ["-filesystem-root", str(self.workdir / "data")]
         self._proc = ServerProcess(args, self.log_file)
-        self._proc.start()
-        try:
-            wait_until(self._ready, self.start_timeout_s, f"fake-gcs-server at {self.endpoint}",
-                       log=self.log_file, alive=self._proc.alive)
-        except BaseException:
-            self._proc.kill()  # do not leave a half-started emulator behind
-            raise
+        self._proc.start_serving(self._ready, self.start_timeout_s,
+                                 f"fake-gcs-server at {self.endpoint}")
         if not self._env_set:
             self._saved_env = os.environ.get(_ENV)
             self._env_set = True

@@ -4,6 +4,11 @@ Each component is a folder under ``java/`` holding a ``pom.xml`` (and, where
 needed, a single-file Java program run with ``java File.java``). Its runtime
 classpath is copied into ``<cache>/jars/<component>`` once; later runs reuse it.
 
+A component with a ``src/`` folder is *built* instead: ``mvn package`` with its build
+directory in ``<cache>/jars/<component>`` (the Schema Registry: a Quarkus app that Maven
+Central serves only as a library, see ``java/schema-registry/pom.xml``);
+:func:`runner_jar` finds the runnable jar it made.
+
 The cache is ``$BEAM_ZDL_CACHE`` if set, else ``.cache`` of the checkout the
 package lives in, else ``~/.cache/beam_zdl``.
 
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["cache_dir", "classpath", "java_binary", "component_dir", "resolve"]
+__all__ = ["cache_dir", "classpath", "java_binary", "component_dir", "resolve", "runner_jar"]
 
 _LOGGER = logging.getLogger(__name__)
 _JAVA_DIR = Path(__file__).parent / "java"
@@ -61,11 +66,14 @@ def java_binary() -> str:
 
 
 def resolve(component: str) -> Path:
-    """Resolve a component's jars with Maven once; return the jar folder."""
+    """Resolve (or build) a component's jars with Maven once; return the jar folder."""
     out = cache_dir() / "jars" / component
     marker = out / ".complete"
-    pom = component_dir(component) / "pom.xml"
-    if marker.exists() and marker.read_text() == pom.read_text():
+    folder = component_dir(component)
+    pom = folder / "pom.xml"
+    # The marker holds the inputs it was made from: a changed pom or source rebuilds.
+    inputs = pom.read_text() + "".join(p.read_text() for p in sorted(folder.glob("src/*")))
+    if marker.exists() and marker.read_text() == inputs:
         return out
     mvn = shutil.which("mvn")
     if not mvn:
@@ -77,17 +85,18 @@ def resolve(component: str) -> Path:
     if out.exists():
         shutil.rmtree(out)
     _LOGGER.info("resolving %s jars with Maven into %s", component, out)
-    cmd = [
-        mvn, "-q", "-B", f"-Dmaven.repo.local={cache_dir() / 'm2'}",
-        "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={out}", "-DincludeScope=runtime",
-    ]
+    cmd = [mvn, "-q", "-B", f"-Dmaven.repo.local={cache_dir() / 'm2'}", "-f", str(pom)]
+    if (folder / "src").is_dir():
+        cmd += ["package", f"-DoutDir={out}"]
+    else:
+        cmd += ["dependency:copy-dependencies", f"-DoutputDirectory={out}",
+                "-DincludeScope=runtime"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ZdlError(
             f"Maven could not resolve the {component} jars (exit "
             f"{proc.returncode}) from {pom}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    marker.write_text(pom.read_text())
+    marker.write_text(inputs)
     return out
 
 
@@ -95,6 +104,16 @@ def classpath(component: str) -> str:
     """The resolved classpath of a component, as one ``java -cp`` string."""
     folder = resolve(component)
     return os.pathsep.join(sorted(str(p) for p in folder.glob("*.jar")))
+
+
+def runner_jar(component: str) -> Path:
+    """The runnable jar a built component (one with ``src/``) made, building it if needed."""
+    found = sorted(resolve(component).glob("*-runner.jar"))
+    if not found:
+        raise ZdlError(f"building the {component} component made no *-runner.jar in "
+                       f"{cache_dir() / 'jars' / component}: delete that folder and run "
+                       "`make jars` again to rebuild it")
+    return found[0]
 
 
 def main(argv: list[str] | None = None) -> int:

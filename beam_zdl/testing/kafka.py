@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Tuple
 
 from beam_zdl.errors import ZdlError
 import beam_zdl.testing.jars as jars
-from beam_zdl.testing._process import ServerProcess, free_port, wait_until
+from beam_zdl.testing._process import LocalServer, ServerProcess, free_port, wait_until
 
 __all__ = ["LocalKafka"]
 
@@ -40,22 +38,24 @@ logger.kafka.level = info
 Record = Tuple[Any, ...]
 
 
-class LocalKafka:
+class LocalKafka(LocalServer):
     """A real Kafka broker on loopback, or the cluster in $KAFKA_BOOTSTRAP_SERVERS.
 
-    Use as a context manager, or call ``start()`` and ``stop()``.
+    Use as a context manager, or call ``start()`` and ``stop()``; after ``kill()``,
+    ``restart()`` brings the broker back on its data.
     """
+
+    EXTERNAL_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+    KIND = "cluster"
+    LOG_NAME = "broker.log"
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None,
                  heap_mb: int = 768, start_timeout_s: float = 90.0) -> None:
-        self.external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localkafka-"))
+        super().__init__(workdir, prefix="localkafka-")
         self.heap_mb = heap_mb
         self.start_timeout_s = start_timeout_s
         self._port = free_port()
         self._controller_port = free_port()
-        self._proc: ServerProcess | None = None
         self._formatted = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -63,17 +63,6 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return self.external or f"127.0.0.1:{self._port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "broker.log"
-
-    def __enter__(self) -> "LocalKafka":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> "LocalKafka":
         """Start the broker (formatting its storage the first time) and wait until it serves."""
@@ -103,30 +92,6 @@ class LocalKafka:
         self._proc.start()
         self._wait_ready()
         return self
-
-    def stop(self) -> None:
-        """Stop the broker cleanly and delete its data if the folder is ours."""
-        if self._proc:
-            self._proc.stop()
-            self._proc = None
-        if self._own_dir and not self.external:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def kill(self) -> None:
-        """SIGKILL the broker; its data stays for ``restart()``."""
-        self._require_local("kill")
-        if self._proc:
-            self._proc.kill()
-
-    def restart(self) -> "LocalKafka":
-        """Start again on the same ports and data folder (after ``kill``)."""
-        self._require_local("restart")
-        if self._proc and self._proc.alive():
-            self._proc.stop()
-        return self.start()
-
-    def alive(self) -> bool:
-        return bool(self.external) or bool(self._proc and self._proc.alive())
 
     # -- helpers -----------------------------------------------------------
 
@@ -260,11 +225,6 @@ class LocalKafka:
             consumer.close()
 
     # -- internals ---------------------------------------------------------
-
-    def _require_local(self, what: str) -> None:
-        if self.external:
-            raise ZdlError(f"cannot {what} the external cluster in "
-                           f"KAFKA_BOOTSTRAP_SERVERS={self.external}")
 
     def _write_config(self) -> Path:
         data = self.workdir / "data"
