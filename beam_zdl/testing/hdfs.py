@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import requests
 
 import beam_zdl.testing.jars as jars
-from beam_zdl.testing._process import ServerProcess, free_port, wait_until
+from beam_zdl.testing._process import LocalServer, ServerProcess, free_port, wait_until
 
 __all__ = ["LocalHdfs"]
 
@@ -45,7 +43,7 @@ _JVM_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k",
               "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
 
 
-class LocalHdfs:
+class LocalHdfs(LocalServer):
     """A MiniDFSCluster (1 NameNode, 1 DataNode) with WebHDFS on loopback.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``kill()``
@@ -59,16 +57,17 @@ class LocalHdfs:
         start_timeout_s: how long to wait for WebHDFS to answer.
     """
 
+    KIND = "HDFS cluster"
+    LOG_NAME = "minihdfs.log"
+
     def __init__(self, workdir: str | os.PathLike[str] | None = None, heap_mb: int = 256,
                  start_timeout_s: float = 90.0) -> None:
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="localhdfs-"))
+        super().__init__(workdir, prefix="localhdfs-")
         self.heap_mb = heap_mb
         self.start_timeout_s = start_timeout_s
         self.http_port = free_port()
         self.rpc_port: int | None = None
         self.startup_s: float | None = None
-        self._proc: ServerProcess | None = None
         self._formatted = False
         self._log_offset = 0
         self._cds_dump: Path | None = None
@@ -84,17 +83,6 @@ class LocalHdfs:
     def url(self) -> str:
         """The ``hdfs://`` root URI (host:port is the WebHDFS address)."""
         return f"hdfs://127.0.0.1:{self.http_port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "minihdfs.log"
-
-    def __enter__(self) -> "LocalHdfs":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> "LocalHdfs":
         """Start the cluster (empty the first time) and wait until WebHDFS serves.
@@ -141,27 +129,15 @@ class LocalHdfs:
 
     def stop(self) -> None:
         """Stop the cluster and delete its storage if the folder is ours."""
-        if self._proc:
-            self._proc.stop()
-            self._proc = None
+        super().stop()
         self._keep_cds_archive()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def kill(self) -> None:
-        """SIGKILL the cluster, as a crash would; its storage stays for ``restart()``."""
-        if self._proc:
-            self._proc.kill()
 
     def restart(self) -> "LocalHdfs":
         """Start again on the same port and storage (after ``kill``)."""
         if self._proc and self._proc.alive():
-            self._proc.stop()
+            self._proc.stop(self.STOP_TIMEOUT_S)
             self._keep_cds_archive()
         return self.start()
-
-    def alive(self) -> bool:
-        return bool(self._proc and self._proc.alive())
 
     # -- internals ---------------------------------------------------------
 
