@@ -116,6 +116,7 @@ def test_wal_driver_sigkilled_many_times_local(kafka, tmp_path):
     _chaos_driver(kafka, tmp_path, str(tmp_path / "storage"), rounds=16)
 
 
+@pytest.mark.slow  # make test keeps the driver variant and test_wal_mode's receive kill
 def test_standalone_receive_sigkilled_repeatedly_then_available_now(kafka, tmp_path):
     """``beam-zdl receive`` killed >= 10 times while a producer writes; then one
     available_now run outputs every record once and ``beam-zdl verify`` is clean."""

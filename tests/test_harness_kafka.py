@@ -42,6 +42,7 @@ def test_10k_records_round_trip_exactly(kafka):
     assert len({p for p, _, _, _ in got}) == 4
 
 
+@pytest.mark.slow  # make test kills the broker in test_finished's mid-run test
 @pytest.mark.skipif("KAFKA_BOOTSTRAP_SERVERS" in __import__("os").environ,
                     reason="an external cluster cannot be killed by the suite")
 def test_killed_broker_keeps_data_and_committed_offsets():

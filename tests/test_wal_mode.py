@@ -261,6 +261,7 @@ def test_two_receivers_split_partitions_without_reading_twice(kafka, tmp_path):
     assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
 
 
+@pytest.mark.slow  # make test: test_finished kills the broker under a WAL run
 def test_receiver_survives_a_broker_restart(kafka, tmp_path):
     topic = kafka.create_topic(partitions=2)
     wal = str(tmp_path / "wal")
