@@ -263,6 +263,9 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
             segment URIs (or ``SegmentRef``s) is taken here too.
         segments: the exact segment URIs (or ``SegmentRef``s) to read.
         fail_on_data_loss: default ``--fail_on_data_loss`` of ``options``.
+        end_offsets: ``{(topic, partition): end offset}`` to report lag against in the
+            ``beam_zdl/lag/<topic>/<partition>`` gauges (the micro-batch driver passes
+            the end offsets it planned against); without it no lag is reported.
         options: options holding the flags (default: the pipeline's).
 
     Raises:
@@ -272,6 +275,7 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
     def __init__(self, wal_dir: Optional[Union[str, Sequence[Any]]] = None, *,
                  segments: Optional[Sequence[Any]] = None,
                  fail_on_data_loss: Optional[bool] = None,
+                 end_offsets: Optional[Mapping[tuple[str, int], int]] = None,
                  options: Optional[PipelineOptions] = None) -> None:
         super().__init__()
         if wal_dir is not None and not isinstance(wal_dir, str):
@@ -282,6 +286,7 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
         self._wal_dir = wal_dir
         self._uris = None if segments is None else [getattr(s, "uri", s) for s in segments]
         self._fail_on_data_loss = fail_on_data_loss
+        self._end_offsets = dict(end_offsets or {})
         self._options = options
 
     @classmethod
@@ -325,5 +330,6 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
             segments = segments | "Spread" >> beam.Reshuffle()
         read: beam.PCollection[KafkaRecord] = (
             segments
-            | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail)).with_output_types(KafkaRecord))
+            | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail, self._end_offsets))
+            .with_output_types(KafkaRecord))
         return read

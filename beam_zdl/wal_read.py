@@ -5,13 +5,15 @@ One element is one sealed segment's URI; the DoFn verifies every frame
 :class:`~beam_zdl.KafkaRecord`, timestamped with their Kafka timestamps.
 Damage fails the bundle with :class:`~beam_zdl.errors.WalCorruptionError`
 naming the segment and byte, or, with ``fail_on_data_loss=False``, is skipped,
-counted (``wal_lost_frames``, ``data_loss_records``) and logged.
+counted (``wal_lost_frames``, ``data_loss_records``) and logged. Given the end
+offsets a batch was planned against, it sets the ``lag/<topic>/<partition>``
+gauges to what is left after each segment.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -29,8 +31,10 @@ _LOGGER = logging.getLogger(__name__)
 class ReadSegmentsFn(beam.DoFn):
     """Reads whole WAL segments (every frame verified) as timestamped KafkaRecords."""
 
-    def __init__(self, fail_on_data_loss: bool) -> None:
+    def __init__(self, fail_on_data_loss: bool,
+                 end_offsets: Optional[Mapping[tuple[str, int], int]] = None) -> None:
         self._fail_on_data_loss = fail_on_data_loss
+        self._end_offsets = dict(end_offsets or {})
         ns = metrics.NAMESPACE
         self._records = Metrics.counter(ns, metrics.RECORDS)
         self._bytes = Metrics.counter(ns, metrics.BYTES)
@@ -55,11 +59,18 @@ class ReadSegmentsFn(beam.DoFn):
         count = nbytes = 0
         windows = (window,)  # the segment URI's window: the global window of a Create
         to_record, windowed, size = records.from_wal, compat.windowed_value, records.payload_bytes
+        last: dict[tuple[str, int], int] = {}
         for rec in wal_records:
             record = to_record(rec)
             count += 1
             nbytes += size(record)
+            last[(record.topic, record.partition)] = record.offset
             yield windowed(record, record.timestamp_ms * 1000, windows)
         self._records.inc(count)
         self._bytes.inc(nbytes)
         self._segments.inc()
+        for (topic, partition), offset in last.items():
+            end = self._end_offsets.get((topic, partition))
+            if end is not None:
+                Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(topic, partition)).set(
+                    max(0, end - offset - 1))

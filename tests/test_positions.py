@@ -1,4 +1,5 @@
-"""Start and end positions, batch caps and lag, against a real broker."""
+"""Start and end positions, batch caps and lag (log line, inspect, gauges), against a
+real broker."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 
 import beam_zdl
+import beam_zdl.metrics as metrics
 from beam_zdl.cli import main as cli_main
 from beam_zdl.errors import ConfigError
 from beam_zdl.options import ZdlOptions
+from beam_zdl.ranges import PartitionRange
+from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import pipeline_runner
+from beam_zdl.wal import WalWriter
 from tests.beam_helpers import WriteRecordIds, read_output
 
 # An hour ago: the broker's retention (7 days) deletes records with older timestamps.
@@ -118,3 +124,34 @@ def test_ending_offsets_are_refused_where_they_mean_nothing(kafka, tmp_path):
         opts = ZdlOptions(["--streaming"])
         beam.Pipeline(options=opts) | beam_zdl.ReadFromKafka(
             topics="t", bootstrap_servers=kafka.bootstrap_servers, ending_offsets="latest")
+
+
+def _gauges(result) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    return {g.key.metric.name: g.committed.value for g in query["gauges"]}
+
+
+def test_reads_set_lag_gauges_per_partition(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, b"v", p) for p in range(2) for _ in range(100)))
+    opts = ZdlOptions([])
+    p = beam.Pipeline(runner=pipeline_runner(opts), options=opts)
+    _ = p | beam_zdl.ReadFromKafka(
+        topics=topic, bootstrap_servers=kafka.bootstrap_servers,
+        ranges=[PartitionRange(topic, 0, 0, 60), PartitionRange(topic, 1, 0, 100)])
+    result = p.run()
+    result.wait_until_finish()
+    gauges = _gauges(result)
+    assert gauges[metrics.lag_name(topic, 0)] == 40
+    assert gauges[metrics.lag_name(topic, 1)] == 0
+
+    # WAL reads report the lag against the end offsets they are given
+    writer = WalWriter(str(tmp_path / "wal"), "w", 1)
+    for offset in range(30):
+        writer.append(KafkaRecord("t", 0, offset, None, b"v", T0, []))
+    ref = writer.seal()
+    p = beam.Pipeline(runner=pipeline_runner(opts), options=opts)
+    _ = p | beam_zdl.ReadFromWal(segments=[ref.uri], end_offsets={("t", 0): 75})
+    result = p.run()
+    result.wait_until_finish()
+    assert _gauges(result)[metrics.lag_name("t", 0)] == 45

@@ -214,7 +214,12 @@ class WalDriver(BatchLoop):
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
     def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
-        return ReadFromWal(segments=list(batch.segments), options=self.options)
+        # Step 3. The end offsets are what the lag gauges and the progress line count to.
+        ends = self._targets
+        if ends is None:
+            ends = self._end_offsets()
+            self.progress.planned_to(ends)
+        return ReadFromWal(segments=list(batch.segments), end_offsets=ends, options=self.options)
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""
