@@ -17,6 +17,7 @@ __all__ = [
     "ObjectExistsError",
     "KafkaUnavailableError",
     "PartitionsUnavailableError",
+    "WorkerLostError",
 ]
 
 
@@ -88,3 +89,8 @@ class KafkaUnavailableError(ZdlError):
 class PartitionsUnavailableError(ZdlError):
     """An ``available_now`` run could not finish: other group members held partitions
     past ``--drain_timeout_s``; names the partitions and the members."""
+
+
+class WorkerLostError(ZdlError):
+    """An SDK worker process died while running a batch; the batch is run again from its
+    recorded plan (see :mod:`beam_zdl.worker_pool`)."""

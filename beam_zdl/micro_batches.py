@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_zdl.driver import BuildFn, DirectDriver, RunSummary
 from beam_zdl.options import ZdlConfig
 from beam_zdl.wal_driver import WalDriver
+from beam_zdl.worker_pool import warm_workers
 
 __all__ = ["run_micro_batches"]
 
@@ -51,4 +52,5 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     """
     config = ZdlConfig.from_options(options, need_checkpoint=True)
     loop = WalDriver if config.mode == "wal" else DirectDriver
-    return loop(build_fn, options, config).run()
+    with warm_workers(options):  # worker processes live for the run, not per batch
+        return loop(build_fn, options, config).run()
