@@ -321,12 +321,23 @@ def _serve() -> None:
     sys.stdout = sys.stderr
     from apache_beam.runners.worker.sdk_worker import SdkHarness
 
+    profile_dir = os.environ.get("BEAM_ZDL_WORKER_PROFILE")  # cProfile each harness
+
     def run(request: dict) -> None:
+        profiler = None
+        if profile_dir:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             SdkHarness(request["control"], worker_id=request["worker_id"],
                        runner_capabilities=frozenset(FNAPI_RUNNER_CAPABILITIES)).run()
         except Exception:  # the runner sees the failed pipeline; stay warm for the next
             _LOGGER.exception("warm SDK worker: harness for %s failed", request["worker_id"])
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(
+                profile_dir, f"worker-{os.getpid()}-{request['worker_id']}.pstats"))
         protocol.write(b"done\n")
 
     harness = None

@@ -112,6 +112,52 @@ def batch_overhead(args: argparse.Namespace) -> dict:
     return out
 
 
+@peer("batch_fixed_cost")
+def batch_fixed_cost(args: argparse.Namespace) -> dict:
+    """Fixed cost per batch, per worker setting, on the small topic (``--topics``): the same
+    records read in 1 batch and in 10 batches (25 records per partition each); the extra
+    wall and CPU time (driver and its worker processes) per extra batch is the fixed cost.
+    Also each batch's cycle in the 10-batch run (time between the starts of consecutive
+    batch pipelines): the first one's start-up shows against the later ones."""
+    out = {}
+    for workers, flags in _WORKERS.items():
+        runs = {}
+        for per_partition in (250, 25):
+            starts: list[float] = []
+
+            def build(records, batch) -> None:
+                starts.append(time.monotonic())
+                _build(records, batch)
+
+            cpu = _tree_cpu_s()
+            began = time.monotonic()
+            r = _micro_batches(args, [*flags, f"--max_records_per_partition={per_partition}"],
+                               build=build)
+            r["cpu_s"] = _tree_cpu_s() - cpu
+            r["starts"] = [t - began for t in starts]
+            runs[per_partition] = r
+        one, many = runs[250], runs[25]
+        extra = max(1, many["batches"] - one["batches"])
+        cycles = [b - a for a, b in zip(many["starts"], many["starts"][1:] + [many["seconds"]])]
+        later = sorted(cycles[1:])
+        out[f"{workers}_worker"] = {
+            "batches": many["batches"], "records": many["records"],
+            "fixed_s_per_batch": round((many["seconds"] - one["seconds"]) / extra, 3),
+            "fixed_cpu_s_per_batch": round((many["cpu_s"] - one["cpu_s"]) / extra, 3),
+            "startup_s": round(many["starts"][0], 3) if cycles else None,
+            "first_batch_s": round(cycles[0], 3) if cycles else None,
+            "median_later_batch_s": round(later[len(later) // 2], 3) if later else None,
+            "one_batch_run_s": round(one["seconds"], 3)}
+    return out
+
+
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _wal(args: argparse.Namespace, root: str) -> dict:
     result = _micro_batches(args, [*_WORKERS[2], "--zdl_mode=wal", f"--wal_dir={root}/wal"],
                             checkpoint_dir=f"{root}/ckpt")
