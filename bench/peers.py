@@ -471,6 +471,53 @@ def flink_cluster_streaming(args: argparse.Namespace) -> dict:
         return _streaming_job(args, flink.runner_args(parallelism=2))
 
 
+class _TreeRss:
+    """Peak RSS (and PSS) summed over this process and its descendants, sampled every
+    0.1 s: a peer's memory with its worker processes. RSS counts pages shared between
+    processes once per process; PSS splits them."""
+
+    def __init__(self) -> None:
+        self.peak = (0.0, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "_TreeRss":
+        self._thread.start()
+        return self
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak[0], 1), round(self.peak[1], 1)
+
+    @staticmethod
+    def _pids(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            for task in Path(f"/proc/{p}/task").glob("*/children"):
+                try:
+                    todo.extend(int(c) for c in task.read_text().split())
+                except OSError:
+                    pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            rss = pss = 0
+            for pid in self._pids(os.getpid()):
+                try:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                except (OSError, ValueError):
+                    pass
+            self.peak = (max(self.peak[0], rss / 1024), max(self.peak[1], pss / 1024))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("peer", choices=sorted(PEERS))
@@ -485,9 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_per_partition", type=int, default=62_500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    tree = _TreeRss().start()
     result = PEERS[args.peer](args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
     print(json.dumps(result))
     return 0
 
