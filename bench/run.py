@@ -186,7 +186,8 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                 f"fixed cost per batch, {workers} worker{'s' if workers > 1 else ''} "
                 f"({f['batches']} tiny batches against 1): {f['fixed_s_per_batch']:.3f} s, "
                 f"{f['fixed_cpu_s_per_batch']:.3f} CPU s; first batch {f['first_batch_s']:.2f} s "
-                f"after {f['startup_s']:.2f} s start-up, later batches {f['median_later_batch_s']:.2f} s")
+                f"({f['first_batch_after_workers_ready_s']:.2f} s once the workers were ready "
+                f"after {f['workers_ready_s']:.2f} s), later batches {f['median_later_batch_s']:.2f} s")
     if fc and "error" in fc:
         lines.append(f"fixed cost per batch: could not run: {fc['error']}")
     rec = results.get("recovery", {})
