@@ -18,6 +18,7 @@ __all__ = [
     "KafkaUnavailableError",
     "PartitionsUnavailableError",
     "SchemaRegistryUnavailableError",
+    "WorkerLostError",
 ]
 
 
@@ -95,3 +96,8 @@ class SchemaRegistryUnavailableError(ZdlError):
     """The Schema Registry could not be reached or answered an error that is not about the
     record (5xx, 408, 429, 401/403) while decoding; names the registry URL and the
     topic/partition/offset. The batch fails and is replayed: nothing is dead-lettered."""
+
+
+class WorkerLostError(ZdlError):
+    """An SDK worker process died while running a batch; the batch is run again from its
+    recorded plan (see :mod:`beam_zdl.worker_pool`)."""

@@ -105,10 +105,16 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | str | None:
     The DirectRunner (Beam's default) first tries Prism, which it downloads at
     run time; bounded batches need none of that, so they run on the
     FnApiRunner, which honours ``--direct_num_workers`` and
-    ``--direct_running_mode``. Any other runner is used as given.
+    ``--direct_running_mode``; inside :func:`beam_zdl.run_micro_batches` its
+    worker processes are those of the run's :mod:`beam_zdl.worker_pool`. Any
+    other runner is used as given.
     """
     runner: PipelineRunner | str | None = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
+        from beam_zdl.worker_pool import warm_runner
+        warm = warm_runner(options)  # run_micro_batches keeps worker processes warm
+        if warm is not None:
+            return warm
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         return FnApiRunner()
     return runner

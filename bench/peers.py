@@ -112,6 +112,69 @@ def batch_overhead(args: argparse.Namespace) -> dict:
     return out
 
 
+@peer("batch_fixed_cost")
+def batch_fixed_cost(args: argparse.Namespace) -> dict:
+    """Fixed cost per batch, per worker setting, on the small topic (``--topics``): the same
+    records read in 1 batch and in 10 batches (25 records per partition each); the extra
+    wall and CPU time (driver and its worker processes) per extra batch is the fixed cost.
+    Also each batch's cycle in the 10-batch run (time between the starts of consecutive
+    batch pipelines): the first one's start-up shows against the later ones."""
+    ready: list[float] = []  # when warm workers said they were ready (their start-up)
+
+    class _Ready(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "ready after" in record.getMessage():
+                ready.append(time.monotonic())
+
+    pool_log = logging.getLogger("beam_zdl.worker_pool")
+    pool_log.addHandler(_Ready())
+    pool_log.setLevel(logging.INFO)
+    out = {}
+    for workers, flags in _WORKERS.items():
+        runs = {}
+        for per_partition in (250, 25):
+            starts: list[float] = []
+            ready.clear()
+
+            def build(records, batch) -> None:
+                starts.append(time.monotonic())
+                _build(records, batch)
+
+            cpu = _tree_cpu_s()
+            began = time.monotonic()
+            r = _micro_batches(args, [*flags, f"--max_records_per_partition={per_partition}"],
+                               build=build)
+            r["cpu_s"] = _tree_cpu_s() - cpu
+            r["starts"] = [t - began for t in starts]
+            r["ready"] = max(ready) - began if ready else 0.0
+            runs[per_partition] = r
+        one, many = runs[250], runs[25]
+        extra = max(1, many["batches"] - one["batches"])
+        cycles = [b - a for a, b in zip(many["starts"], many["starts"][1:] + [many["seconds"]])]
+        later = sorted(cycles[1:])
+        out[f"{workers}_worker"] = {
+            "batches": many["batches"], "records": many["records"],
+            "fixed_s_per_batch": round((many["seconds"] - one["seconds"]) / extra, 3),
+            "fixed_cpu_s_per_batch": round((many["cpu_s"] - one["cpu_s"]) / extra, 3),
+            "startup_s": round(many["starts"][0], 3) if cycles else None,
+            "first_batch_s": round(cycles[0], 3) if cycles else None,
+            # The first batch's cycle from the moment its workers were ready (in process: 0).
+            "first_batch_after_workers_ready_s": round(
+                many["starts"][1] - max(many["ready"], many["starts"][0]), 3)
+            if len(many["starts"]) > 1 else None,
+            "workers_ready_s": round(many["ready"], 3),
+            "median_later_batch_s": round(later[len(later) // 2], 3) if later else None,
+            "one_batch_run_s": round(one["seconds"], 3)}
+    return out
+
+
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _wal(args: argparse.Namespace, root: str) -> dict:
     result = _micro_batches(args, [*_WORKERS[2], "--zdl_mode=wal", f"--wal_dir={root}/wal"],
                             checkpoint_dir=f"{root}/ckpt")
@@ -425,6 +488,53 @@ def flink_cluster_streaming(args: argparse.Namespace) -> dict:
         return _streaming_job(args, flink.runner_args(parallelism=2))
 
 
+class _TreeRss:
+    """Peak RSS (and PSS) summed over this process and its descendants, sampled every
+    0.1 s: a peer's memory with its worker processes. RSS counts pages shared between
+    processes once per process; PSS splits them."""
+
+    def __init__(self) -> None:
+        self.peak = (0.0, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "_TreeRss":
+        self._thread.start()
+        return self
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak[0], 1), round(self.peak[1], 1)
+
+    @staticmethod
+    def _pids(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            for task in Path(f"/proc/{p}/task").glob("*/children"):
+                try:
+                    todo.extend(int(c) for c in task.read_text().split())
+                except OSError:
+                    pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            rss = pss = 0
+            for pid in self._pids(os.getpid()):
+                try:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+                        elif line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                except (OSError, ValueError):
+                    pass
+            self.peak = (max(self.peak[0], rss / 1024), max(self.peak[1], pss / 1024))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("peer", choices=sorted(PEERS))
@@ -439,9 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_per_partition", type=int, default=62_500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    tree = _TreeRss().start()
     result = PEERS[args.peer](args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
     print(json.dumps(result))
     return 0
 

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
               "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
-OTHER = ["batch_overhead", "recovery"]
+OTHER = ["batch_overhead", "batch_fixed_cost", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
 SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
 DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             with tqdm(peers, desc="peers", file=sys.stderr) as bar:
                 for name in bar:
                     bar.set_postfix_str(name)
-                    results[name] = run_peer(name, kafka, small if name == "batch_overhead"
+                    results[name] = run_peer(name, kafka, small if name in ("batch_overhead",
+                                                                          "batch_fixed_cost")
                                              else topic, workdir, args, extra)
         finally:
             if gcs is not None:
@@ -151,7 +152,7 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
              f"partitions (produced in {meta['produce_s']} s), {meta['cores']} cores, "
              f"Python {meta['python']}\n",
              f"{'peer':<32}{'records/s':>11}{'MB/s':>7}{'x (a)':>7}{'RSS MB':>8}"
-             f"{'worker RSS MB':>15}"]
+             f"{'worker RSS MB':>15}{'tree RSS MB':>13}"]
     for name in THROUGHPUT:
         r = results.get(name)
         if r is None:
@@ -163,7 +164,8 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
         ratio = r["records_per_s"] / base if base else float("nan")
         workers = f"{r['peak_children_rss_mb']:.0f}" if r.get("peak_children_rss_mb") else "-"
         lines.append(f"{label:<32}{r['records_per_s']:>11,.0f}{r['mb_per_s']:>7.1f}"
-                     f"{ratio:>7.2f}{r.get('peak_rss_mb', 0):>8.0f}{workers:>15}")
+                     f"{ratio:>7.2f}{r.get('peak_rss_mb', 0):>8.0f}{workers:>15}"
+                     f"{r.get('peak_tree_rss_mb', 0):>13.0f}")
     d1, d2 = results.get("direct_1_worker", {}), results.get("direct_2_workers", {})
     wal = results.get("wal_local", {})
     if "records_per_s" in wal and "records_per_s" in d2:
@@ -176,6 +178,18 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                      f"{ov['2_worker_s']:.2f} s with 2 workers (worker processes start per batch)")
     elif ov:
         lines.append(f"per-batch fixed cost: could not run: {ov.get('error')}")
+    fc = results.get("batch_fixed_cost", {})
+    for workers in (1, 2):
+        f = fc.get(f"{workers}_worker")
+        if f:
+            lines.append(
+                f"fixed cost per batch, {workers} worker{'s' if workers > 1 else ''} "
+                f"({f['batches']} tiny batches against 1): {f['fixed_s_per_batch']:.3f} s, "
+                f"{f['fixed_cpu_s_per_batch']:.3f} CPU s; first batch {f['first_batch_s']:.2f} s "
+                f"({f['first_batch_after_workers_ready_s']:.2f} s once the workers were ready "
+                f"after {f['workers_ready_s']:.2f} s), later batches {f['median_later_batch_s']:.2f} s")
+    if fc and "error" in fc:
+        lines.append(f"fixed cost per batch: could not run: {fc['error']}")
     rec = results.get("recovery", {})
     if "restart_to_first_batch_s" in rec:
         lines.append(

@@ -45,6 +45,7 @@ from apache_beam.runners.runner import PipelineState
 
 import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
+from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.ranges import PartitionRange
@@ -145,7 +146,7 @@ def current_batch() -> Optional[Batch]:
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
-    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
+    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=batch_options(options))
     records = pipeline | f"ReadBatch{batch.batch_id}" >> read
     token = _BUILDING.set(batch)
     try:

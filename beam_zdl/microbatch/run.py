@@ -13,6 +13,7 @@ from beam_zdl.microbatch.direct_mode import DirectDriver
 from beam_zdl.microbatch.loop import BuildFn, RunSummary
 from beam_zdl.microbatch.wal_mode import WalDriver
 from beam_zdl.options import ZdlConfig
+from beam_zdl.worker_pool import warm_workers
 
 __all__ = ["run_micro_batches"]
 
@@ -53,4 +54,5 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     """
     config = ZdlConfig.from_options(options, need_checkpoint=True)
     loop = WalDriver if config.mode == "wal" else DirectDriver
-    return loop(build_fn, options, config).run()
+    with warm_workers(options):  # worker processes live for the run, not per batch
+        return loop(build_fn, options, config).run()

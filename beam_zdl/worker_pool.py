@@ -1,0 +1,397 @@
+"""Warm SDK workers: worker processes started once per run_micro_batches, not per batch.
+
+With ``--direct_running_mode=multi_processing`` Beam's FnApiRunner starts a new
+SDK harness process (``python -m apache_beam.runners.worker.sdk_worker_main``)
+per worker for every pipeline it runs, and every micro-batch is a pipeline, so
+each batch paid a Python + Beam start-up per worker (about 1.9 s with 2
+workers). Here those processes live as long as the run.
+
+Worker process
+    ``python -m beam_zdl.worker_pool`` imports Beam's SDK harness once, then
+    loops: read one request (a runner's control address and a worker id) on
+    stdin, run an ``SdkHarness`` against it until the runner closes the
+    control stream (the batch's pipeline is done), answer ``done`` on its
+    protocol pipe, wait for the next request. Its stdout is re-pointed at
+    stderr, so a DoFn's ``print`` cannot corrupt the protocol.
+
+Runner side
+    :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
+    ``multi_processing`` asks for) is swapped for this pool's: the runner still
+    serves control, data and state over gRPC on fresh ports per pipeline, but
+    its worker handler (:class:`_WarmWorkerHandler`) leases a warm process
+    instead of starting one.
+
+Crash and replay
+    A worker that dies (EOF on its protocol pipe) fails the pipeline it served
+    at once: the runner's pending control requests are aborted with
+    :class:`~beam_zdl.errors.WorkerLostError` (without that, a stage with no
+    outputs would wait forever for an answer). A replacement process starts,
+    and :class:`WarmRunner` runs the same pipeline (same batch, same input) again,
+    up to ``MAX_ATTEMPTS`` times; a sink keyed by the batch id makes the
+    repeat idempotent, exactly as a replay after a driver crash.
+
+Shutdown and orphans
+    The pool is closed when ``run_micro_batches`` returns or raises (also on
+    Ctrl-C): stdin of every worker is closed, and a worker exits at EOF of
+    stdin, also in the middle of a harness. A SIGKILLed driver closes those
+    pipes too, so no worker outlives it. Workers ignore SIGINT: Ctrl-C lets
+    the current batch finish (the driver's StopFlag), then the pool closes.
+
+Forking was considered and not used: a worker runs gRPC threads, and gRPC and
+``fork`` do not mix; a fork server adds a process to the tree (memory) and
+saves only the one start-up per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import gc
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import python_urns
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
+    FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler)
+
+from beam_zdl.errors import WorkerLostError
+
+__all__ = ["WorkerPool", "WarmRunner", "warm_workers", "warm_runner", "MAX_ATTEMPTS",
+           "WORKER_URN"]
+
+_LOGGER = logging.getLogger(__name__)
+
+WORKER_URN = "beam:env:beam_zdl_warm_worker:v1"
+# Runs of one pipeline when workers keep dying: a crash loop fails the batch (it stays
+# pending and is replayed on the next start) instead of spinning forever.
+MAX_ATTEMPTS = 3
+# How long a finished pipeline waits for a worker to report its harness closed before the
+# worker is replaced; a harness closes in milliseconds once the runner hangs up.
+_DONE_TIMEOUT_S = 60.0
+# Allocations between two collections of the youngest generation (Python's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+_CLOSE_TIMEOUT_S = 10.0
+
+_POOLS: dict[str, "WorkerPool"] = {}
+_ACTIVE: contextvars.ContextVar[Optional["WorkerPool"]] = contextvars.ContextVar(
+    "beam_zdl_worker_pool", default=None)
+_ids = itertools.count()
+
+
+class _Worker:
+    """One warm worker process and the handler it serves, if any."""
+
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        self.index = index
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "beam_zdl.worker_pool"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, bufsize=0)
+        self.pid = self.proc.pid
+        self._started = time.monotonic()
+        self.handler: Optional[_WarmWorkerHandler] = None  # the handler leasing it
+        self.idle = threading.Event()
+        self.idle.set()
+        self.dead = False
+        self._pool = pool
+        self._reader = threading.Thread(target=self._read, name=f"beam-zdl-worker-{index}",
+                                        daemon=True)
+        self._reader.start()
+
+    def send(self, request: dict[str, str]) -> None:
+        self.idle.clear()
+        assert self.proc.stdin is not None  # Popen(stdin=PIPE)
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        except OSError:
+            pass  # it died: its reader reports the loss
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None  # Popen(stdout=PIPE)
+        for line in self.proc.stdout:
+            if line.startswith(b"done"):
+                self.idle.set()
+            elif line.startswith(b"ready"):
+                _LOGGER.info("warm SDK worker pid %d ready after %.2f s", self.pid,
+                             time.monotonic() - self._started)
+        self.dead = True
+        # Counted as lost before anyone waiting for "done" wakes up (see WarmRunner).
+        self._pool._on_exit(self)
+        self.idle.set()
+
+
+class WorkerPool:
+    """Warm SDK worker processes for the pipelines of one run (see the module doc).
+
+    Args:
+        size: worker processes to start now (``--direct_num_workers``); more start on
+            demand if a pipeline asks for more at once.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.id = f"{os.getpid()}-{next(_ids)}"
+        self.lost = 0  # workers that died while the pool was open
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers: list[_Worker] = []
+        self._count = itertools.count()
+        with self._lock:
+            for _ in range(size):
+                self._workers.append(_Worker(self, next(self._count)))
+        _POOLS[self.id] = self
+        _LOGGER.info("started %d warm SDK worker processes (pids %s)", size,
+                     ",".join(str(w.pid) for w in self._workers))
+
+    def pids(self) -> list[int]:
+        """The live workers' process ids."""
+        with self._lock:
+            return [w.pid for w in self._workers if not w.dead]
+
+    def lease(self, handler: "_WarmWorkerHandler") -> _Worker:
+        """An idle worker, now serving ``handler``'s runner (a new one if none is idle)."""
+        with self._lock:
+            if self._closed:
+                raise WorkerLostError("the warm worker pool is closed")
+            worker = next((w for w in self._workers if w.handler is None and not w.dead), None)
+            if worker is None:
+                worker = _Worker(self, next(self._count))
+                self._workers.append(worker)
+            worker.handler = handler
+        # A worker still closing its previous harness reads this once that is done.
+        worker.send({"control": handler.control_address, "worker_id": handler.worker_id})
+        return worker
+
+    def release(self, worker: _Worker) -> None:
+        """Called once the runner closed the worker's connections: wait for it to be idle."""
+        if not worker.idle.wait(_DONE_TIMEOUT_S) and not worker.dead:
+            _LOGGER.warning("warm worker pid %d did not finish its harness within %.0f s; "
+                            "replacing it", worker.pid, _DONE_TIMEOUT_S)
+            worker.proc.kill()
+            worker.idle.wait(_CLOSE_TIMEOUT_S)
+        with self._lock:
+            worker.handler = None
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """A worker's protocol pipe reached EOF: it exited or was killed."""
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            handler, closed = worker.handler, self._closed
+            if not closed:
+                self.lost += 1
+                self._workers.append(_Worker(self, next(self._count)))
+        if closed:
+            return
+        code = worker.proc.wait()
+        _LOGGER.error("warm SDK worker pid %d died (exit %s)%s; a replacement started",
+                      worker.pid, code, " while running a pipeline" if handler else "")
+        if handler is not None:
+            handler.worker_lost(WorkerLostError(
+                f"SDK worker process {worker.pid} died (exit {code}) while running a batch; "
+                "the batch is run again from its recorded plan"))
+
+    def close(self) -> None:
+        """Stop every worker: EOF on stdin, then SIGKILL what is left after a grace period."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers)
+        _POOLS.pop(self.id, None)
+        for w in workers:
+            with contextlib.suppress(OSError):
+                if w.proc.stdin is not None:
+                    w.proc.stdin.close()
+        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+        for w in workers:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            with contextlib.suppress(OSError):
+                if w.proc.stdout is not None:
+                    w.proc.stdout.close()
+        _LOGGER.info("stopped %d warm SDK worker processes", len(workers))
+
+
+def _pool_size(options: PipelineOptions) -> Optional[int]:
+    """Workers the options ask for when they run on the FnApiRunner in processes, else None."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "direct",
+                                                       "FnApiRunner"):
+        return None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return None
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def young_gc() -> Iterator[None]:
+    """Python's cyclic GC collects its youngest generation less often inside the block.
+
+    Reading allocates a few objects per record (record, headers list, WindowedValue), all
+    freed by reference counting, yet every 700 allocations trigger a collection, and the
+    older generations' collections walk the whole heap of Beam's modules: measured, that
+    was half of a reader's CPU per record (5.6 us against 2.5). The threshold is restored
+    on exit; nothing else about collection changes.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+@contextlib.contextmanager
+def warm_workers(options: PipelineOptions) -> Iterator[Optional[WorkerPool]]:
+    """For the batches run inside the block: a pool of warm workers when ``options`` run
+    them in worker processes (``--direct_running_mode=multi_processing``), and a GC tuned
+    for reading (:func:`young_gc`) in this process, which reads when the workers are
+    in process."""
+    size = _pool_size(options)
+    if size is None or _ACTIVE.get() is not None:
+        with young_gc():
+            yield _ACTIVE.get()
+        return
+    pool = WorkerPool(size)
+    token = _ACTIVE.set(pool)
+    try:
+        with young_gc():
+            yield pool
+    finally:
+        _ACTIVE.reset(token)
+        pool.close()
+
+
+def warm_runner(options: PipelineOptions) -> Optional["WarmRunner"]:
+    """A :class:`WarmRunner` on the active pool for ``options``, or None (no pool open)."""
+    pool = _ACTIVE.get()
+    if pool is None or _pool_size(options) is None:
+        return None
+    return WarmRunner(pool)
+
+
+@WorkerHandler.register_environment(WORKER_URN, bytes)
+class _WarmWorkerHandler(GrpcWorkerHandler):
+    """Serves a pipeline with a leased warm worker instead of a new process."""
+
+    def __init__(self, payload: bytes, state: Any, provision_info: Any,
+                 grpc_server: Any) -> None:
+        super().__init__(state, provision_info, grpc_server)
+        self._pool = _POOLS.get(payload.decode())
+        self._worker: Optional[_Worker] = None
+        self._closed = threading.Event()
+
+    def start_worker(self) -> None:
+        if self._pool is None:
+            raise WorkerLostError("the warm worker pool of this pipeline was closed")
+        self._worker = self._pool.lease(self)
+
+    def stop_worker(self) -> None:
+        self._closed.set()
+        if self._worker is not None and self._pool is not None:
+            self._pool.release(self._worker)
+            self._worker = None
+
+    def worker_lost(self, error: WorkerLostError) -> None:
+        """Fail the runner's requests to the dead worker instead of waiting for answers."""
+        # Requests pushed after a first abort would wait forever too: keep failing them
+        # until the runner closes this handler.
+        def abort() -> None:
+            while not self._closed.is_set():
+                with contextlib.suppress(RuntimeError):  # futures added meanwhile
+                    self.control_conn.abort(error)
+                self._closed.wait(0.2)
+        threading.Thread(target=abort, name="beam-zdl-abort", daemon=True).start()
+
+
+class WarmRunner(FnApiRunner):
+    """An FnApiRunner whose worker processes come from a :class:`WorkerPool`.
+
+    A pipeline during which a worker died is run again, same proto, up to
+    ``MAX_ATTEMPTS`` times (see the module doc).
+    """
+
+    def __init__(self, pool: WorkerPool) -> None:
+        super().__init__()
+        self._pool = pool
+
+    def run_via_runner_api(self, pipeline_proto: Any, options: Any) -> Any:
+        for env in pipeline_proto.components.environments.values():
+            if env.urn == python_urns.SUBPROCESS_SDK:  # what multi_processing asked for
+                env.urn = WORKER_URN
+                env.payload = self._pool.id.encode()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            lost = self._pool.lost
+            try:
+                return super().run_via_runner_api(copy.deepcopy(pipeline_proto), options)
+            except Exception:
+                # The runner closed the handlers (waiting for each worker's "done" or
+                # death) before this propagates, so a death is counted by now.
+                if self._pool.lost == lost or attempt == MAX_ATTEMPTS:
+                    raise
+                _LOGGER.warning("a warm SDK worker died while running this pipeline; running "
+                                "it again with a replacement (attempt %d of %d)",
+                                attempt + 1, MAX_ATTEMPTS)
+
+
+# --- the worker process ------------------------------------------------------------------
+
+def _serve() -> None:
+    """A warm worker's main loop (see the module doc)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from apache_beam.runners.worker.sdk_worker import SdkHarness
+
+    import beam_zdl.direct  # noqa: F401 - unpickling the read's DoFn then costs nothing
+    # What is imported now lives as long as the process: keep it out of every collection,
+    # and collect the young generation less often (see young_gc).
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    protocol.write(b"ready\n")
+
+    profile_dir = os.environ.get("BEAM_ZDL_WORKER_PROFILE")  # cProfile each harness
+
+    def run(request: dict[str, str]) -> None:
+        profiler = None
+        if profile_dir:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
+        try:
+            SdkHarness(request["control"], worker_id=request["worker_id"],
+                       runner_capabilities=frozenset(FNAPI_RUNNER_CAPABILITIES)).run()
+        except Exception:  # the runner sees the failed pipeline; stay warm for the next
+            _LOGGER.exception("warm SDK worker: harness for %s failed", request["worker_id"])
+        if profiler is not None:
+            profiler.disable()
+            assert profile_dir is not None  # a profiler runs only with one
+            profiler.dump_stats(os.path.join(
+                profile_dir, f"worker-{os.getpid()}-{request['worker_id']}.pstats"))
+        protocol.write(b"done\n")
+
+    harness = None
+    for line in sys.stdin.buffer:
+        if harness is not None:
+            harness.join()
+        harness = threading.Thread(target=run, args=(json.loads(line),), daemon=True)
+        harness.start()
+    # EOF: the driver closed the pool or died. Leave at once, also mid-harness.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _serve()
