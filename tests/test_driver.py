@@ -73,7 +73,8 @@ def test_batches_read_everything_once_and_commit(kafka, tmp_path):
 
 
 @pytest.mark.parametrize("point", [
-    "after_plan", "after_run",
+    "after_plan",
+    pytest.param("after_run", marks=pytest.mark.slow),
     pytest.param("after_complete", marks=pytest.mark.slow),
 ])
 def test_sigkilled_driver_replays_identically(kafka, tmp_path, point):

@@ -178,6 +178,7 @@ class _NoTransactionsKafka(LocalKafka):
 
 @pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                     reason="needs a broker of its own")
+@pytest.mark.slow  # starts a broker of its own
 def test_a_broker_refusing_transactions_is_named_and_nothing_is_written(tmp_path):
     with _NoTransactionsKafka(workdir=tmp_path / "kafka") as broker:
         topic = broker.create_topic(partitions=2)

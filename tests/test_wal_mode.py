@@ -103,7 +103,8 @@ def _config(kafka, topic, wal, *extra) -> ZdlConfig:
 
 # --- end to end ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("any_storage_uri", ["local", "gcs", "hdfs"], indirect=True)
+@pytest.mark.parametrize("any_storage_uri", [
+    "local", "gcs", pytest.param("hdfs", marks=pytest.mark.slow)], indirect=True)
 def test_wal_mode_end_to_end(kafka, tmp_path, any_storage_uri):
     topic = kafka.create_topic(partitions=4)
     _produce(kafka, topic, 2000)
@@ -155,10 +156,9 @@ def test_cleanup_keeps_the_last_retained_batches(kafka, tmp_path):
 CRASH_POINTS = [
     "receiver_append:1100",  # records buffered, not sealed
     "after_seal:2",         # a segment durable, its offsets not committed
-    "after_plan:2",         # a batch planned, not run
     "after_run:2",          # a batch run, not completed
 ]
-SLOW_CRASH_POINTS = ["after_complete:2", "after_commit:2", "after_segment_delete:1"]
+SLOW_CRASH_POINTS = ["after_plan:2", "after_complete:2", "after_commit:2", "after_segment_delete:1"]
 
 
 def _crash_and_recover(kafka, tmp_path, root, point):
