@@ -14,6 +14,14 @@ Worker process
     protocol pipe, wait for the next request. Its stdout is re-pointed at
     stderr, so a DoFn's ``print`` cannot corrupt the protocol.
 
+The driver's worker
+    With ``--direct_num_workers`` of 2 or more, one worker is the driver itself
+    (:class:`_DriverWorker`, a harness thread, as Beam's ``multi_threading``
+    mode runs one): the driver only waits while its batch runs, and every
+    process that imports Beam costs ~140 MB before it reads a record, so this
+    saves a process's memory and start-up. It cannot be replaced: its crash
+    is the driver's, and the batch is replayed at the next start.
+
 Runner side
     :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
     ``multi_processing`` asks for) is swapped for this pool's: the runner still
@@ -135,6 +143,40 @@ class _Worker:
         self.idle.set()
 
 
+class _DriverWorker:
+    """The pool's worker that runs in the driver process itself: a harness thread.
+
+    A driver that waits for its batch has a core to spare, and a process that imports Beam
+    costs ~140 MB before it reads anything; so one of the ``--direct_num_workers`` is the
+    driver. It cannot die on its own: a crash of its harness is the driver's crash, and the
+    batch is replayed from its recorded plan at the next start.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = os.getpid()
+        self.handler: Optional[_WarmWorkerHandler] = None
+        self.idle = threading.Event()
+        self.idle.set()
+        self.dead = False
+
+    def send(self, request: dict[str, str]) -> None:
+        self.idle.clear()
+        threading.Thread(target=self._run, args=(request,), name="beam-zdl-driver-worker",
+                         daemon=True).start()
+
+    def _run(self, request: dict[str, str]) -> None:
+        from apache_beam.runners.worker.sdk_worker import SdkHarness
+        try:
+            SdkHarness(request["control"], worker_id=request["worker_id"],
+                       runner_capabilities=frozenset(FNAPI_RUNNER_CAPABILITIES)).run()
+        except Exception:  # the runner sees the failed pipeline
+            _LOGGER.exception("in-driver SDK worker: harness for %s failed",
+                              request["worker_id"])
+        finally:
+            self.idle.set()
+
+
 class WorkerPool:
     """Warm SDK worker processes for the pipelines of one run (see the module doc).
 
@@ -150,24 +192,32 @@ class WorkerPool:
         self._closed = False
         self._workers: list[_Worker] = []
         self._count = itertools.count()
+        self._driver_worker = _DriverWorker(next(self._count)) if size > 1 else None
         with self._lock:
-            for _ in range(size):
+            for _ in range(size - (self._driver_worker is not None)):
                 self._workers.append(_Worker(self, next(self._count)))
         _POOLS[self.id] = self
-        _LOGGER.info("started %d warm SDK worker processes (pids %s)", size,
-                     ",".join(str(w.pid) for w in self._workers))
+        _LOGGER.info("started %d warm SDK worker processes (pids %s)%s", len(self._workers),
+                     ",".join(str(w.pid) for w in self._workers),
+                     " and one in the driver" if self._driver_worker else "")
 
     def pids(self) -> list[int]:
-        """The live workers' process ids."""
+        """The live worker processes' ids (not the driver's, which may serve too)."""
         with self._lock:
             return [w.pid for w in self._workers if not w.dead]
 
-    def lease(self, handler: "_WarmWorkerHandler") -> _Worker:
+    def lease(self, handler: "_WarmWorkerHandler") -> "_Worker | _DriverWorker":
         """An idle worker, now serving ``handler``'s runner (a new one if none is idle)."""
         with self._lock:
             if self._closed:
                 raise WorkerLostError("the warm worker pool is closed")
-            worker = next((w for w in self._workers if w.handler is None and not w.dead), None)
+            driver = self._driver_worker
+            worker: _Worker | _DriverWorker | None
+            if driver is not None and driver.handler is None:
+                worker = driver
+            else:
+                worker = next((w for w in self._workers if w.handler is None and not w.dead),
+                              None)
             if worker is None:
                 worker = _Worker(self, next(self._count))
                 self._workers.append(worker)
@@ -176,9 +226,11 @@ class WorkerPool:
         worker.send({"control": handler.control_address, "worker_id": handler.worker_id})
         return worker
 
-    def release(self, worker: _Worker) -> None:
+    def release(self, worker: "_Worker | _DriverWorker") -> None:
         """Called once the runner closed the worker's connections: wait for it to be idle."""
-        if not worker.idle.wait(_DONE_TIMEOUT_S) and not worker.dead:
+        if isinstance(worker, _DriverWorker):
+            worker.idle.wait()  # its harness ends when the runner hangs up
+        elif not worker.idle.wait(_DONE_TIMEOUT_S) and not worker.dead:
             _LOGGER.warning("warm worker pid %d did not finish its harness within %.0f s; "
                             "replacing it", worker.pid, _DONE_TIMEOUT_S)
             worker.proc.kill()
@@ -295,7 +347,7 @@ class _WarmWorkerHandler(GrpcWorkerHandler):
                  grpc_server: Any) -> None:
         super().__init__(state, provision_info, grpc_server)
         self._pool = _POOLS.get(payload.decode())
-        self._worker: Optional[_Worker] = None
+        self._worker: _Worker | _DriverWorker | None = None
         self._closed = threading.Event()
 
     def start_worker(self) -> None:
