@@ -78,6 +78,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
     FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler)
 
+import beam_zdl.compat as compat
 from beam_zdl.errors import WorkerLostError
 
 __all__ = ["WorkerPool", "WarmRunner", "warm_workers", "warm_runner", "young_gc",
@@ -315,16 +316,17 @@ def warm_workers(options: PipelineOptions) -> Iterator[Optional[WorkerPool]]:
     """For the batches run inside the block: a pool of warm workers when ``options`` run
     them in worker processes (``--direct_running_mode=multi_processing``), and a GC tuned
     for reading (:func:`young_gc`) in this process, which reads when the workers are
-    in process."""
+    in process; Beam's DoFn introspection answers once per class
+    (:func:`beam_zdl.compat.cached_dofn_specs`), here and in the workers."""
     size = _pool_size(options)
     if size is None or _ACTIVE.get() is not None:
-        with young_gc():
+        with young_gc(), compat.cached_dofn_specs():
             yield _ACTIVE.get()
         return
     pool = WorkerPool(size)
     token = _ACTIVE.set(pool)
     try:
-        with young_gc():
+        with young_gc(), compat.cached_dofn_specs():
             yield pool
     finally:
         _ACTIVE.reset(token)
@@ -442,11 +444,12 @@ def _serve() -> None:
         protocol.write(b"done\n")
 
     harness = None
-    for line in sys.stdin.buffer:
-        if harness is not None:
-            harness.join()
-        harness = threading.Thread(target=run, args=(json.loads(line),), daemon=True)
-        harness.start()
+    with compat.cached_dofn_specs():  # for the process's life (see compat)
+        for line in sys.stdin.buffer:
+            if harness is not None:
+                harness.join()
+            harness = threading.Thread(target=run, args=(json.loads(line),), daemon=True)
+            harness.start()
     # EOF: the driver closed the pool or died. Leave at once, also mid-harness.
     os._exit(0)
 

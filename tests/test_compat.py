@@ -73,3 +73,54 @@ def test_offset_tracker_private_state():
 def test_gcs_transient_predicate(exc, transient):
     assert compat.gcs_transient_predicate()(exc) is transient, \
         f"{GCS}: DEFAULT_RETRY._predicate changed its idea of a transient {type(exc).__name__}"
+
+
+def test_cached_dofn_specs_answer_as_beam_does_and_once_per_class():
+    from apache_beam.transforms import userstate
+    from apache_beam.transforms.userstate import BagStateSpec
+
+    class Stateful(beam.DoFn):
+        BAG = BagStateSpec("bag", beam.coders.StrUtf8Coder())
+
+        def process(self, element, bag=beam.DoFn.StateParam(BAG)):
+            yield element
+
+    class Plain(beam.DoFn):
+        def process(self, element):
+            yield element
+
+    class Holder:
+        def method(self, element, bag=beam.DoFn.StateParam(Stateful.BAG)):
+            return element
+
+    original = userstate.get_dofn_specs
+    expected = {name: original(dofn) for name, dofn in
+                [("stateful", Stateful()), ("plain", Plain()),
+                 ("bound", beam.transforms.core.CallableWrapperDoFn(Holder().method))]}
+    calls = []
+
+    def counting(dofn):
+        calls.append(type(dofn).__name__)
+        return original(dofn)
+
+    userstate.get_dofn_specs = counting
+    try:
+        with compat.cached_dofn_specs():
+            assert userstate.get_dofn_specs is not counting, \
+                f"{BEAM}: userstate.get_dofn_specs is no longer the module function Beam calls"
+            for _ in range(3):
+                assert userstate.is_stateful_dofn(Stateful()) and \
+                    not userstate.is_stateful_dofn(Plain())
+                assert userstate.get_dofn_specs(Stateful()) == expected["stateful"]
+                assert userstate.get_dofn_specs(Plain()) == expected["plain"]
+                # An instance holding its own bound method is asked every time.
+                bound = beam.transforms.core.CallableWrapperDoFn(Holder().method)
+                assert userstate.get_dofn_specs(bound) == expected["bound"]
+            # A pipeline built inside the block still knows a stateful DoFn.
+            with beam.Pipeline() as p:
+                (p | beam.Create([("k", "a")]) | beam.ParDo(Stateful()))
+        assert userstate.get_dofn_specs is counting, "the original was not restored"
+    finally:
+        userstate.get_dofn_specs = original
+    assert calls.count("Stateful") == 1 and calls.count("Plain") == 1, calls
+    assert calls.count("CallableWrapperDoFn") >= 3, calls  # (Create uses them too)
