@@ -19,20 +19,24 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 if TYPE_CHECKING:  # imported lazily: storage (and the CLI) use this module without Beam
     from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
-__all__ = ["windowed_value", "set_tracker_range", "tracker_last_attempt",
+__all__ = ["windowed_value_maker", "set_tracker_range", "tracker_last_attempt",
            "tracker_checkpointed", "mark_tracker_checkpointed", "gcs_transient_predicate",
            "cached_dofn_specs"]
 
 
-def windowed_value(value: Any, timestamp_micros: int, windows: Iterable[Any]) -> Any:
-    """A ``WindowedValue`` built without ``TimestampedValue`` and window assignment.
+def windowed_value_maker() -> Callable[[Any, int, Iterable[Any]], Any]:
+    """``make(value, timestamp_micros, windows)``: a ``WindowedValue`` built without
+    ``TimestampedValue`` and window assignment.
 
     The readers emit every record like this (``apache_beam.utils.windowed_value.create``,
     a Cython fast path): a DoFn that yields a WindowedValue has it passed on as is,
     which costs a third of what ``TimestampedValue`` plus assignment costs per record.
+    Readers take the function once per range and call it per record: an import
+    statement inside a per-record call cost 1.8 us, more than the rest of the record.
     """
     from apache_beam.utils.windowed_value import create
-    return create(value, timestamp_micros, windows)
+    make: Callable[[Any, int, Iterable[Any]], Any] = create
+    return make
 
 
 # OffsetRestrictionTracker keeps its state in private fields; GrowableOffsetRangeTracker

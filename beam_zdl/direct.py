@@ -238,7 +238,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         claimed = start - 1  # every offset up to here is ours (claimed)
         attempted = claimed  # the highest offset a claim was tried for
         windows = (window,)  # the input's window: ranges come from Create, the global window
-        to_record, windowed = records.from_message, compat.windowed_value
+        to_record, windowed = records.from_message, compat.windowed_value_maker()
         last_progress = time.monotonic()
         try:
             while next_offset < stop:
@@ -310,7 +310,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                     record = to_record(msg)
                     nbytes += payload_bytes(record)
                     count += 1
-                    # In the input's window, timestamp in micros (see compat.windowed_value).
+                    # In the input's window, timestamp in micros (compat.windowed_value_maker).
                     emit(windowed(record, record.timestamp_ms * 1000, windows))
                 if polled:
                     yield polled

@@ -58,7 +58,8 @@ class ReadSegmentsFn(beam.DoFn):
                           ", and an unknown number more" if report.unknown_loss else "")
         count = nbytes = 0
         windows = (window,)  # the segment URI's window: the global window of a Create
-        to_record, windowed, size = records.from_wal, compat.windowed_value, records.payload_bytes
+        to_record, size = records.from_wal, records.payload_bytes
+        windowed = compat.windowed_value_maker()
         last: dict[tuple[str, int], int] = {}
         for rec in wal_records:
             record = to_record(rec)

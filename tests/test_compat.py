@@ -21,13 +21,13 @@ GCS = f"google-cloud-storage {gcs.__version__}"
 
 
 def test_windowed_value_is_passed_on_as_is_by_a_dofn():
-    wv = compat.windowed_value("x", 5_000_000, (GlobalWindow(),))
+    wv = compat.windowed_value_maker()("x", 5_000_000, (GlobalWindow(),))
     assert (wv.value, wv.timestamp.micros, tuple(wv.windows)) == \
         ("x", 5_000_000, (GlobalWindow(),)), f"{BEAM}: windowed_value.create changed"
 
     class EmitWindowed(beam.DoFn):
         def process(self, element, window=beam.DoFn.WindowParam):
-            yield compat.windowed_value(element, 7_000_000, (window,))
+            yield compat.windowed_value_maker()(element, 7_000_000, (window,))
 
     class Stamp(beam.DoFn):
         def process(self, element, ts=beam.DoFn.TimestampParam):
