@@ -77,7 +77,6 @@ import beam_zdl.records as records
 from beam_zdl.errors import ZdlError
 from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
 from beam_zdl.ranges import PartitionRange
-from beam_zdl.records import payload_bytes
 
 __all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
            "MIN_SPLIT_RECORDS", "SPLITS_PER_RANGE", "split_range"]
@@ -238,7 +237,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         claimed = start - 1  # every offset up to here is ours (claimed)
         attempted = claimed  # the highest offset a claim was tried for
         windows = (window,)  # the input's window: ranges come from Create, the global window
-        to_record, windowed = records.from_message, compat.windowed_value_maker()
+        windowed, append_windowed = compat.windowed_value_maker(), records.append_windowed
         last_progress = time.monotonic()
         try:
             while next_offset < stop:
@@ -272,10 +271,10 @@ class ReadOffsetRangesFn(beam.DoFn):
                             # down, so they are emitted unclaimed); nothing from there on.
                             stop = tracker.current_restriction().stop
                             claimed = stop - 1
-                nbytes = 0
+                # First the offsets: how many of the poll's messages are ours (a prefix),
+                # then their records, built in one loop (records.append_windowed).
                 count = 0
-                polled = Poll()
-                emit = polled.append
+                split_off = False
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -301,21 +300,23 @@ class ReadOffsetRangesFn(beam.DoFn):
                             break
                         attempted = offset
                         if not tracker.try_claim(offset):
-                            # Split off: the residual belongs to another bundle.
-                            if polled:
-                                yield polled
-                            return
+                            split_off = True  # the residual belongs to another bundle
+                            break
                         claimed = offset
                     next_offset = offset + 1
-                    record = to_record(msg)
-                    nbytes += payload_bytes(record)
                     count += 1
+                nbytes = 0
+                if count:
+                    polled = Poll()
                     # In the input's window, timestamp in micros (compat.windowed_value_maker).
-                    emit(windowed(record, record.timestamp_ms * 1000, windows))
-                if polled:
+                    nbytes = append_windowed(
+                        polled, messages if count == len(messages) else messages[:count],
+                        topic, partition, windows, windowed)
                     yield polled
                 self._records.inc(count)
                 self._bytes.inc(nbytes)
+                if split_off:
+                    return
                 # The high watermark of the last fetch response: local, no broker round trip.
                 high = consumer.get_watermark_offsets(tpart, cached=True)[1]
                 if high >= 0:

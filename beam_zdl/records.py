@@ -16,11 +16,12 @@ without importing Beam.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import apache_beam as beam
 
-__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "from_wal", "payload_bytes"]
+__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_wal",
+           "payload_bytes"]
 
 
 class KafkaHeader(NamedTuple):
@@ -58,6 +59,29 @@ def from_message(msg: Any) -> KafkaRecord:
     return _new(KafkaRecord, (msg.topic(), msg.partition(), msg.offset(), msg.key(),
                               msg.value(), msg.timestamp()[1],
                               [KafkaHeader(k, v) for k, v in headers] if headers else []))
+
+
+def append_windowed(out: List[Any], messages: List[Any], topic: str, partition: int,
+                    windows: Any, make: Callable[[Any, int, Any], Any]) -> int:
+    """Append the records of ``messages`` (error-free, all of ``topic[partition]``) to
+    ``out`` as WindowedValues (``make(record, timestamp_micros, windows)``); return their
+    key plus value bytes.
+
+    The direct reader's per-record path: one loop, no call per record, the partition's
+    names not asked of every message (0.5 us a record less than ``from_message``).
+    """
+    emit = out.append
+    nbytes = 0
+    for msg in messages:
+        key, value, headers, timestamp = msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]
+        if key is not None:
+            nbytes += len(key)
+        if value is not None:
+            nbytes += len(value)
+        emit(make(_new(KafkaRecord, (topic, partition, msg.offset(), key, value, timestamp,
+                                     [KafkaHeader(k, v) for k, v in headers] if headers else [])),
+                  timestamp * 1000, windows))
+    return nbytes
 
 
 def from_wal(rec: Any) -> KafkaRecord:
