@@ -200,6 +200,59 @@ def wal_gcs(args: argparse.Namespace) -> dict:
     return _wal(args, f"gs://{args.gcs_bucket}/{uuid.uuid4().hex}")
 
 
+# External peers run in their own venvs under .cache/peers/ (each pins its own
+# confluent-kafka or apache-beam), made on first use and reused after.
+QUIXSTREAMS = "quixstreams==3.28.1"
+
+
+def _peer_python(name: str, requirement: str) -> tuple[Path | None, str]:
+    """The python of venv ``.cache/peers/<name>`` with ``requirement`` installed, or why not."""
+    from beam_zdl.testing.jars import cache_dir
+    venv = cache_dir() / "peers" / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.exists() and marker.read_text() == requirement:
+        return python, ""
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", requirement]]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, (f"could not set up {requirement} in {venv}: "
+                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    marker.write_text(requirement)
+    return python, ""
+
+
+def _quixstreams(args: argparse.Namespace, guarantee: str) -> dict:
+    """quixstreams reading the topic from earliest to its end offsets at start, with
+    ``guarantee``; bench/peer_quix.py checks the count and the group's commits."""
+    python, why = _peer_python("quixstreams", QUIXSTREAMS)
+    if python is None:
+        return {"error": why}
+    proc = subprocess.run(
+        [str(python), str(_ROOT / "bench" / "peer_quix.py"),
+         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
+         f"--group=bench-quix-{uuid.uuid4().hex}", f"--guarantee={guarantee}"],
+        capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"error": f"exit {proc.returncode}: "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["version"] = QUIXSTREAMS
+    return result
+
+
+@peer("quixstreams_exactly_once")
+def quixstreams_exactly_once(args: argparse.Namespace) -> dict:
+    return _quixstreams(args, "exactly-once")
+
+
+@peer("quixstreams_at_least_once")
+def quixstreams_at_least_once(args: argparse.Namespace) -> dict:
+    return _quixstreams(args, "at-least-once")
+
+
 @peer("java_kafkaio_xlang")
 def java_kafkaio_xlang(args: argparse.Namespace) -> dict:
     """Beam's Java KafkaIO through apache_beam.io.kafka.ReadFromKafka (cross-language).

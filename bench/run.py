@@ -23,7 +23,7 @@ from beam_zdl.testing import LocalKafka
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
-              "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
+              "quixstreams_exactly_once", "quixstreams_at_least_once", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
 OTHER = ["batch_overhead", "batch_fixed_cost", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
@@ -36,6 +36,8 @@ LABELS = {
     "wal_local": "(c) WAL, local disk",
     "wal_gcs": "(c) WAL, GCS emulator",
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
+    "quixstreams_exactly_once": "(i) quixstreams, exactly-once",
+    "quixstreams_at_least_once": "(i) quixstreams, at-least-once",
     "receiver_rss": "(f) WAL receiver alone",
     "sink_bare_producer": "(g) bare confluent-kafka produce loop",
     "sink_at_least_once": "(g) Kafka→Kafka, WriteToKafka at-least-once",
@@ -65,23 +67,34 @@ def run_peer(name: str, kafka: LocalKafka, topic: str, workdir: str, args: argpa
 
 
 def chart(results: dict, base: float | None, path: Path) -> None:
+    """Two panels, one bar per reader: records/s (with the ratio to the bare loop) and the
+    peak RSS of its process tree (driver plus worker processes)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = [n for n in THROUGHPUT if "records_per_s" in results.get(n, {})]
-    values = [results[n]["records_per_s"] for n in names]
     if not names:
         return
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.6))
-    ax.barh([LABELS.get(n, n) for n in names], values,
-            color=["#7f7f7f" if n == "bare_consumer" else "#4472c4" for n in names])
-    for i, (n, v) in enumerate(zip(names, values)):
+    labels = [LABELS.get(n, n) for n in names]
+    colors = ["#7f7f7f" if n == "bare_consumer" else "#4472c4" for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) + 1.8),
+                                      sharey=True)
+    values = [results[n]["records_per_s"] for n in names]
+    left.barh(labels, values, color=colors)
+    for i, v in enumerate(values):
         ratio = f"  ({v / base:.2f}x)" if base else ""
-        ax.text(v, i, f" {v:,.0f}{ratio}", va="center", fontsize=9)
-    ax.set_xlabel("records/s (higher is better)")
-    ax.set_xlim(0, max(values) * 1.35)
-    ax.invert_yaxis()
-    ax.set_title("beam_zdl: 1 run, same broker and topic", fontsize=10)
+        left.text(v, i, f" {v:,.0f}{ratio}", va="center", fontsize=8)
+    left.set_xlabel("records/s (higher is better)")
+    left.set_xlim(0, max(values) * 1.45)
+    rss = [results[n].get("peak_tree_rss_mb") or results[n].get("peak_rss_mb", 0)
+           for n in names]
+    right.barh(labels, rss, color=colors)
+    for i, v in enumerate(rss):
+        right.text(v, i, f" {v:,.0f} MB", va="center", fontsize=8)
+    right.set_xlabel("peak RSS of the process tree, MB (lower is better)")
+    right.set_xlim(0, max(rss) * 1.3)
+    left.invert_yaxis()
+    fig.suptitle("beam_zdl and peers: 1 run, same broker and topic", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             if gcs is not None:
                 gcs.stop()
     for r in results.values():
-        if r.get("seconds"):
+        if r.get("seconds") and "error" not in r:
             r["records_per_s"] = r["records"] / r["seconds"]
             r["mb_per_s"] = r["bytes"] / r["seconds"] / 1e6
     base = results.get("bare_consumer", {}).get("records_per_s")
@@ -201,6 +214,13 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
+    for name in ("quixstreams_exactly_once", "quixstreams_at_least_once"):
+        q = results.get(name, {})
+        if "records" in q:
+            lines.append(f"{LABELS[name]} ({q.get('version')}): read {q['records']:,} records "
+                         f"(expected {meta['records']:,}); durable progress "
+                         f"{'yes' if q.get('durable_progress') else 'NO'} "
+                         f"({q.get('durable_check')})")
     lines.extend(sink_report(results))
     for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
                         ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
