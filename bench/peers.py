@@ -253,6 +253,64 @@ def quixstreams_at_least_once(args: argparse.Namespace) -> dict:
     return _quixstreams(args, "at-least-once")
 
 
+PYSPARK = "pyspark==4.2.0"
+# What pyspark lacks for its Kafka source (the rest of the Maven classpath ships with it).
+_SPARK_EXTRA_JARS = ("spark-sql-kafka-0-10_", "spark-token-provider-kafka-0-10_",
+                     "kafka-clients-", "commons-pool2-")
+
+
+def _spark_jars() -> tuple[list[str], str]:
+    """The extra jars of the Spark peer, resolved with Maven (bench/java/spark-kafka)."""
+    import shutil as _shutil
+    from beam_zdl.testing.jars import cache_dir
+    out = cache_dir() / "peers" / "spark-jars"
+    pom = _ROOT / "bench" / "java" / "spark-kafka" / "pom.xml"
+    marker = out / ".complete"
+    if not (marker.exists() and marker.read_text() == pom.read_text()):
+        mvn = _shutil.which("mvn")
+        if mvn is None:
+            return [], "mvn not found: it resolves Spark's Kafka source jars"
+        proc = subprocess.run(
+            [mvn, "-q", "-B", f"-Dmaven.repo.local={cache_dir() / 'm2'}", "-f", str(pom),
+             "dependency:copy-dependencies", f"-DoutputDirectory={out}",
+             "-DincludeScope=runtime"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return [], f"Maven could not resolve {pom}: {proc.stdout[-500:]}"
+        marker.write_text(pom.read_text())
+    return sorted(str(j) for j in out.glob("*.jar") if j.name.startswith(_SPARK_EXTRA_JARS)), ""
+
+
+@peer("spark_structured_streaming")
+def spark_structured_streaming(args: argparse.Namespace) -> dict:
+    """Spark Structured Streaming, availableNow, local[2], a checkpointLocation; the whole
+    run counts (SparkSession start-up included, as our peers count the whole call)."""
+    python, why = _peer_python("spark", PYSPARK)
+    if python is None:
+        return {"error": why}
+    jars, why = _spark_jars()
+    if not jars:
+        return {"error": why}
+    from beam_zdl import kafka
+    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-spark-probe")
+    parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
+    marks = kafka.watermarks(consumer, parts, args.bootstrap_servers)
+    consumer.close()
+    ends = {str(p): high for (_, p), (_, high) in marks.items()}
+    expected = sum(high - low for low, high in marks.values())
+    proc = subprocess.run(
+        [str(python), str(_ROOT / "bench" / "peer_spark.py"),
+         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
+         f"--checkpoint={args.workdir}/spark-{uuid.uuid4().hex}", f"--jars={','.join(jars)}",
+         f"--expected={expected}", f"--ends={json.dumps(ends)}"],
+        capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"error": f"exit {proc.returncode}: "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["version"] = PYSPARK
+    return result
+
+
 @peer("java_kafkaio_xlang")
 def java_kafkaio_xlang(args: argparse.Namespace) -> dict:
     """Beam's Java KafkaIO through apache_beam.io.kafka.ReadFromKafka (cross-language).

@@ -23,7 +23,8 @@ from beam_zdl.testing import LocalKafka
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
 THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
-              "quixstreams_exactly_once", "quixstreams_at_least_once", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
+              "quixstreams_exactly_once", "quixstreams_at_least_once",
+              "spark_structured_streaming", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
 OTHER = ["batch_overhead", "batch_fixed_cost", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
@@ -38,6 +39,7 @@ LABELS = {
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
     "quixstreams_exactly_once": "(i) quixstreams, exactly-once",
     "quixstreams_at_least_once": "(i) quixstreams, at-least-once",
+    "spark_structured_streaming": "(i) Spark Structured Streaming",
     "receiver_rss": "(f) WAL receiver alone",
     "sink_bare_producer": "(g) bare confluent-kafka produce loop",
     "sink_at_least_once": "(g) Kafka→Kafka, WriteToKafka at-least-once",
@@ -221,6 +223,14 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                          f"(expected {meta['records']:,}); durable progress "
                          f"{'yes' if q.get('durable_progress') else 'NO'} "
                          f"({q.get('durable_check')})")
+    sp = results.get("spark_structured_streaming", {})
+    if "records" in sp:
+        lines.append(f"(i) Spark Structured Streaming ({sp.get('version')}, availableNow, "
+                     f"local[2]): read {sp['records']:,} records (expected "
+                     f"{meta['records']:,}); {sp['records'] / sp['seconds_after_session']:,.0f} "
+                     f"records/s after the {sp['session_start_s']:.1f} s SparkSession start; "
+                     f"durable progress {'yes' if sp.get('durable_progress') else 'NO'} "
+                     f"({sp.get('durable_check')})")
     lines.extend(sink_report(results))
     for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
                         ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
