@@ -688,8 +688,35 @@ def _storage_of(root: str) -> Storage:
         return storage
 
 
+# A footer is ~25 bytes per partition: one tail read covers ~2,500 partitions; a larger
+# footer (or a damaged tail) falls back to reading the whole segment.
+_FOOTER_TAIL_BYTES = 64 * 1024
+
+
+def _footer_by_range(storage: Storage, info: SegmentInfo) -> wal_pb2.SegmentFooter | None:
+    """The footer from two ranged reads (magic, tail), or None when they do not show it."""
+    if info.size_bytes <= _FOOTER_TAIL_BYTES + len(MAGIC):
+        return None  # small: one whole read is as cheap
+    if storage.read_range(info.name, 0, len(MAGIC)) != MAGIC:
+        return None  # the whole read reports it
+    tail_at = info.size_bytes - _FOOTER_TAIL_BYTES
+    tail = storage.read_range(info.name, tail_at, _FOOTER_TAIL_BYTES)
+    if len(tail) != _FOOTER_TAIL_BYTES:
+        return None  # the size listed is not the size stored: the whole read decides
+    try:
+        # MAGIC in front so read_footer's checks apply unchanged to the tail.
+        return read_footer(MAGIC + tail, info.uri)
+    except WalCorruptionError:
+        return None
+
+
 def _load_ref(info: SegmentInfo) -> checkpoint_pb2.SegmentRef:
     storage = _storage_of(info.uri.rpartition("/")[0] or ".")
+    footer = _footer_by_range(storage, info)
+    if footer is not None:
+        return checkpoint_pb2.SegmentRef(uri=info.uri, size_bytes=info.size_bytes,
+                                         record_count=footer.record_count,
+                                         spans=list(footer.spans))
     data = storage.read(info.name)
     try:
         footer = read_footer(data, info.uri)
