@@ -20,7 +20,9 @@ The driver's worker
     mode runs one): the driver only waits while its batch runs, and every
     process that imports Beam costs ~140 MB before it reads a record, so this
     saves a process's memory and start-up. It cannot be replaced: its crash
-    is the driver's, and the batch is replayed at the next start.
+    is the driver's, and the batch is replayed at the next start. Not in WAL
+    mode: there the driver runs the receiver thread, whose rate bounds the
+    run, and a harness thread would share its GIL; every worker is a process.
 
 Runner side
     :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
