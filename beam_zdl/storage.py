@@ -65,6 +65,14 @@ class Storage(Protocol):
 
     def read(self, name: str) -> bytes: ...
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from byte ``offset`` (fewer at the object's end).
+
+        One ranged request: a segment's footer is read without downloading the
+        segment.
+        """
+        ...
+
     def exists(self, name: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -119,6 +127,15 @@ class LocalStorage:
         except FileNotFoundError:
             raise StorageError(f"{self.root / name} does not exist") from None
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        try:
+            with open(self.root / name, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise StorageError(f"{self.root / name} does not exist") from None
+
     def exists(self, name: str) -> bool:
         return (self.root / name).exists()
 
@@ -134,6 +151,12 @@ class LocalStorage:
 
     def delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"read_range needs offset >= 0 and length >= 0, got offset={offset}, "
+                         f"length={length}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -271,6 +294,25 @@ class GcsStorage:
         except exceptions.NotFound:
             raise StorageError(f"{self.uri(name)} does not exist (or its bucket "
                                f"gs://{self.bucket_name} does not)") from None
+        except Exception as err:
+            raise self._error("read", name, err) from err
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
+        _check_range(offset, length)
+        if length == 0:
+            return b""
+        try:
+            # end is inclusive; a range past the object's end answers what there is.
+            data: bytes = self._blob(name).download_as_bytes(
+                start=offset, end=offset + length - 1, retry=DEFAULT_RETRY)
+            return data
+        except exceptions.NotFound:
+            raise StorageError(f"{self.uri(name)} does not exist (or its bucket "
+                               f"gs://{self.bucket_name} does not)") from None
+        except exceptions.RequestRangeNotSatisfiable:
+            return b""  # offset at or past the end
         except Exception as err:
             raise self._error("read", name, err) from err
 
@@ -445,6 +487,22 @@ class HdfsStorage:
         except _HdfsHttpError as err:
             if err.exception == "FileNotFoundException" or err.status == 404:
                 raise StorageError(f"{self.uri(name)} does not exist") from None
+            raise self._error("read", name, err) from None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        if length == 0:
+            return b""
+        path = self._path(name)
+        try:
+            return self._retrying(f"read {self.uri(name)}", lambda: self._call(
+                "GET", path, "OPEN", allow_redirects=True, offset=str(offset),
+                length=str(length)).content)
+        except _HdfsHttpError as err:
+            if err.exception == "FileNotFoundException" or err.status == 404:
+                raise StorageError(f"{self.uri(name)} does not exist") from None
+            if "offset" in err.message.lower() and offset > 0:
+                return b""  # offset past the end of the file
             raise self._error("read", name, err) from None
 
     def exists(self, name: str) -> bool:

@@ -20,7 +20,9 @@ The driver's worker
     mode runs one): the driver only waits while its batch runs, and every
     process that imports Beam costs ~140 MB before it reads a record, so this
     saves a process's memory and start-up. It cannot be replaced: its crash
-    is the driver's, and the batch is replayed at the next start.
+    is the driver's, and the batch is replayed at the next start. Not in WAL
+    mode: there the driver runs the receiver thread, whose rate bounds the
+    run, and a harness thread would share its GIL; every worker is a process.
 
 Runner side
     :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
@@ -182,18 +184,22 @@ class WorkerPool:
     """Warm SDK worker processes for the pipelines of one run (see the module doc).
 
     Args:
-        size: worker processes to start now (``--direct_num_workers``); more start on
-            demand if a pipeline asks for more at once.
+        size: workers to start now (``--direct_num_workers``); more start on demand if a
+            pipeline asks for more at once.
+        driver_reads: with ``size`` >= 2, one of them is the driver itself (a harness
+            thread); False makes all of them processes (WAL mode: the driver's core and
+            GIL go to the receiver thread).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, driver_reads: bool = True) -> None:
         self.id = f"{os.getpid()}-{next(_ids)}"
         self.lost = 0  # workers that died while the pool was open
         self._lock = threading.Lock()
         self._closed = False
         self._workers: list[_Worker] = []
         self._count = itertools.count()
-        self._driver_worker = _DriverWorker(next(self._count)) if size > 1 else None
+        self._driver_worker = (_DriverWorker(next(self._count)) if size > 1 and driver_reads
+                               else None)
         with self._lock:
             for _ in range(size - (self._driver_worker is not None)):
                 self._workers.append(_Worker(self, next(self._count)))
@@ -312,7 +318,8 @@ def young_gc() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def warm_workers(options: PipelineOptions) -> Iterator[Optional[WorkerPool]]:
+def warm_workers(options: PipelineOptions,
+                 driver_reads: bool = True) -> Iterator[Optional[WorkerPool]]:
     """For the batches run inside the block: a pool of warm workers when ``options`` run
     them in worker processes (``--direct_running_mode=multi_processing``), and a GC tuned
     for reading (:func:`young_gc`) in this process, which reads when the workers are
@@ -323,7 +330,7 @@ def warm_workers(options: PipelineOptions) -> Iterator[Optional[WorkerPool]]:
         with young_gc(), compat.cached_dofn_specs():
             yield _ACTIVE.get()
         return
-    pool = WorkerPool(size)
+    pool = WorkerPool(size, driver_reads=driver_reads)
     token = _ACTIVE.set(pool)
     try:
         with young_gc(), compat.cached_dofn_specs():

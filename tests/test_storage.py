@@ -95,6 +95,21 @@ def test_prefix_of_root_does_not_leak_into_sibling_roots(any_storage_uri):
     assert [o.name for o in sibling.list()] == ["x"]
 
 
+def test_read_range_reads_only_the_bytes_asked_for(any_storage_uri):
+    store = open_storage(any_storage_uri)
+    data = os.urandom(300_000)
+    store.create("obj.bin", data)
+    assert store.read_range("obj.bin", 0, 8) == data[:8]
+    assert store.read_range("obj.bin", 123_456, 70_000) == data[123_456:193_456]
+    assert store.read_range("obj.bin", len(data) - 10, 10) == data[-10:]
+    assert store.read_range("obj.bin", len(data) - 10, 100) == data[-10:]  # short at the end
+    assert store.read_range("obj.bin", 5, 0) == b""
+    with pytest.raises(StorageError, match="missing.bin"):
+        store.read_range("missing.bin", 0, 10)
+    with pytest.raises(ValueError, match="offset >= 0"):
+        store.read_range("obj.bin", -1, 10)
+
+
 def test_five_megabyte_round_trip(any_storage_uri):
     store = open_storage(any_storage_uri)
     data = os.urandom(5 * 1024 * 1024)

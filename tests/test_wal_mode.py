@@ -497,6 +497,39 @@ def test_read_footer_finds_the_footer_from_the_end(tmp_path):
         read_footer(bytes(damaged), ref.uri)
 
 
+def test_segment_refs_read_footers_by_range_on_every_storage(any_storage_uri):
+    """Planning's refs come from the footer (ranged reads), and match a full verification;
+    a segment whose footer is damaged still gets its spans from the records that verify."""
+    from types import SimpleNamespace
+
+    import beam_zdl.wal as wal_
+    from beam_zdl.storage import open_storage
+    writer = wal_.WalWriter(any_storage_uri, "w", epoch=1)
+    refs = []
+    for seg in range(2):
+        for i in range(seg * 2000, seg * 2000 + 2000):  # ~250 KB: above the tail read
+            writer.append(SimpleNamespace(topic="t", partition=i % 3, offset=i, key=None,
+                                          value=b"v" * 100, timestamp_ms=i, headers=[]))
+        refs.append(writer.seal())
+    store = open_storage(any_storage_uri)
+    damaged_name = refs[1].uri.rpartition("/")[2]
+    data = bytearray(store.read(damaged_name))
+    data[-6] ^= 1  # break the footer's CRC
+    store.delete(damaged_name)
+    store.create(damaged_name, bytes(data))
+    wal_.forget_segments([r.uri for r in refs])
+
+    found = wal_.segment_refs(wal_.list_segments(any_storage_uri))
+
+    assert [r.uri for r in found] == [r.uri for r in refs]
+    assert found[0] == refs[0]
+    assert found[0].size_bytes > 64 * 1024  # above the tail read: footers came by range
+    assert found[1].record_count == refs[1].record_count
+    assert sorted((s.partition, s.first_offset, s.last_offset) for s in found[1].spans) == \
+        sorted((s.partition, s.first_offset, s.last_offset) for s in refs[1].spans)
+    wal_.forget_segments([r.uri for r in refs])
+
+
 def test_writer_epochs_are_unique_and_not_segments(any_storage_uri):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -204,3 +204,29 @@ def test_sigkilled_driver_leaves_no_worker_behind(kafka, tmp_path):
     finally:
         proc.kill()
     assert _wait_gone(workers) == set(), "worker processes outlived the SIGKILLed driver"
+
+
+def test_wal_mode_spreads_a_batch_s_segments_over_worker_processes(kafka, tmp_path):
+    """WAL mode: every worker is a process (the driver's GIL is the receiver's), and a
+    batch of several segments is read by both of them (one element per segment, spread)."""
+    topic = kafka.create_topic(partitions=4)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 4) for i in range(2000)))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    summary = beam_zdl.run_micro_batches(_build(str(out)), beam_zdl.ZdlOptions(
+        _flags(kafka, topic, tmp_path, "--zdl_mode=wal", f"--wal_dir={tmp_path / 'wal'}",
+               "--wal_segment_records=100", "--trigger=available_now")))
+
+    assert summary.records == 2000
+    batches = read_batches(out)
+    rows = sorted((t, p, o) for batch in batches.values() for t, p, o, _ in batch)
+    assert rows == sorted((topic, p, o) for p, end in kafka.end_offsets(topic).items()
+                          for o in range(end))
+    coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
+    pids = {b: {pid for *_, pid in batch} for b, batch in batches.items()}
+    assert os.getpid() not in set().union(*pids.values()), pids
+    multi = [b for b in batches if len(coord.read_plan(b).segments) >= 2]
+    assert multi, "no batch had two segments"
+    for b in multi:
+        assert len(pids[b]) == 2, (b, pids)

@@ -54,5 +54,8 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     """
     config = ZdlConfig.from_options(options, need_checkpoint=True)
     loop = WalDriver if config.mode == "wal" else DirectDriver
-    with warm_workers(options):  # worker processes live for the run, not per batch
+    # Worker processes live for the run, not per batch. In WAL mode the driver runs the
+    # receiver thread: a harness thread there would share its GIL and slow the receiver,
+    # which bounds the run's rate, so every worker is a process.
+    with warm_workers(options, driver_reads=config.mode != "wal"):
         return loop(build_fn, options, config).run()
