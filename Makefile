@@ -7,6 +7,8 @@ CACHE   := $(CURDIR)/.cache
 export BEAM_ZDL_CACHE := $(CACHE)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
+# `make bench SCALE_ARGS=--quick`: the scale series (bench/scale.py) at 1M records only
+SCALE_ARGS ?=
 
 .PHONY: setup jars prism flink-jar test test-all demo bench protos clean check-tools
 
@@ -54,6 +56,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # Regenerate beam_zdl/v1/*_pb2.py(i) from protos/ (tests/test_protos.py checks they match).
 protos: $(BIN)/.installed

@@ -156,19 +156,35 @@ def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]],
 
     The end offset is the last stable offset for this read_committed consumer,
     so a batch never plans over an open transaction.
+
+    Two ListOffsets lookups for all partitions (Kafka's timestamps -2 "earliest" and
+    -1 "latest"), one request per broker each: asking partition by partition
+    (``get_watermark_offsets``) costs a round trip per partition, 0.3-0.5 s a plan
+    at 256 partitions (bench/scale.py).
     """
     from confluent_kafka import KafkaException, TopicPartition
-    out: dict[tuple[str, int], tuple[int, int]] = {}
-    for topic, partition in partitions:
+    tps = list(partitions)
+    if not tps:
+        return {}
+    found = []
+    for spec in (-2, -1):
         try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=_METADATA_TIMEOUT_S, cached=False)
+            answer = consumer.offsets_for_times([TopicPartition(t, p, spec) for t, p in tps],
+                                                timeout=_METADATA_TIMEOUT_S)
         except KafkaException as exc:
             raise KafkaUnavailableError(
-                f"could not read offsets of {topic}[{partition}] from --bootstrap_servers="
-                f"{bootstrap_servers} ({exc.args[0]})") from None
-        out[(topic, partition)] = (low, high)
-    return out
+                f"could not read the offsets of {len(tps)} partitions of "
+                f"{sorted({t for t, _ in tps})} from --bootstrap_servers={bootstrap_servers} "
+                f"({exc.args[0]})") from None
+        failed = [tp for tp in answer if tp.error is not None or tp.offset < 0]
+        if failed:
+            raise KafkaUnavailableError(
+                "could not read offsets of " + ", ".join(
+                    f"{tp.topic}[{tp.partition}] ({tp.error or f'offset {tp.offset}'})"
+                    for tp in failed[:5]) + f" from --bootstrap_servers={bootstrap_servers}")
+        found.append({(tp.topic, tp.partition): tp.offset for tp in answer})
+    low, high = found
+    return {tp: (low[tp], high[tp]) for tp in tps}
 
 
 def end_offsets(consumer: Any, topics: Iterable[str],

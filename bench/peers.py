@@ -650,6 +650,15 @@ class _TreeRss:
             self.peak = (max(self.peak[0], rss / 1024), max(self.peak[1], pss / 1024))
 
 
+def _own_peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ``ru_maxrss`` keeps the parent's peak across
+    fork + exec (a 230 MB parent shows as 230 MB in every child); VmHWM does not."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("peer", choices=sorted(PEERS))
@@ -666,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     tree = _TreeRss().start()
     result = PEERS[args.peer](args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _own_peak_rss_mb()
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
     print(json.dumps(result))

@@ -155,3 +155,33 @@ def test_reads_set_lag_gauges_per_partition(kafka, tmp_path):
     result = p.run()
     result.wait_until_finish()
     assert _gauges(result)[metrics.lag_name("t", 0)] == 45
+
+
+def test_watermarks_of_many_partitions_give_log_start_and_last_stable_offset(kafka):
+    from confluent_kafka import Producer, TopicPartition
+
+    from beam_zdl import kafka as zkafka
+    topic = kafka.create_topic(partitions=40)
+    kafka.produce(topic, ((None, b"v", p) for p in range(39) for _ in range(p + 1)))
+    admin = kafka.admin()  # must outlive the futures
+    for future in admin.delete_records([TopicPartition(topic, 5, 4)]).values():
+        future.result(30)
+    # An open transaction on partition 0: a read_committed end stops before it.
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                         "transactional.id": f"open-{topic}"})
+    producer.init_transactions(60)
+    producer.begin_transaction()
+    for _ in range(3):
+        producer.produce(topic, value=b"open", partition=0)
+    assert producer.flush(30) == 0
+    consumer = zkafka.new_consumer(kafka.bootstrap_servers, f"g-{topic}")
+    try:
+        marks = zkafka.watermarks(consumer, [(topic, p) for p in range(40)],
+                                  kafka.bootstrap_servers)
+    finally:
+        consumer.close()
+        producer.abort_transaction(30)
+    expected = {(topic, p): (0, p + 1) for p in range(39)}
+    expected[(topic, 5)] = (4, 6)
+    expected[(topic, 39)] = (0, 0)
+    assert marks == expected

@@ -1,0 +1,339 @@
+"""The scale series of `make bench`: partitions x records, planning time, checkpoint size.
+
+    python -m bench.scale [--partitions 4,64,256] [--records 1000000,10000000] [--quick]
+
+On one LocalKafka:
+
+* throughput: per (partitions, records), a fresh topic; the bare confluent-kafka
+  loop and direct mode with 2 workers (``bench.peers``), each a child process:
+  records/s, us per record, driver and tree RSS, ratio to bare. Batch sizing is
+  run_micro_batches' default (no ``--max_records_per_*`` cap: an
+  ``available_now`` run reads the whole backlog in one batch).
+* planning: the driver's Step 2 per batch (end offsets of every partition, the
+  plan from the last plan's stops, the plan written), timed on DirectDriver
+  itself with ``--trigger=continuous`` (end offsets asked every batch), then
+  Steps 4-5 (complete, Kafka commit, retention) without the Beam run.
+* checkpoint: the same loop for ``--checkpoint_batches`` (1,000) batches of 256
+  partitions with the default ``--retain_batches``: files and bytes after; and a
+  real run_micro_batches of ~50 small batches with ``--retain_batches=10`` to
+  confirm the per-batch file pattern.
+
+Writes a table to stdout, ``bench/scale.json`` and ``bench/scale.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from beam_zdl.testing import LocalKafka
+
+from bench.run import run_peer
+
+HERE = Path(__file__).resolve().parent
+PEERS = ["bare_consumer", "direct_2_workers"]
+PLANNING_LIMIT_S = 0.5
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x]
+
+
+def _produce(kafka: LocalKafka, topic: str, records: int, partitions: int,
+             value_bytes: int) -> float:
+    value = b"x" * value_bytes
+    started = time.monotonic()
+    kafka.produce(topic, ((None, value, i % partitions) for i in range(records)))
+    return time.monotonic() - started
+
+
+def _delete_topic(kafka: LocalKafka, topic: str) -> None:
+    admin = kafka.admin()  # must outlive the futures
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result(60)
+
+
+def throughput(kafka: LocalKafka, workdir: str, partitions: int, records: int,
+               value_bytes: int) -> dict[str, Any]:
+    """Both peers over one fresh topic of ``records`` in ``partitions``."""
+    topic = kafka.create_topic(partitions=partitions)
+    produce_s = _produce(kafka, topic, records, partitions, value_bytes)
+    args = argparse.Namespace(value_bytes=value_bytes, records=records, partitions=partitions)
+    out: dict[str, Any] = {"produce_s": round(produce_s, 1)}
+    for name in PEERS:
+        r = run_peer(name, kafka, topic, workdir, args, [])
+        if r.get("seconds"):
+            r["records_per_s"] = r["records"] / r["seconds"]
+            r["us_per_record"] = 1e6 * r["seconds"] / r["records"]
+        out[name] = r
+    base = out["bare_consumer"].get("records_per_s")
+    direct = out["direct_2_workers"].get("records_per_s")
+    if base and direct:
+        out["direct_to_bare"] = direct / base
+    _delete_topic(kafka, topic)
+    return out
+
+
+def _files(root: str) -> tuple[int, int, dict[str, int]]:
+    """Files, bytes and files per folder under ``root``."""
+    count = size = 0
+    per: dict[str, int] = {}
+    for folder, _, names in os.walk(root):
+        key = os.path.relpath(folder, root)
+        per[key] = len(names)
+        count += len(names)
+        size += sum(os.path.getsize(os.path.join(folder, n)) for n in names)
+    return count, size, per
+
+
+def drive_coordinator(kafka: LocalKafka, topic: str, batches: int,
+                      checkpoint_dir: str, retain: int | None = None) -> dict[str, Any]:
+    """The direct driver's Steps 0, 2, 4 and 5 for ``batches`` batches, no Beam run.
+
+    One offset per partition per batch (``--max_records_per_partition=1``) and
+    ``--trigger=continuous``, so Step 2 asks the end offsets every batch as a
+    long-running driver does. Step 2 (plan) and Steps 4-5 are timed apart.
+    """
+    from beam_zdl import kafka as zkafka
+    from beam_zdl.coordinator import CONFIG_FORMAT_VERSION
+    from beam_zdl.microbatch.direct_mode import DirectDriver
+    from beam_zdl.microbatch.loop import StopFlag
+    from beam_zdl.options import ZdlConfig, ZdlOptions
+    from beam_zdl.v1 import checkpoint_pb2
+    flags = [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+             f"--checkpoint_dir={checkpoint_dir}", f"--consumer_group=scale-{uuid.uuid4().hex}",
+             "--starting_offsets=earliest", "--trigger=continuous",
+             "--max_records_per_partition=1"]
+    if retain is not None:
+        flags.append(f"--retain_batches={retain}")
+    options = ZdlOptions(flags)
+    config = ZdlConfig.from_options(options, need_checkpoint=True)
+    driver = DirectDriver(lambda records, batch: None, options, config)
+    driver.consumer = zkafka.new_consumer(config.bootstrap_servers, config.consumer_group)
+    plan_s, commit_s = [], []
+    try:
+        driver.epoch = driver.coordinator.open(checkpoint_pb2.CheckpointConfig(
+            format_version=CONFIG_FORMAT_VERSION, topics=list(config.topics),
+            mode=driver.mode, consumer_group=config.consumer_group,
+            created_ms=int(time.time() * 1000)))
+        driver._start(StopFlag())
+        for _ in range(batches):
+            t0 = time.monotonic()
+            # Step 2, as BatchLoop.run does it
+            plan = driver._next_plan(driver.coordinator.next_batch_id())
+            if plan is None:
+                break
+            plan.options_fingerprint = config.fingerprint()
+            plan.created_ms = int(time.time() * 1000)
+            plan = driver.coordinator.write_plan(plan)
+            t1 = time.monotonic()
+            batch = driver._batch_of(plan, replay=False)
+            # Steps 4-5
+            driver.coordinator.complete(batch.batch_id, batch.planned_records)
+            driver._after_complete(batch)
+            plan_s.append(t1 - t0)
+            commit_s.append(time.monotonic() - t1)
+    finally:
+        driver.consumer.close()
+    files, size, per = _files(checkpoint_dir)
+    return {"batches": len(plan_s), "retain_batches": config.retain_batches,
+            "plan_median_s": statistics.median(plan_s), "plan_max_s": max(plan_s),
+            "plan_first_s": plan_s[0], "complete_commit_median_s": statistics.median(commit_s),
+            "files": files, "bytes": size, "files_per_folder": per}
+
+
+def per_partition_watermarks_s(kafka: LocalKafka, topic: str, partitions: int) -> float:
+    """The end offsets asked one partition at a time (beam_zdl before its batched
+    lookup): the reference the planning chart shows."""
+    from confluent_kafka import TopicPartition
+
+    from beam_zdl import kafka as zkafka
+    consumer = zkafka.new_consumer(kafka.bootstrap_servers, "scale-ref")
+    try:
+        consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30, cached=False)
+        started = time.monotonic()
+        for p in range(partitions):
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+        return time.monotonic() - started
+    finally:
+        consumer.close()
+
+
+def real_small_batches(kafka: LocalKafka, workdir: str, partitions: int, batches: int,
+                       retain: int) -> dict[str, Any]:
+    """run_micro_batches (direct, 1 worker) over ``batches`` small batches."""
+    import apache_beam as beam
+
+    import beam_zdl
+    topic = kafka.create_topic(partitions=partitions)
+    _produce(kafka, topic, partitions * batches, partitions, 100)
+    checkpoint_dir = f"{workdir}/real-{uuid.uuid4().hex}"
+    options = beam_zdl.ZdlOptions([
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--checkpoint_dir={checkpoint_dir}", f"--consumer_group=scale-{uuid.uuid4().hex}",
+        "--starting_offsets=earliest", "--trigger=available_now", "--direct_num_workers=1",
+        f"--max_records_per_batch={partitions}", f"--retain_batches={retain}"])
+    started = time.monotonic()
+    summary = beam_zdl.run_micro_batches(
+        lambda records, batch: records | beam.Map(lambda r: len(r.value or b"")), options)
+    files, size, per = _files(checkpoint_dir)
+    _delete_topic(kafka, topic)
+    return {"batches": summary.batches, "records": summary.records,
+            "seconds": round(time.monotonic() - started, 1), "retain_batches": retain,
+            "files": files, "bytes": size, "files_per_folder": per}
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for records in result["records"]:
+        for name, color in (("bare_consumer", "#7f7f7f"), ("direct_2_workers", "#4472c4")):
+            points = [(p, cell[name]["us_per_record"]) for p in result["partitions"]
+                      if (cell := result["throughput"].get(f"{p}x{records}"))
+                      and "us_per_record" in cell.get(name, {})]
+            if points:
+                left.plot(*zip(*points), marker="o", color=color,
+                          linestyle="-" if records == min(result["records"]) else "--",
+                          label=f"{'bare loop' if name == 'bare_consumer' else 'direct, 2 workers'}"
+                                f", {records / 1e6:g}M records")
+    left.set_xscale("log", base=2)
+    left.set_xticks(result["partitions"], [str(p) for p in result["partitions"]])
+    left.set_xlabel("partitions")
+    left.set_ylabel("us per record (lower is better; flat = scales)")
+    left.set_ylim(bottom=0)
+    if left.lines:
+        left.legend(fontsize=8)
+    left.set_title("cost per record vs partitions", fontsize=10)
+    plan = result["planning"]
+    parts = [p for p in result["partitions"] if str(p) in plan]
+    right.plot(parts, [plan[str(p)]["plan_median_s"] for p in parts], marker="o",
+               color="#4472c4", label="Step 2 (plan), median per batch")
+    right.plot(parts, [plan[str(p)]["plan_max_s"] for p in parts], marker=".",
+               linestyle=":", color="#4472c4", label="Step 2 (plan), slowest batch")
+    right.plot(parts, [plan[str(p)]["per_partition_watermarks_s"] for p in parts], marker="x",
+               color="#c00000", linestyle="--",
+               label="end offsets one partition at a time (before)")
+    right.axhline(PLANNING_LIMIT_S, color="black", linewidth=0.8)
+    right.text(parts[0], PLANNING_LIMIT_S * 1.03, "0.5 s target", fontsize=8)
+    right.set_xscale("log", base=2)
+    right.set_xticks(parts, [str(p) for p in parts])
+    right.set_xlabel("partitions")
+    right.set_ylabel("seconds per batch")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    right.set_title("driver planning time per batch", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    lines = [f"\nscale series: {result['cores']} cores, values of {result['value_bytes']} B, "
+             f"run in {result['bench_s']} s\n",
+             f"{'partitions':>10}{'records':>11}{'peer':>18}{'records/s':>11}{'us/rec':>8}"
+             f"{'x bare':>8}{'RSS MB':>8}{'tree RSS MB':>12}{'batches':>8}"]
+    for records in result["records"]:
+        for p in result["partitions"]:
+            cell = result["throughput"].get(f"{p}x{records}")
+            for name in PEERS if cell else ():
+                r = cell.get(name, {})
+                if "records_per_s" not in r:
+                    lines.append(f"{p:>10}{records:>11,}{name:>18}  could not run: "
+                                 f"{r.get('error')}")
+                    continue
+                ratio = r["records_per_s"] / cell["bare_consumer"]["records_per_s"] \
+                    if "records_per_s" in cell.get("bare_consumer", {}) else float("nan")
+                lines.append(f"{p:>10}{records:>11,}{name:>18}{r['records_per_s']:>11,.0f}"
+                             f"{r['us_per_record']:>8.2f}{ratio:>8.2f}"
+                             f"{r.get('peak_rss_mb', 0):>8.0f}{r.get('peak_tree_rss_mb', 0):>12.0f}"
+                             f"{r.get('batches', '-'):>8}")
+    lines.append(f"\n{'partitions':>10}{'plan median s':>15}{'plan max s':>12}"
+                 f"{'first plan s':>14}{'complete+commit s':>19}{'1-by-1 ends s':>15}")
+    for p, r in result["planning"].items():
+        lines.append(f"{p:>10}{r['plan_median_s']:>15.3f}{r['plan_max_s']:>12.3f}"
+                     f"{r['plan_first_s']:>14.3f}{r['complete_commit_median_s']:>19.3f}"
+                     f"{r['per_partition_watermarks_s']:>15.3f}")
+    for key, what in (("checkpoint", "coordinator loop"), ("checkpoint_real", "real run")):
+        c = result.get(key)
+        if c:
+            lines.append(f"checkpoint after {c['batches']:,} batches ({what}, "
+                         f"retain_batches={c['retain_batches']}): {c['files']} files, "
+                         f"{c['bytes']:,} bytes ({c['files_per_folder']})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--partitions", default="4,64,256", help="comma-separated")
+    parser.add_argument("--records", default="1000000,10000000", help="comma-separated")
+    parser.add_argument("--quick", action="store_true", help="records 1M only")
+    parser.add_argument("--value_bytes", type=int, default=100)
+    parser.add_argument("--planning_batches", type=int, default=30,
+                        help="batches timed per partition count")
+    parser.add_argument("--checkpoint_batches", type=int, default=1000)
+    parser.add_argument("--checkpoint_partitions", type=int, default=256)
+    parser.add_argument("--real_batches", type=int, default=50)
+    parser.add_argument("--skip", default="", help="comma-separated: throughput,planning,"
+                                                   "checkpoint,real")
+    parser.add_argument("--out", default=str(HERE), help="folder of scale.json / scale.png")
+    args = parser.parse_args(argv)
+    partitions = _ints(args.partitions)
+    records = [1_000_000] if args.quick else _ints(args.records)
+    skip = set(args.skip.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"partitions": partitions, "records": records,
+                              "value_bytes": args.value_bytes, "cores": os.cpu_count(),
+                              "throughput": {}, "planning": {}}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="beam-zdl-scale-") as workdir, LocalKafka() as kafka:
+        if "planning" not in skip or "checkpoint" not in skip:
+            # One offset per partition per batch: enough for every timed batch.
+            need = max(args.planning_batches, args.checkpoint_batches) + 1
+            for p in sorted(set(partitions) | {args.checkpoint_partitions}):
+                topic = kafka.create_topic(partitions=p)
+                _produce(kafka, topic, p * need, p, 10)
+                if "planning" not in skip and p in partitions:
+                    r = drive_coordinator(kafka, topic, args.planning_batches,
+                                          f"{workdir}/plan-{p}")
+                    r["per_partition_watermarks_s"] = per_partition_watermarks_s(kafka, topic, p)
+                    result["planning"][str(p)] = r
+                    print(f"planning {p} partitions: median {r['plan_median_s']:.3f} s",
+                          file=sys.stderr)
+                if "checkpoint" not in skip and p == args.checkpoint_partitions:
+                    t0 = time.monotonic()
+                    r = drive_coordinator(kafka, topic, args.checkpoint_batches,
+                                          f"{workdir}/ckpt-{p}")
+                    r["seconds"] = round(time.monotonic() - t0, 1)
+                    result["checkpoint"] = r
+                    print(f"checkpoint: {r['files']} files after {r['batches']} batches",
+                          file=sys.stderr)
+                _delete_topic(kafka, topic)
+        if "real" not in skip:
+            result["checkpoint_real"] = real_small_batches(
+                kafka, workdir, args.checkpoint_partitions, args.real_batches, retain=10)
+        if "throughput" not in skip:
+            for n in records:
+                for p in partitions:
+                    print(f"throughput {p} partitions, {n:,} records", file=sys.stderr)
+                    result["throughput"][f"{p}x{n}"] = throughput(kafka, workdir, p, n,
+                                                                  args.value_bytes)
+    result["bench_s"] = round(time.monotonic() - started, 1)
+    print("\n".join(report(result)))
+    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    chart(result, out / "scale.png")
+    print(f"\nwrote {out / 'scale.json'} and {out / 'scale.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
