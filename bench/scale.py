@@ -119,6 +119,9 @@ def drive_coordinator(kafka: LocalKafka, topic: str, batches: int,
     driver = DirectDriver(lambda records, batch: None, options, config)
     driver.consumer = zkafka.new_consumer(config.bootstrap_servers, config.consumer_group)
     plan_s, commit_s = [], []
+    # Files and bytes as the loop goes: they must stop growing once
+    # ``retain_batches`` is reached.
+    after: dict[str, Any] = {}
     try:
         driver.epoch = driver.coordinator.open(checkpoint_pb2.CheckpointConfig(
             format_version=CONFIG_FORMAT_VERSION, topics=list(config.topics),
@@ -141,13 +144,16 @@ def drive_coordinator(kafka: LocalKafka, topic: str, batches: int,
             driver._after_complete(batch)
             plan_s.append(t1 - t0)
             commit_s.append(time.monotonic() - t1)
+            if len(plan_s) in (10, 100, 1000, 10000):
+                files, size, _ = _files(checkpoint_dir)
+                after[str(len(plan_s))] = {"files": files, "bytes": size}
     finally:
         driver.consumer.close()
     files, size, per = _files(checkpoint_dir)
     return {"batches": len(plan_s), "retain_batches": config.retain_batches,
             "plan_median_s": statistics.median(plan_s), "plan_max_s": max(plan_s),
             "plan_first_s": plan_s[0], "complete_commit_median_s": statistics.median(commit_s),
-            "files": files, "bytes": size, "files_per_folder": per}
+            "files": files, "bytes": size, "files_per_folder": per, "after_batches": after}
 
 
 def per_partition_watermarks_s(kafka: LocalKafka, topic: str, partitions: int) -> float:
@@ -268,6 +274,9 @@ def report(result: dict[str, Any]) -> list[str]:
             lines.append(f"checkpoint after {c['batches']:,} batches ({what}, "
                          f"retain_batches={c['retain_batches']}): {c['files']} files, "
                          f"{c['bytes']:,} bytes ({c['files_per_folder']})")
+            for n, at in c.get("after_batches", {}).items():
+                lines.append(f"  after {int(n):>5,} batches: {at['files']:>4} files, "
+                             f"{at['bytes']:>9,} bytes")
     return lines
 
 
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"partitions": partitions, "records": records,
                               "value_bytes": args.value_bytes, "cores": os.cpu_count(),
+                              # A --quick trial is labelled so it is never read as the series.
+                              "quick": args.quick,
                               "throughput": {}, "planning": {}}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="beam-zdl-scale-") as workdir, LocalKafka() as kafka:
