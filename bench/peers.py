@@ -224,23 +224,28 @@ def _peer_python(name: str, requirement: str) -> tuple[Path | None, str]:
     return python, ""
 
 
+def _run_script(python: Path, script: str, version: str, flags: list[str]) -> dict:
+    """Run ``bench/<script>`` with a peer venv's python; its last stdout line is the JSON
+    result (``version`` added), a failure its last stderr line."""
+    proc = subprocess.run([str(python), str(_ROOT / "bench" / script), *flags],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"error": f"exit {proc.returncode}: "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["version"] = version
+    return result
+
+
 def _quixstreams(args: argparse.Namespace, guarantee: str) -> dict:
     """quixstreams reading the topic from earliest to its end offsets at start, with
     ``guarantee``; bench/peer_quix.py checks the count and the group's commits."""
     python, why = _peer_python("quixstreams", QUIXSTREAMS)
     if python is None:
         return {"error": why}
-    proc = subprocess.run(
-        [str(python), str(_ROOT / "bench" / "peer_quix.py"),
-         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
-         f"--group=bench-quix-{uuid.uuid4().hex}", f"--guarantee={guarantee}"],
-        capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return {"error": f"exit {proc.returncode}: "
-                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["version"] = QUIXSTREAMS
-    return result
+    return _run_script(python, "peer_quix.py", QUIXSTREAMS, [
+        f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
+        f"--group=bench-quix-{uuid.uuid4().hex}", f"--guarantee={guarantee}"])
 
 
 @peer("quixstreams_exactly_once")
@@ -297,18 +302,10 @@ def spark_structured_streaming(args: argparse.Namespace) -> dict:
     consumer.close()
     ends = {str(p): high for (_, p), (_, high) in marks.items()}
     expected = sum(high - low for low, high in marks.values())
-    proc = subprocess.run(
-        [str(python), str(_ROOT / "bench" / "peer_spark.py"),
-         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
-         f"--checkpoint={args.workdir}/spark-{uuid.uuid4().hex}", f"--jars={','.join(jars)}",
-         f"--expected={expected}", f"--ends={json.dumps(ends)}"],
-        capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return {"error": f"exit {proc.returncode}: "
-                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["version"] = PYSPARK
-    return result
+    return _run_script(python, "peer_spark.py", PYSPARK, [
+        f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
+        f"--checkpoint={args.workdir}/spark-{uuid.uuid4().hex}", f"--jars={','.join(jars)}",
+        f"--expected={expected}", f"--ends={json.dumps(ends)}"])
 
 
 @peer("java_kafkaio_xlang")
