@@ -64,8 +64,8 @@ _IDLE_POLL_S = 0.2
 
 # While the receiver thread runs, the driver's runner threads (the workers' gRPC control
 # and data planes) wait for the GIL the receiver's busy loop holds: at the default 5 ms
-# switch interval each hand-off costs up to 5 ms and a batch's fixed cost grew ~10 s ->
-# ~4-7 s at 0.5 ms in a 300k-record run (profile in the walperf report).
+# switch interval each hand-off costs up to 5 ms. In one 300k-record run, 0.5 ms took
+# the batches' time while the receiver ran from ~10 s to 4-7 s each.
 _SWITCH_INTERVAL_S = 0.0005
 
 
