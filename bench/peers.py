@@ -264,17 +264,18 @@ _SPARK_EXTRA_JARS = ("spark-sql-kafka-0-10_", "spark-token-provider-kafka-0-10_"
                      "kafka-clients-", "commons-pool2-")
 
 
-def _spark_jars() -> tuple[list[str], str]:
-    """The extra jars of the Spark peer, resolved with Maven (bench/java/spark-kafka)."""
+def _bench_jars(component: str) -> tuple[list[Path], str]:
+    """The jars of ``bench/java/<component>/pom.xml``, resolved with Maven once into
+    ``.cache/peers/<component>-jars``, or why not."""
     import shutil as _shutil
     from beam_zdl.testing.jars import cache_dir
-    out = cache_dir() / "peers" / "spark-jars"
-    pom = _ROOT / "bench" / "java" / "spark-kafka" / "pom.xml"
+    out = cache_dir() / "peers" / f"{component}-jars"
+    pom = _ROOT / "bench" / "java" / component / "pom.xml"
     marker = out / ".complete"
     if not (marker.exists() and marker.read_text() == pom.read_text()):
         mvn = _shutil.which("mvn")
         if mvn is None:
-            return [], "mvn not found: it resolves Spark's Kafka source jars"
+            return [], f"mvn not found: it resolves the jars of {pom}"
         proc = subprocess.run(
             [mvn, "-q", "-B", f"-Dmaven.repo.local={cache_dir() / 'm2'}", "-f", str(pom),
              "dependency:copy-dependencies", f"-DoutputDirectory={out}",
@@ -282,7 +283,13 @@ def _spark_jars() -> tuple[list[str], str]:
         if proc.returncode != 0:
             return [], f"Maven could not resolve {pom}: {proc.stdout[-500:]}"
         marker.write_text(pom.read_text())
-    return sorted(str(j) for j in out.glob("*.jar") if j.name.startswith(_SPARK_EXTRA_JARS)), ""
+    return sorted(out.glob("*.jar")), ""
+
+
+def _spark_jars() -> tuple[list[str], str]:
+    """The extra jars of the Spark peer (bench/java/spark-kafka), those pyspark lacks."""
+    jars, why = _bench_jars("spark-kafka")
+    return [str(j) for j in jars if j.name.startswith(_SPARK_EXTRA_JARS)], why
 
 
 @peer("spark_structured_streaming")
@@ -306,6 +313,43 @@ def spark_structured_streaming(args: argparse.Namespace) -> dict:
         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
         f"--checkpoint={args.workdir}/spark-{uuid.uuid4().hex}", f"--jars={','.join(jars)}",
         f"--expected={expected}", f"--ends={json.dumps(ends)}"])
+
+
+PYFLINK = "apache-flink==2.2.1"
+
+
+@peer("pyflink")
+def pyflink(args: argparse.Namespace) -> dict:
+    """pyflink: a bounded Kafka table (flink-sql-connector-kafka 5.0.0-2.2), streaming mode,
+    parallelism 2, checkpoints committing offsets; the whole run counts (start-up too)."""
+    python, why = _peer_python("pyflink", PYFLINK)
+    if python is None:
+        return {"error": why}
+    jars, why = _bench_jars("flink-kafka")
+    if not jars:
+        return {"error": why}
+    from beam_zdl import kafka
+    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-pyflink-probe")
+    parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
+    marks = kafka.watermarks(consumer, parts, args.bootstrap_servers)
+    group = f"bench-pyflink-{uuid.uuid4().hex}"
+    result = _run_script(python, "peer_pyflink.py", PYFLINK, [
+        f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
+        f"--group={group}", f"--jar={jars[0]}"])
+    expected = sum(high - low for low, high in marks.values())
+    if "error" not in result and result.get("records") != expected:
+        result["error"] = f"read {result.get('records')} records, expected {expected}"
+    consumer.close()
+    committed: dict = {}
+    if "error" not in result:
+        probe = kafka.new_consumer(args.bootstrap_servers, group)
+        committed = kafka.committed_offsets(probe, parts, args.bootstrap_servers)
+        probe.close()
+    result["durable_progress"] = bool(committed) and all(
+        committed.get(tp) == high for tp, (_, high) in marks.items())
+    result["durable_check"] = ("group committed offsets (commit on checkpoint) equal the end "
+                               "offsets")
+    return result
 
 
 @peer("java_kafkaio_xlang")
