@@ -224,6 +224,17 @@ def _peer_python(name: str, requirement: str) -> tuple[Path | None, str]:
     return python, ""
 
 
+def _topic_offsets(args: argparse.Namespace) -> dict[tuple[str, int], tuple[int, int]]:
+    """(log start, end) of every partition of ``--topics``, read before a peer starts."""
+    from beam_zdl import kafka
+    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-probe")
+    parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
+    marks: dict[tuple[str, int], tuple[int, int]] = kafka.watermarks(
+        consumer, parts, args.bootstrap_servers)
+    consumer.close()
+    return marks
+
+
 def _run_script(python: Path, script: str, version: str, flags: list[str]) -> dict:
     """Run ``bench/<script>`` with a peer venv's python; its last stdout line is the JSON
     result (``version`` added), a failure its last stderr line."""
@@ -302,11 +313,7 @@ def spark_structured_streaming(args: argparse.Namespace) -> dict:
     jars, why = _spark_jars()
     if not jars:
         return {"error": why}
-    from beam_zdl import kafka
-    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-spark-probe")
-    parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
-    marks = kafka.watermarks(consumer, parts, args.bootstrap_servers)
-    consumer.close()
+    marks = _topic_offsets(args)
     ends = {str(p): high for (_, p), (_, high) in marks.items()}
     expected = sum(high - low for low, high in marks.values())
     return _run_script(python, "peer_spark.py", PYSPARK, [
@@ -329,9 +336,7 @@ def pyflink(args: argparse.Namespace) -> dict:
     if not jars:
         return {"error": why}
     from beam_zdl import kafka
-    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-pyflink-probe")
-    parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
-    marks = kafka.watermarks(consumer, parts, args.bootstrap_servers)
+    marks = _topic_offsets(args)
     group = f"bench-pyflink-{uuid.uuid4().hex}"
     result = _run_script(python, "peer_pyflink.py", PYFLINK, [
         f"--bootstrap_servers={args.bootstrap_servers}", f"--topic={args.topics}",
@@ -339,11 +344,10 @@ def pyflink(args: argparse.Namespace) -> dict:
     expected = sum(high - low for low, high in marks.values())
     if "error" not in result and result.get("records") != expected:
         result["error"] = f"read {result.get('records')} records, expected {expected}"
-    consumer.close()
     committed: dict = {}
     if "error" not in result:
         probe = kafka.new_consumer(args.bootstrap_servers, group)
-        committed = kafka.committed_offsets(probe, parts, args.bootstrap_servers)
+        committed = kafka.committed_offsets(probe, list(marks), args.bootstrap_servers)
         probe.close()
     result["durable_progress"] = bool(committed) and all(
         committed.get(tp) == high for tp, (_, high) in marks.items())

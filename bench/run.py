@@ -220,21 +220,18 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
-    for name in ("quixstreams_exactly_once", "quixstreams_at_least_once", "pyflink"):
+    for name in ("quixstreams_exactly_once", "quixstreams_at_least_once", "pyflink",
+                 "spark_structured_streaming"):
         q = results.get(name, {})
-        if "records" in q:
-            lines.append(f"{LABELS[name]} ({q.get('version')}): read {q['records']:,} records "
-                         f"(expected {meta['records']:,}); durable progress "
-                         f"{'yes' if q.get('durable_progress') else 'NO'} "
-                         f"({q.get('durable_check')})")
-    sp = results.get("spark_structured_streaming", {})
-    if "records" in sp:
-        lines.append(f"(i) Spark Structured Streaming ({sp.get('version')}, availableNow, "
-                     f"local[2]): read {sp['records']:,} records (expected "
-                     f"{meta['records']:,}); {sp['records'] / sp['seconds_after_session']:,.0f} "
-                     f"records/s after the {sp['session_start_s']:.1f} s SparkSession start; "
-                     f"durable progress {'yes' if sp.get('durable_progress') else 'NO'} "
-                     f"({sp.get('durable_check')})")
+        if "records" not in q:
+            continue
+        after_start = (f"; {q['records'] / q['seconds_after_session']:,.0f} records/s after "
+                       f"the {q['session_start_s']:.1f} s SparkSession start"
+                       if "seconds_after_session" in q else "")
+        lines.append(f"{LABELS[name]} ({q.get('version')}): read {q['records']:,} records "
+                     f"(expected {meta['records']:,}){after_start}; durable progress "
+                     f"{'yes' if q.get('durable_progress') else 'NO'} "
+                     f"({q.get('durable_check')})")
     lines.extend(sink_report(results))
     for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
                         ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
