@@ -633,6 +633,14 @@ def _scan(data: bytes, uri: str, fail_on_data_loss: bool) -> _Scan:
             try:
                 if kind == KIND_HEADER and index == 0:
                     scan.header = wal_pb2.SegmentHeader.FromString(data[start:stop])
+                    said = scan.header.format_version
+                    if said != data[len(MAGIC) - 1]:
+                        # The magic's version byte has no CRC; the header's copy has.
+                        lose(len(MAGIC) - 1, len(MAGIC), f"the magic says format version "
+                             f"{data[len(MAGIC) - 1]} but the CRC-checked header says {said} "
+                             "(a damaged byte)")
+                        record_kind = _RECORD_KIND.get(MAGIC[:-1] + bytes([said & 0xFF]),
+                                                       record_kind)
                 elif kind == record_kind == KIND_BLOCK and index > 0:
                     # Parsed here (and again when read: cheaper than holding every block)
                     # so that a bad block fails the segment before any record is used.
