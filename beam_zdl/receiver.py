@@ -302,7 +302,7 @@ class Receiver:
                 for (topic, partition), at in rewind.items():
                     self._consumer.seek(TopicPartition(topic, partition, at))
                 return
-            full = self._writer.append(wal.from_message(msg))
+            full = self._writer.append_message(msg)
             self._next[tp] = offset + 1
             if _CRASH_ARMED:
                 crash_point("receiver_append")

@@ -6,12 +6,12 @@ process boundaries compactly. ``headers`` is a list of ``(key, value)``
 pairs as Kafka carries them: keys repeat and order matters.
 
 Every reader builds its records here: :func:`from_message` (a confluent-kafka
-message: direct and streaming reads) and :func:`from_wal` (a WAL record).
-Both are the per-record hot path, so they build the tuple with
-``tuple.__new__`` (NamedTuple's Python-level ``__new__`` costs more than the
-rest of the conversion). The opposite direction, a message into a WAL record,
-is :func:`beam_zdl.wal.from_message`: the receiver and the CLI write WAL
-without importing Beam.
+message: direct and streaming reads) and :func:`from_block` (a WAL block).
+They are the per-record hot path, so they
+build the tuple with ``tuple.__new__`` (NamedTuple's Python-level ``__new__``
+costs more than the rest of the conversion). The opposite direction, a
+message into the WAL, is :meth:`beam_zdl.wal.WalWriter.append_message`: the
+receiver writes WAL without importing Beam.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Callable, List, NamedTuple, Optional
 
 import apache_beam as beam
 
-__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_wal",
+__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_block",
            "payload_bytes"]
 
 
@@ -84,16 +84,32 @@ def append_windowed(out: List[Any], messages: List[Any], topic: str, partition: 
     return nbytes
 
 
-def from_wal(rec: Any) -> KafkaRecord:
-    """The record of a :class:`beam_zdl.v1.wal_pb2.WalRecord` (absent fields stay None)."""
-    headers = rec.headers
-    return _new(KafkaRecord, (
-        rec.topic, rec.partition, rec.offset,
-        rec.key if rec.HasField("key") else None,
-        rec.value if rec.HasField("value") else None,
-        rec.timestamp_ms,
-        [KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in headers]
-        if headers else []))
+def from_block(block: Any) -> List[KafkaRecord]:
+    """The records of a verified :class:`beam_zdl.v1.wal_pb2.RecordBlock` (see wal.proto:
+    empty key/value columns mean all null, ``null_keys``/``null_values`` list the others).
+
+    One loop over the columns: ~0.5 us a record (a WalRecord each cost ~5 us).
+    """
+    n = len(block.offsets)
+    keys: List[Optional[bytes]] = list(block.keys) or [None] * n
+    for index in block.null_keys:
+        keys[index] = None
+    values: List[Optional[bytes]] = list(block.values) or [None] * n
+    for index in block.null_values:
+        values[index] = None
+    topic, partition = block.topic, block.partition
+    if not block.header_counts:
+        return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, []))
+                for offset, key, value, ts in zip(block.offsets, keys, values,
+                                                  block.timestamps_ms)]
+    flat = [KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in block.headers]
+    headers, at = [], 0
+    for count in block.header_counts:
+        headers.append(flat[at:at + count])
+        at += count
+    return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, hdrs))
+            for offset, key, value, ts, hdrs in zip(block.offsets, keys, values,
+                                                    block.timestamps_ms, headers)]
 
 
 def payload_bytes(record: KafkaRecord) -> int:

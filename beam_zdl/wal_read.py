@@ -1,7 +1,7 @@
 """ReadSegmentsFn: the DoFn behind :class:`~beam_zdl.ReadFromWal`.
 
 One element is one sealed segment's URI; the DoFn verifies every frame
-(:func:`beam_zdl.wal.read_segment`) and emits its records as
+(:func:`beam_zdl.wal.read_segment_blocks`) and emits its records as
 :class:`~beam_zdl.KafkaRecord`, timestamped with their Kafka timestamps.
 Damage fails the bundle with :class:`~beam_zdl.errors.WalCorruptionError`
 naming the segment and byte, or, with ``fail_on_data_loss=False``, is skipped,
@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
-from beam_zdl.wal import ReadReport, read_segment
+from beam_zdl.wal import ReadReport, read_segment_blocks
 
 __all__ = ["ReadSegmentsFn"]
 
@@ -47,8 +47,8 @@ class ReadSegmentsFn(beam.DoFn):
 
     def process(self, uri: str, window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         report = ReadReport()
-        wal_records = read_segment(uri, fail_on_data_loss=self._fail_on_data_loss,
-                                   report=report)
+        blocks = read_segment_blocks(uri, fail_on_data_loss=self._fail_on_data_loss,
+                                     report=report)
         if report.lost:
             self._lost_frames.inc(len(report.lost))
             self._lost_records.inc(report.lost_records)
@@ -58,15 +58,16 @@ class ReadSegmentsFn(beam.DoFn):
                           ", and an unknown number more" if report.unknown_loss else "")
         count = nbytes = 0
         windows = (window,)  # the segment URI's window: the global window of a Create
-        to_record, size = records.from_wal, records.payload_bytes
         windowed = compat.windowed_value_maker()
         last: dict[tuple[str, int], int] = {}
-        for rec in wal_records:
-            record = to_record(rec)
-            count += 1
-            nbytes += size(record)
-            last[(record.topic, record.partition)] = record.offset
-            yield windowed(record, record.timestamp_ms * 1000, windows)
+        for block in blocks:
+            batch = records.from_block(block)
+            count += len(batch)
+            # null keys/values are stored as b"" (or not at all): they add 0
+            nbytes += sum(map(len, block.keys)) + sum(map(len, block.values))
+            last[(block.topic, block.partition)] = block.offsets[-1]
+            for record in batch:
+                yield windowed(record, record.timestamp_ms * 1000, windows)
         self._records.inc(count)
         self._bytes.inc(nbytes)
         self._segments.inc()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from beam_zdl.errors import CheckpointConflictError, WalCorruptionError
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import wal_pb2
-from beam_zdl.wal import (MAGIC, ReadReport, WalWriter, decode_segment, list_segments,
+from beam_zdl.wal import (FORMAT_VERSION, MAGIC, ReadReport, WalWriter, decode_segment, list_segments,
                           read_segment, verify_segment)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,21 +167,23 @@ def test_every_truncation_is_detected() -> None:
 
 def test_error_names_uri_and_byte_of_the_bad_frame(tmp_path: Path) -> None:
     writer = WalWriter(str(tmp_path), "w", 0)
-    for i in range(3):
-        writer.append(wal_pb2.WalRecord(topic="t", offset=i, value=b"x" * 10))
+    # A partition change closes a block: three blocks of one record each.
+    for partition, offset in ((0, 0), (1, 5), (0, 1)):
+        writer.append(wal_pb2.WalRecord(topic="t", partition=partition, offset=offset,
+                                        value=b"x" * 10))
     ref = writer.seal()
     data = bytearray(Path(ref.uri).read_bytes())
     header_frame_end = len(MAGIC) + 13 + len(wal_pb2.SegmentHeader(
-        format_version=1, writer_id="w", epoch=0,
+        format_version=FORMAT_VERSION, writer_id="w", epoch=0,
         created_ms=verify_segment(ref.uri)[0].created_ms).SerializeToString())
-    data[header_frame_end + 15] ^= 0x40  # inside the first record's payload
+    data[header_frame_end + 15] ^= 0x40  # inside the first block's payload
     Path(ref.uri).write_bytes(bytes(data))
     with pytest.raises(WalCorruptionError, match=f"{ref.uri} is corrupt at byte "
-                                                 f"{header_frame_end}: record frame CRC"):
+                                                 f"{header_frame_end}: block frame CRC"):
         read_segment(ref.uri)
     report = ReadReport()
     got = list(read_segment(ref.uri, fail_on_data_loss=False, report=report))
-    assert [r.offset for r in got] == [1, 2]  # just the one frame skipped
+    assert [(r.partition, r.offset) for r in got] == [(1, 5), (0, 1)]  # one frame skipped
     assert report.lost_records == 1 and report.lost[0].start == header_frame_end
     # A bad length (head CRC) loses the rest of the segment, never parses garbage.
     data[header_frame_end + 15] ^= 0x40
@@ -191,6 +193,111 @@ def test_error_names_uri_and_byte_of_the_bad_frame(tmp_path: Path) -> None:
     assert list(read_segment(ref.uri, fail_on_data_loss=False, report=report)) == []
     assert (report.lost[0].start, report.lost[0].stop) == (header_frame_end, len(data))
     assert report.unknown_loss == 1
+
+
+# --- blocks and format version 1 -------------------------------------------------------------
+
+def test_blocks_close_at_partition_changes_and_size_and_keep_the_order(tmp_path: Path) -> None:
+    from beam_zdl import wal
+
+    writer = WalWriter(str(tmp_path), "w", 0)
+    wanted = [wal_pb2.WalRecord(topic="t", partition=0, offset=i, value=b"v")
+              for i in range(wal._BLOCK_RECORDS + 10)]
+    wanted.insert(7, wal_pb2.WalRecord(topic="t", partition=1, offset=3))
+    for rec in wanted:
+        writer.append(rec)
+    ref = writer.seal()
+    blocks = list(wal.read_segment_blocks(ref.uri))
+    # partition 0 (7 records), partition 1, partition 0 until full, the rest
+    assert [(b.partition, len(b.offsets)) for b in blocks] == [
+        (0, 7), (1, 1), (0, wal._BLOCK_RECORDS), (0, 3)]
+    assert list(read_segment(ref.uri)) == wanted
+    assert not blocks[1].keys and not blocks[1].values  # all null: columns left empty
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_record_fields, min_size=1, max_size=20))
+def test_kafka_records_of_blocks_match_the_wal_records(fields: list[tuple]) -> None:
+    from beam_zdl.records import KafkaRecord, from_block
+
+    records = _records(fields)
+    got = [r for block in _blocks_of(_segment_bytes(records)) for r in from_block(block)]
+    assert got == [KafkaRecord(
+        rec.topic, rec.partition, rec.offset, rec.key if rec.HasField("key") else None,
+        rec.value if rec.HasField("value") else None, rec.timestamp_ms,
+        [(h.key, h.value if h.HasField("value") else None) for h in rec.headers])
+        for rec in records]
+
+
+def _blocks_of(data: bytes) -> list[wal_pb2.RecordBlock]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "seg-00000001-000000000000.wal"
+        path.write_bytes(data)
+        from beam_zdl import wal
+        return list(wal.read_segment_blocks(str(path)))
+
+
+def _format_1_segment(records: list[wal_pb2.WalRecord]) -> bytes:
+    """A segment as beam_zdl's format version 1 wrote it: one WalRecord frame per record."""
+    from beam_zdl.wal import KIND_FOOTER, KIND_HEADER, KIND_RECORD, encode_frame
+
+    spans: dict[tuple[str, int], list[int]] = {}
+    for rec in records:
+        spans.setdefault((rec.topic, rec.partition), [rec.offset, rec.offset])[1] = rec.offset
+    footer = wal_pb2.SegmentFooter(record_count=len(records), spans=[
+        wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=a, last_offset=b)
+        for (t, p), (a, b) in spans.items()])
+    header = wal_pb2.SegmentHeader(format_version=1, writer_id="old", epoch=1, created_ms=5)
+    return b"".join([b"BZDLWAL\x01", encode_frame(KIND_HEADER, header.SerializeToString()),
+                     *[encode_frame(KIND_RECORD, r.SerializeToString()) for r in records],
+                     encode_frame(KIND_FOOTER, footer.SerializeToString())])
+
+
+def test_format_1_segments_are_still_read_and_checked(tmp_path: Path) -> None:
+    from beam_zdl import wal
+    from beam_zdl.records import from_block
+
+    records = _records([("t", 0, None, b"v0", 1, 1, []),
+                        ("t", 1, b"", None, 2, 2, [("h", None), ("h", b"x")]),
+                        ("t", 0, b"k", b"", 3, 0, [])])
+    data = _format_1_segment(records)
+    (tmp_path / "seg-00000001-000000000000.wal").write_bytes(data)
+    uri = str(tmp_path / "seg-00000001-000000000000.wal")
+    assert list(read_segment(uri)) == records
+    assert [r.offset for b in wal.read_segment_blocks(uri) for r in from_block(b)] == [
+        r.offset for r in records]
+    assert verify_segment(uri)[1].record_count == 3
+    [ref] = wal.segment_refs(list_segments(str(tmp_path)))
+    assert (ref.record_count, len(ref.spans)) == (3, 2)
+    corrupt = bytearray(data)
+    corrupt[-20] ^= 0x01
+    _assert_detected(bytes(corrupt), "a flip in a format-1 segment")
+
+
+def test_an_unknown_format_version_is_named(tmp_path: Path) -> None:
+    data = bytearray(_small_segment())
+    data[len(MAGIC) - 1] = 9
+    with pytest.raises(WalCorruptionError, match="at byte 0: unknown format version 9"):
+        list(decode_segment(bytes(data), "mem://seg"))
+
+
+def test_a_block_whose_columns_disagree_is_a_corrupt_frame() -> None:
+    from beam_zdl.wal import KIND_BLOCK, encode_frame
+
+    good = _small_segment()
+    header_end = len(MAGIC) + 13 + int.from_bytes(good[len(MAGIC):len(MAGIC) + 4], "little")
+    bad = wal_pb2.RecordBlock(topic="t", partition=0, offsets=[4, 3], timestamps_ms=[1, 1],
+                              timestamp_types=[0, 0])
+    data = good[:header_end] + encode_frame(KIND_BLOCK, bad.SerializeToString()) + good[header_end:]
+    with pytest.raises(WalCorruptionError,
+                       match=f"at byte {header_end}: block frame with offsets that do not "
+                             "increase"):
+        list(decode_segment(data, "mem://seg"))
+    short = wal_pb2.RecordBlock(topic="t", partition=0, offsets=[1, 2], timestamps_ms=[1, 1],
+                                timestamp_types=[0, 0], values=[b"only one"])
+    data = good[:header_end] + encode_frame(KIND_BLOCK, short.SerializeToString()) + good[header_end:]
+    with pytest.raises(WalCorruptionError, match="1 values .* for 2 records"):
+        list(decode_segment(data, "mem://seg"))
 
 
 # --- sealing ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from beam_zdl.options import ZdlConfig, ZdlOptions
 from beam_zdl.receiver import Receiver
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.testing._process import wait_until
-from beam_zdl.wal import list_segments, read_segment
+from beam_zdl.wal import list_segments, read_segment, read_segment_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fast group rejoin after a SIGKILLed member (the broker allows >= 1 s).
@@ -359,9 +359,10 @@ def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path
     Receiver(_config(kafka, topic, str(wal))).run(threading.Event(), drain_to_end=True)
     segments = list_segments(str(wal))
     assert len(segments) >= 2
-    # flip one byte inside one record's value: that frame's CRC fails, nothing else
-    value = b"\x2a\x04v300"  # WalRecord field 5 (value), 4 bytes: the record at offset 300
+    # flip one byte inside one record's value: its block frame's CRC fails, nothing else
+    value = b"\x3a\x04v300"  # RecordBlock field 7 (values), 4 bytes: the record at offset 300
     victim = next(s for s in segments if value in Path(s.uri).read_bytes())
+    lost = list(next(b for b in read_segment_blocks(victim.uri) if 300 in b.offsets).offsets)
     data = bytearray(Path(victim.uri).read_bytes())
     at = data.index(value) + 3
     data[at] ^= 0xFF
@@ -379,16 +380,18 @@ def test_corrupt_segment_stops_the_batch_naming_segment_and_byte(kafka, tmp_path
     result = p.run()
     result.wait_until_finish()
     from apache_beam.metrics.metric import MetricsFilter
-    lost = result.metrics().query(MetricsFilter().with_name("wal_lost_frames"))["counters"]
-    assert sum(c.committed for c in lost) == 1
-    assert len(_read_full(tmp_path / "replay")) == 599
+    lost_frames = result.metrics().query(
+        MetricsFilter().with_name("wal_lost_frames"))["counters"]
+    assert sum(c.committed for c in lost_frames) == 1
+    assert len(_read_full(tmp_path / "replay")) == 600 - len(lost)
 
     # The pending batch is replayed with the same segments and the frame skipped.
     summary = _summary(run_driver(tmp_path / "out", _flags(
         kafka, topic, ckpt, wal, "--max_records_per_partition=0", "--fail_on_data_loss=false")))
     rows = [row for batch in read_batches(tmp_path / "out").values() for row in batch]
-    assert summary["replayed"] == 1 and summary["records"] == 599
-    assert len(rows) == len(set(rows)) == 599 and (topic, 0, 300) not in rows
+    assert summary["replayed"] == 1 and summary["records"] == 600 - len(lost)
+    assert len(rows) == len(set(rows)) == 600 - len(lost)
+    assert not {(topic, 0, offset) for offset in lost} & set(rows)
 
 
 def test_standalone_receive_command_killed_restarted_then_batches(kafka, tmp_path):

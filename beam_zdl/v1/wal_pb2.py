@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x65\x61m_zdl/v1/wal.proto\x12\x0b\x62\x65\x61m_zdl.v1\"3\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"\xe5\x01\n\tWalRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x10\n\x03key\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x05 \x01(\x0cH\x01\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x32\n\x0etimestamp_type\x18\x07 \x01(\x0e\x32\x1a.beam_zdl.v1.TimestampType\x12$\n\x07headers\x18\x08 \x03(\x0b\x32\x13.beam_zdl.v1.HeaderB\x06\n\x04_keyB\x08\n\x06_value\"]\n\rSegmentHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\"\\\n\rPartitionSpan\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\"P\n\rSegmentFooter\x12\x14\n\x0crecord_count\x18\x01 \x01(\x04\x12)\n\x05spans\x18\x02 \x03(\x0b\x32\x1a.beam_zdl.v1.PartitionSpan*\x95\x01\n\rTimestampType\x12\x1e\n\x1aTIMESTAMP_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTIMESTAMP_TYPE_NOT_AVAILABLE\x10\x01\x12\x1e\n\x1aTIMESTAMP_TYPE_CREATE_TIME\x10\x02\x12\"\n\x1eTIMESTAMP_TYPE_LOG_APPEND_TIME\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x65\x61m_zdl/v1/wal.proto\x12\x0b\x62\x65\x61m_zdl.v1\"3\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"\xe5\x01\n\tWalRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x10\n\x03key\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05value\x18\x05 \x01(\x0cH\x01\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x32\n\x0etimestamp_type\x18\x07 \x01(\x0e\x32\x1a.beam_zdl.v1.TimestampType\x12$\n\x07headers\x18\x08 \x03(\x0b\x32\x13.beam_zdl.v1.HeaderB\x06\n\x04_keyB\x08\n\x06_value\"\x8f\x02\n\x0bRecordBlock\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0f\n\x07offsets\x18\x03 \x03(\x03\x12\x15\n\rtimestamps_ms\x18\x04 \x03(\x03\x12\x33\n\x0ftimestamp_types\x18\x05 \x03(\x0e\x32\x1a.beam_zdl.v1.TimestampType\x12\x0c\n\x04keys\x18\x06 \x03(\x0c\x12\x0e\n\x06values\x18\x07 \x03(\x0c\x12\x11\n\tnull_keys\x18\x08 \x03(\r\x12\x13\n\x0bnull_values\x18\t \x03(\r\x12\x15\n\rheader_counts\x18\n \x03(\r\x12$\n\x07headers\x18\x0b \x03(\x0b\x32\x13.beam_zdl.v1.Header\"]\n\rSegmentHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\"\\\n\rPartitionSpan\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x13\n\x0blast_offset\x18\x04 \x01(\x03\"P\n\rSegmentFooter\x12\x14\n\x0crecord_count\x18\x01 \x01(\x04\x12)\n\x05spans\x18\x02 \x03(\x0b\x32\x1a.beam_zdl.v1.PartitionSpan*\x95\x01\n\rTimestampType\x12\x1e\n\x1aTIMESTAMP_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTIMESTAMP_TYPE_NOT_AVAILABLE\x10\x01\x12\x1e\n\x1aTIMESTAMP_TYPE_CREATE_TIME\x10\x02\x12\"\n\x1eTIMESTAMP_TYPE_LOG_APPEND_TIME\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beam_zdl.v1.wal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMESTAMPTYPE']._serialized_start=595
-  _globals['_TIMESTAMPTYPE']._serialized_end=744
+  _globals['_TIMESTAMPTYPE']._serialized_start=869
+  _globals['_TIMESTAMPTYPE']._serialized_end=1018
   _globals['_HEADER']._serialized_start=38
   _globals['_HEADER']._serialized_end=89
   _globals['_WALRECORD']._serialized_start=92
   _globals['_WALRECORD']._serialized_end=321
-  _globals['_SEGMENTHEADER']._serialized_start=323
-  _globals['_SEGMENTHEADER']._serialized_end=416
-  _globals['_PARTITIONSPAN']._serialized_start=418
-  _globals['_PARTITIONSPAN']._serialized_end=510
-  _globals['_SEGMENTFOOTER']._serialized_start=512
-  _globals['_SEGMENTFOOTER']._serialized_end=592
+  _globals['_RECORDBLOCK']._serialized_start=324
+  _globals['_RECORDBLOCK']._serialized_end=595
+  _globals['_SEGMENTHEADER']._serialized_start=597
+  _globals['_SEGMENTHEADER']._serialized_end=690
+  _globals['_PARTITIONSPAN']._serialized_start=692
+  _globals['_PARTITIONSPAN']._serialized_end=784
+  _globals['_SEGMENTFOOTER']._serialized_start=786
+  _globals['_SEGMENTFOOTER']._serialized_end=866
 # @@protoc_insertion_point(module_scope)

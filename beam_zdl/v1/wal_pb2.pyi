@@ -46,6 +46,32 @@ class WalRecord(_message.Message):
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., timestamp_type: _Optional[_Union[TimestampType, str]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
 
+class RecordBlock(_message.Message):
+    __slots__ = ("topic", "partition", "offsets", "timestamps_ms", "timestamp_types", "keys", "values", "null_keys", "null_values", "header_counts", "headers")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_TYPES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NULL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NULL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    HEADER_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
+    timestamp_types: _containers.RepeatedScalarFieldContainer[TimestampType]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    null_keys: _containers.RepeatedScalarFieldContainer[int]
+    null_values: _containers.RepeatedScalarFieldContainer[int]
+    header_counts: _containers.RepeatedScalarFieldContainer[int]
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offsets: _Optional[_Iterable[int]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., timestamp_types: _Optional[_Iterable[_Union[TimestampType, str]]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., null_keys: _Optional[_Iterable[int]] = ..., null_values: _Optional[_Iterable[int]] = ..., header_counts: _Optional[_Iterable[int]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+
 class SegmentHeader(_message.Message):
     __slots__ = ("format_version", "writer_id", "epoch", "created_ms")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
