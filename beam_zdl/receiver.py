@@ -165,6 +165,7 @@ class Receiver:
         self._next: dict[tuple[str, int], int] = {}  # next offset to append per partition
         self._paused = False
         self._failed = False
+        self._closing = False  # consumer.close() is running its last rebalance callbacks
         self._last_warning = 0.0
         self._seal_failed = False
         self._last_seal_try = 0.0
@@ -257,10 +258,12 @@ class Receiver:
             self._failed = True  # close() must not seal from on_revoke after a failure
             raise
         finally:
+            self._closing = True
             try:
                 consumer.close()
             finally:
                 self._consumer = None
+                self._closing = False
         _LOGGER.info("receiver %s stopped: %d records in %d segments (%d bytes) in %.1f s%s",
                      self.owner, self.stats.records, self.stats.segments,
                      self.stats.sealed_bytes, time.monotonic() - started,
@@ -491,6 +494,13 @@ class Receiver:
     # --- rebalance callbacks (run inside consume()) ---------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if self._closing:
+            # A rebalance that completes while close() leaves the group: the partitions
+            # are not read here, and the terminating client cannot answer the lookups
+            # below (they fail with _DESTROY).
+            _LOGGER.info("receiver %s: closing, not taking %d assigned partition(s)",
+                         self.owner, len(partitions))
+            return
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.stats.rebalances += 1
         positions = self._resume_positions(consumer, tps)

@@ -559,3 +559,17 @@ def test_overlapping_segments_are_refused_not_duplicated(kafka, tmp_path):
     with pytest.raises(beam_zdl.ZdlError, match=r"both hold .*offsets \[250, 251\]"):
         beam_zdl.run_micro_batches(lambda r, b: None, ZdlOptions(_flags(kafka, topic, ckpt, wal)))
     assert CheckpointCoordinator(str(ckpt)).planned_ids() == []
+
+
+def test_an_assignment_that_arrives_while_closing_is_not_taken(kafka, tmp_path):
+    """close() can serve one last rebalance (a killed member's session ended); its lookups
+    would fail on the terminating client and fail the run, so the partitions are left."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = kafka.create_topic(partitions=1)
+    receiver = Receiver(_config(kafka, topic, str(tmp_path / "wal")))
+    closed = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "closed"})
+    closed.close()
+    receiver._closing = True
+    receiver._on_assign(closed, [TopicPartition(topic, 0)])  # a closed client: any call raises
+    assert not receiver.assigned_ever
