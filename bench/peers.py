@@ -328,7 +328,8 @@ PYFLINK = "apache-flink==2.2.1"
 @peer("pyflink")
 def pyflink(args: argparse.Namespace) -> dict:
     """pyflink: a bounded Kafka table (flink-sql-connector-kafka 5.0.0-2.2), streaming mode,
-    parallelism 2, checkpoints committing offsets; the whole run counts (start-up too)."""
+    parallelism 2, checkpoints committing offsets, a mini-batch count; the whole run counts
+    (start-up too)."""
     python, why = _peer_python("pyflink", PYFLINK)
     if python is None:
         return {"error": why}
