@@ -229,7 +229,9 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
         lines.append(f"{LABELS[name]} ({q.get('version')}): read {q['records']:,} records "
                      f"(expected {meta['records']:,}){after_start}; durable progress "
                      f"{'yes' if q.get('durable_progress') else 'NO'} "
-                     f"({q.get('durable_check')})")
+                     f"({q.get('durable_check')})"
+                     + (f"; committed {q['committed_offsets']}" if "committed_offsets" in q
+                        else ""))
     lines.extend(sink_report(results))
     for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
                         ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
