@@ -243,7 +243,11 @@ def _run_script(python: Path, script: str, version: str, flags: list[str]) -> di
     if proc.returncode != 0 or not proc.stdout.strip():
         return {"error": f"exit {proc.returncode}: "
                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = proc.stdout.strip().splitlines()[-1]
+    try:
+        result: dict = json.loads(last)
+    except json.JSONDecodeError:
+        return {"error": f"its last stdout line is not the JSON result: {last[:200]!r}"}
     result["version"] = version
     return result
 
@@ -328,7 +332,8 @@ PYFLINK = "apache-flink==2.2.1"
 @peer("pyflink")
 def pyflink(args: argparse.Namespace) -> dict:
     """pyflink: a bounded Kafka table (flink-sql-connector-kafka 5.0.0-2.2), streaming mode,
-    parallelism 2, checkpoints committing offsets; the whole run counts (start-up too)."""
+    parallelism 2, checkpoints committing offsets, a mini-batch count; the whole run counts
+    (start-up too)."""
     python, why = _peer_python("pyflink", PYFLINK)
     if python is None:
         return {"error": why}
@@ -353,6 +358,10 @@ def pyflink(args: argparse.Namespace) -> dict:
         committed.get(tp) == high for tp, (_, high) in marks.items())
     result["durable_check"] = ("group committed offsets (commit on checkpoint) equal the end "
                                "offsets")
+    if committed and not result["durable_progress"]:
+        # The connector may drop the final checkpoint's commit (see bench/peer_pyflink.py):
+        # keep how far the group got.
+        result["committed_offsets"] = {str(p): o for (_, p), o in sorted(committed.items())}
     return result
 
 

@@ -29,10 +29,7 @@ THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local
 OTHER = ["batch_overhead", "batch_fixed_cost", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
 SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
-# pyflink is run on request only (--peers ...,pyflink): its bounded job took 400 s for
-# 20k records here, with or without checkpoints (cause not found), and would spend the
-# peer time-out of every make bench.
-DEFAULT_PEERS = [p for p in THROUGHPUT if p != "pyflink"] + OTHER + SINK
+DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
 LABELS = {
     "bare_consumer": "(a) bare confluent-kafka loop",
     "direct_1_worker": "(b) direct, 1 worker",
@@ -225,13 +222,16 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
         q = results.get(name, {})
         if "records" not in q:
             continue
+        session = "TableEnvironment" if name == "pyflink" else "SparkSession"
         after_start = (f"; {q['records'] / q['seconds_after_session']:,.0f} records/s after "
-                       f"the {q['session_start_s']:.1f} s SparkSession start"
+                       f"the {q['session_start_s']:.1f} s {session} start"
                        if "seconds_after_session" in q else "")
         lines.append(f"{LABELS[name]} ({q.get('version')}): read {q['records']:,} records "
                      f"(expected {meta['records']:,}){after_start}; durable progress "
                      f"{'yes' if q.get('durable_progress') else 'NO'} "
-                     f"({q.get('durable_check')})")
+                     f"({q.get('durable_check')})"
+                     + (f"; committed {q['committed_offsets']}" if "committed_offsets" in q
+                        else ""))
     lines.extend(sink_report(results))
     for name, setup in (("flink_local_streaming", "Flink [local], parallelism 1, LOOPBACK"),
                         ("flink_cluster_streaming", "Flink session cluster, 2 TaskManagers, "
