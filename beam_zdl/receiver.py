@@ -77,7 +77,7 @@ from beam_zdl.chaos import crash_point
 from beam_zdl.errors import (DataLossError, KafkaUnavailableError,
                              PartitionsUnavailableError, StorageError,
                              ZdlError)
-from beam_zdl.options import ZdlConfig
+from beam_zdl.config import ZdlConfig
 from beam_zdl.v1 import checkpoint_pb2
 import beam_zdl.wal as wal
 from beam_zdl.wal import WalWriter
