@@ -4,7 +4,9 @@
 parser: :class:`~beam_zdl.options.ZdlOptions` adds them to Beam's pipeline
 options, and :meth:`ZdlConfig.from_flags` parses them alone, so the
 stand-alone receiver (``beam-zdl receive``) runs without importing Beam
-(about 140 MB of resident memory).
+(about 140 MB of resident memory). ``--bootstrap_servers`` is Beam's flag
+(see :mod:`beam_zdl.options`); ``from_flags`` defines it alone, with Beam's
+default.
 
 :class:`ZdlConfig` is the validated view the rest of the package uses. Bad
 values raise :class:`~beam_zdl.errors.ConfigError` naming the flag before
@@ -27,16 +29,15 @@ from beam_zdl.secrets import literal_secrets
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["ZdlConfig", "add_zdl_arguments", "MODES", "TRIGGERS", "BEAM_KAFKA_DEFAULT",
-           "parse_bool"]
+__all__ = ["ZdlConfig", "add_zdl_arguments", "MODES", "TRIGGERS", "parse_bool"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("direct", "wal")
+TRIGGERS = ("available_now", "continuous")
 # Beam registers --bootstrap_servers (KafkaStreamsRunnerOptions) with this default;
 # from_flags, which parses without Beam, gives it the same.
-BEAM_KAFKA_DEFAULT = "localhost:9092"
-TRIGGERS = ("available_now", "continuous")
+_BEAM_BOOTSTRAP_DEFAULT = "localhost:9092"
 
 
 def parse_bool(text: str) -> bool:
@@ -130,7 +131,7 @@ class ZdlConfig:
                 error for a value of the wrong type (exit code 2), as with Beam.
         """
         parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, add_help=False)
-        parser.add_argument("--bootstrap_servers", default=BEAM_KAFKA_DEFAULT,
+        parser.add_argument("--bootstrap_servers", default=_BEAM_BOOTSTRAP_DEFAULT,
                             help="Kafka brokers, host:port,... (Beam's flag).")
         add_zdl_arguments(parser)
         known, _ = parser.parse_known_args(list(flags))
@@ -228,7 +229,6 @@ class ZdlConfig:
         relevant = {k: v for k, v in asdict(self).items()
                     if k in ("topics", "mode", "consumer_group", "wal_dir")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
 
 
 _DEFAULTS = {f.name: f.default for f in fields(ZdlConfig) if f.default is not MISSING}

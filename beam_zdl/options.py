@@ -10,10 +10,11 @@ only direct subclasses, so a subclass of ``ZdlOptions`` would lose its flags.
 second time would make every ``PipelineOptions`` fail, so we reuse it and
 read it through :func:`ZdlConfig.from_options`.
 
-:class:`ZdlConfig` (here for the callers that hold Beam options; it lives in
-:mod:`beam_zdl.config`) is the validated, typed view the rest of the package
-uses. Bad values raise :class:`~beam_zdl.errors.ConfigError` naming the flag
-before anything runs.
+:class:`ZdlConfig` lives in :mod:`beam_zdl.config`; modules that read Beam
+options import it from here, which registers ZdlOptions with Beam first (Beam
+parses only the flags of option classes already defined). It is the
+validated, typed view the rest of the package uses. Bad values raise
+:class:`~beam_zdl.errors.ConfigError` naming the flag before anything runs.
 """
 
 from __future__ import annotations

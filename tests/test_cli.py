@@ -168,3 +168,14 @@ def test_receive_parses_flags_as_zdl_options_does() -> None:
     flags.append("--bootstrap_servers=k1:9092,k2:9092")
     assert ZdlConfig.from_flags(flags) == ZdlConfig.from_options(ZdlOptions(flags))
     assert ZdlConfig.from_flags(flags).bootstrap_servers == "k1:9092,k2:9092"
+
+
+def test_zdl_config_from_beam_options_needs_zdl_options_registered() -> None:
+    """Without ZdlOptions defined, Beam would hand back beam_zdl's flags as strings."""
+    proc = subprocess.run([sys.executable, "-c", (
+        "from apache_beam.options.pipeline_options import PipelineOptions\n"
+        "from beam_zdl.config import ZdlConfig\n"
+        "ZdlConfig.from_options(PipelineOptions(['--topics=t', '--max_batches=3']))")],
+        capture_output=True, text=True, timeout=120)
+    assert "ConfigError: beam_zdl's flags are not registered with Beam: import " \
+           "beam_zdl.options (ZdlOptions)" in proc.stderr
