@@ -105,8 +105,8 @@ class KafkaSettings:
 
     @classmethod
     def from_config(cls: type[_Settings], config: Any, **extra: Any) -> _Settings:
-        """The settings of a validated :class:`~beam_zdl.options.ZdlConfig` (not imported:
-        options imports this module), plus the subclass's ``extra`` fields."""
+        """The settings of a validated :class:`~beam_zdl.config.ZdlConfig` (not imported:
+        config imports this module), plus the subclass's ``extra`` fields."""
         return cls(bootstrap_servers=config.bootstrap_servers,
                    consumer_group=config.consumer_group,
                    consumer_config=dict(config.consumer_config),

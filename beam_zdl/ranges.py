@@ -18,7 +18,7 @@ import beam_zdl.kafka as kafka
 import beam_zdl.positions as positions_
 
 if TYPE_CHECKING:
-    from beam_zdl.options import ZdlConfig
+    from beam_zdl.config import ZdlConfig
 
 __all__ = ["PartitionRange", "TopicPartition", "Offsets", "plan", "plan_ranges",
            "positions", "end_positions", "cap_batch"]

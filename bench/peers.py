@@ -522,22 +522,54 @@ def recovery(args: argparse.Namespace) -> dict:
 
 @peer("receiver_rss")
 def receiver_rss(args: argparse.Namespace) -> dict:
-    """A WAL receiver alone (local disk) draining the whole backlog: its rate and peak RSS."""
-    from beam_zdl.options import ZdlConfig, ZdlOptions
-    from beam_zdl.receiver import Receiver
-    config = ZdlConfig.from_options(ZdlOptions([
-        f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
-        "--starting_offsets=earliest", "--zdl_mode=wal",
-        f"--wal_dir={args.workdir}/rss-wal-{uuid.uuid4().hex}",
-        f"--consumer_group=bench-{uuid.uuid4().hex}"]))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    started = time.monotonic()
-    stats = Receiver(config, name="bench").run(threading.Event(), drain_to_end=True)
-    seconds = time.monotonic() - started
-    return {"records": stats.records, "bytes": stats.records * args.value_bytes,
-            "seconds": seconds, "segments": stats.segments,
-            "peak_buffered_mb": stats.peak_buffered_bytes / 1e6,
-            "rss_after_imports_mb": baseline}
+    """A stand-alone ``beam-zdl receive --drain_to_end`` (local disk) draining the whole
+    backlog: its rate (process start to exit) and its peak RSS, as a user runs it. It runs
+    in its own process, which imports no Beam; this one (without Beam either) only
+    watches it."""
+    wal_dir = f"{args.workdir}/rss-wal-{uuid.uuid4().hex}"
+    command = [sys.executable, "-m", "beam_zdl.cli", "receive",
+               f"--bootstrap_servers={args.bootstrap_servers}", f"--topics={args.topics}",
+               "--starting_offsets=earliest", f"--wal_dir={wal_dir}",
+               f"--consumer_group=bench-{uuid.uuid4().hex}", "--drain_to_end"]
+    after_imports = _imports_rss_mb("beam_zdl.cli, beam_zdl.receiver, confluent_kafka")
+    with open(f"{wal_dir}.log", "wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, stderr=log)
+        peak = _watch_peak_rss_mb(proc)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        return {"error": f"beam-zdl receive exited {proc.returncode} (log {wal_dir}.log)"}
+    stats = json.loads(out.strip().splitlines()[-1])
+    return {"records": stats["records"], "bytes": stats["records"] * args.value_bytes,
+            "seconds": seconds, "segments": stats["segments"],
+            "peak_buffered_mb": stats["peak_buffered_bytes"] / 1e6,
+            "peak_rss_mb": peak, "rss_after_imports_mb": after_imports}
+
+
+def _watch_peak_rss_mb(proc: subprocess.Popen) -> float:
+    """``proc``'s peak RSS (VmHWM, a high-water mark) polled until it exits; then reaps it.
+
+    Not ``ru_maxrss``: Linux keeps the parent's peak across fork + exec."""
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            pass  # exited between poll() and the read
+        time.sleep(0.02)
+    return peak
+
+
+def _imports_rss_mb(modules: str) -> float:
+    """Peak RSS of a fresh Python that imports ``modules`` (comma-separated)."""
+    code = (f"import {modules}, pathlib; print(next(line.split()[1] for line in pathlib.Path("
+            "'/proc/self/status').read_text().splitlines() if line.startswith('VmHWM:')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=_ROOT, check=True,
+                          capture_output=True, text=True)
+    return int(done.stdout) / 1024
 
 
 def _output_topic(args: argparse.Namespace) -> str:
@@ -729,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     tree = _TreeRss().start()
     result = PEERS[args.peer](args)
-    result["peak_rss_mb"] = _own_peak_rss_mb()
+    # A peer that measures another process (receiver_rss) reports that one's peak.
+    result.setdefault("peak_rss_mb", _own_peak_rss_mb())
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
     print(json.dumps(result))

@@ -118,3 +118,64 @@ def test_console_script_usage_errors() -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys; from beam_zdl.cli import main; "
                            "sys.exit(main())", "verify", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--allow_empty" in proc.stdout
+
+
+_NO_BEAM = """
+import json, sys
+from beam_zdl.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "beam": "apache_beam" in sys.modules}))
+"""
+
+
+def _receive_without_beam(flags: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
+    proc = subprocess.run([sys.executable, "-c", _NO_BEAM, "receive", *flags],
+                          capture_output=True, text=True, timeout=120)
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc
+
+
+def test_receive_runs_without_importing_beam(kafka, tmp_path: Path) -> None:
+    """Apache Beam is ~140 MB of RSS the stand-alone receiver does not need."""
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, b"x" * 100, i % 2) for i in range(500)))
+    result, proc = _receive_without_beam([
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--wal_dir={tmp_path / 'wal'}", f"--consumer_group=g-{topic}",
+        "--starting_offsets=earliest", "--drain_to_end",
+        '--consumer_config={"session.timeout.ms": 6000}', "--runner=DirectRunner"])
+    assert result == {"code": 0, "beam": False}, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-2])["records"] == 500
+    assert kafka.committed(f"g-{topic}", topic) == {0: 250, 1: 250}
+
+
+def test_receive_names_a_bad_flag_without_importing_beam(tmp_path: Path) -> None:
+    result, proc = _receive_without_beam(["--topics=t", f"--wal_dir={tmp_path}",
+                                          "--max_buffered_bytes=0"])
+    assert result == {"code": 2, "beam": False}
+    assert "beam-zdl receive: error: --max_buffered_bytes must be > 0, got 0" in proc.stderr
+    result, proc = _receive_without_beam(["--topics=t"])
+    assert result == {"code": 2, "beam": False}
+    assert "--wal_dir is required with --zdl_mode=wal" in proc.stderr
+
+
+def test_receive_parses_flags_as_zdl_options_does() -> None:
+    from beam_zdl.config import ZdlConfig
+    from beam_zdl.options import ZdlOptions
+    flags = ["--topics=a, b", "--zdl_mode=wal", "--wal_dir=/w", "--fail_on_data_loss=no",
+             "--wal_segment_records=7", "--wal_segment_age_s=0.5", "--runner=DirectRunner",
+             '--consumer_config={"session.timeout.ms": 6000}', "--unknown_flag"]
+    assert ZdlConfig.from_flags(flags) == ZdlConfig.from_options(ZdlOptions(flags))
+    flags.append("--bootstrap_servers=k1:9092,k2:9092")
+    assert ZdlConfig.from_flags(flags) == ZdlConfig.from_options(ZdlOptions(flags))
+    assert ZdlConfig.from_flags(flags).bootstrap_servers == "k1:9092,k2:9092"
+
+
+def test_zdl_config_from_beam_options_needs_zdl_options_registered() -> None:
+    """Without ZdlOptions defined, Beam would hand back beam_zdl's flags as strings."""
+    proc = subprocess.run([sys.executable, "-c", (
+        "from apache_beam.options.pipeline_options import PipelineOptions\n"
+        "from beam_zdl.config import ZdlConfig\n"
+        "ZdlConfig.from_options(PipelineOptions(['--topics=t', '--max_batches=3']))")],
+        capture_output=True, text=True, timeout=120)
+    assert "ConfigError: beam_zdl's flags are not registered with Beam: import " \
+           "beam_zdl.options (ZdlOptions)" in proc.stderr

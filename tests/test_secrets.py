@@ -68,7 +68,7 @@ def test_secrets_stay_out_of_logs_display_data_checkpoints_and_job_descriptions(
         kafka, tmp_path, monkeypatch, caplog, capfd, mode):
     """A real run with one secret given as an ${env:...} reference and one literally."""
     monkeypatch.setenv("BEAM_ZDL_TEST_SECRET", SECRET)
-    monkeypatch.setattr("beam_zdl.options._WARNED_SECRETS", set())  # warned once per process
+    monkeypatch.setattr("beam_zdl.config._WARNED_SECRETS", set())  # warned once per process
     topic = kafka.create_topic(partitions=2)
     kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(200)))
     consumer_config = {"sasl.password": "${env:BEAM_ZDL_TEST_SECRET}",
