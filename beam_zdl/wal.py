@@ -63,6 +63,7 @@ frame.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -866,15 +867,21 @@ def read_footer(data: bytes, uri: str = "<bytes>") -> wal_pb2.SegmentFooter:
 
 _WRITERS = "_writers/"
 
-# Segments are immutable: their refs (footer spans) are cached for the process.
-_REFS: dict[str, checkpoint_pb2.SegmentRef] = {}
+# Segments are immutable: their refs (footer spans) are cached for the process, the most
+# recent _REFS_MAX of them (~1.3 KB each): a stand-alone receiver seals for as long as it
+# runs, and only a driver deletes segments (forget_segments).
+_REFS: collections.OrderedDict[str, checkpoint_pb2.SegmentRef] = collections.OrderedDict()
+_REFS_MAX = 20_000
 _REFS_LOCK = threading.Lock()
 
 
 def remember_segment(ref: checkpoint_pb2.SegmentRef) -> None:
-    """Cache the ref of a segment this process sealed (it never changes)."""
+    """Cache the ref of a segment (it never changes); the oldest refs beyond ``_REFS_MAX`` go."""
     with _REFS_LOCK:
         _REFS[ref.uri] = ref
+        _REFS.move_to_end(ref.uri)
+        while len(_REFS) > _REFS_MAX:
+            _REFS.popitem(last=False)
 
 
 def forget_segments(uris: Iterable[str]) -> None:
@@ -947,16 +954,18 @@ def _load_ref(info: SegmentInfo) -> checkpoint_pb2.SegmentRef:
 def segment_refs(segments: list[SegmentInfo]) -> list[checkpoint_pb2.SegmentRef]:
     """A :class:`SegmentRef` (size, record count, spans) per segment, footers read in parallel.
 
-    Refs are cached per process, so each segment is read at most once here.
+    Refs are cached per process (the most recent ``_REFS_MAX``), so a segment's footer is
+    read once while its ref stays cached.
     """
     with _REFS_LOCK:
-        missing = [s for s in segments if s.uri not in _REFS]
+        found = {s.uri: _REFS[s.uri] for s in segments if s.uri in _REFS}
+    missing = [s for s in segments if s.uri not in found]
     if missing:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             for ref in pool.map(_load_ref, missing):
                 remember_segment(ref)
-    with _REFS_LOCK:
-        return [_REFS[s.uri] for s in segments]
+                found[ref.uri] = ref
+    return [found[s.uri] for s in segments]
 
 
 def claim_writer_epoch(wal_dir: str, owner: str) -> int:

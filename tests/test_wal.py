@@ -406,3 +406,21 @@ def test_sigkill_mid_write_leaves_only_complete_sealed_segments(tmp_path: Path) 
     offsets = [r.offset for seg in segments for r in read_segment(seg.uri)]
     assert offsets == list(range(len(offsets)))  # complete, in order, no gap
     assert len(offsets) == 50 * len(segments) and len(offsets) >= sealed[-1] + 1
+
+
+def test_the_ref_cache_is_bounded_and_refs_beyond_it_are_still_given(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """A stand-alone receiver seals for as long as it runs: its ref cache must not grow
+    without end, and a list longer than the cache still gets every ref."""
+    from beam_zdl import wal
+
+    monkeypatch.setattr(wal, "_REFS_MAX", 3)
+    monkeypatch.setattr(wal, "_REFS", __import__("collections").OrderedDict())
+    writer = WalWriter(str(tmp_path), "w", 1)
+    for offset in range(5):
+        writer.append(wal_pb2.WalRecord(topic="t", offset=offset, value=b"v"))
+        wal.remember_segment(writer.seal())
+    assert len(wal._REFS) == 3
+    refs = wal.segment_refs(list_segments(str(tmp_path)))
+    assert [r.spans[0].first_offset for r in refs] == [0, 1, 2, 3, 4]
+    assert len(wal._REFS) == 3
