@@ -278,6 +278,7 @@ class Receiver:
     def _append(self, messages: list[Any]) -> None:
         from confluent_kafka import KafkaError, KafkaException, TopicPartition
         assert self._writer is not None  # run() makes it before consuming
+        assigned, next_offsets = self._assigned, self._next  # updated in place, never replaced
         for index, msg in enumerate(messages):
             err = msg.error()
             if err is not None:
@@ -296,7 +297,7 @@ class Receiver:
                 continue
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
-            if tp not in self._assigned or offset < self._next.get(tp, 0):
+            if tp not in assigned or offset < next_offsets.get(tp, 0):
                 continue  # fetched before a revocation or a seek: not ours to write
             if self._seal_failed:
                 # The buffer could not be sealed: hand the rest back to Kafka (seek) rather
@@ -310,7 +311,7 @@ class Receiver:
                     self._consumer.seek(TopicPartition(topic, partition, at))
                 return
             full = self._writer.append_message(msg)
-            self._next[tp] = offset + 1
+            next_offsets[tp] = offset + 1
             if _CRASH_ARMED:
                 crash_point("receiver_append")
             if full:

@@ -381,7 +381,8 @@ class WalWriter:
                 from ``b""``.
 
         Returns:
-            :meth:`should_seal` after the append.
+            True when the size or count threshold is reached (:meth:`should_seal` also
+            checks the age).
 
         Raises:
             ValueError: the offset does not exceed the last one of its partition, or a seal
@@ -429,7 +430,9 @@ class WalWriter:
         # + roughly the per-record share of the block's columns
         self._block_bytes += 16 + (len(key) if key is not None else 0) + (
             len(value) if value is not None else 0)
-        return self.should_seal()
+        # No clock call a record: the age threshold is for should_seal, between polls.
+        return (self._frame_bytes + self._block_bytes >= self.max_bytes
+                or self._records >= self.max_records)
 
     def should_seal(self) -> bool:
         """True when records are buffered and a size, count or age threshold is reached."""
