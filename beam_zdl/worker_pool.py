@@ -102,7 +102,8 @@ import time
 from typing import Any, Iterator, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.portability import python_urns
+from apache_beam.portability import common_urns, python_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
     FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler, WorkerHandlerManager)
@@ -130,6 +131,11 @@ _CLOSE_TIMEOUT_S = 10.0
 # build_fn that changes its pipeline every batch adds stages without end.
 MAX_SESSION_DESCRIPTORS = 64
 _DESCRIPTOR_ID_PREFIX = "zdl-"
+_PAR_DO_URNS = frozenset([common_urns.primitives.PAR_DO.urn,
+                          common_urns.sdf_components.PAIR_WITH_RESTRICTION.urn,
+                          common_urns.sdf_components.SPLIT_AND_SIZE_RESTRICTIONS.urn,
+                          common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn,
+                          common_urns.sdf_components.TRUNCATE_SIZED_RESTRICTION.urn])
 
 _POOLS: dict[str, "WorkerPool"] = {}
 _ACTIVE: contextvars.ContextVar[Optional["WorkerPool"]] = contextvars.ContextVar(
@@ -446,10 +452,12 @@ class _SessionHandlers(WorkerHandlerManager):
         self.lost = lost  # the pool's lost count when the session opened
         self.environments = _fingerprints(environments)
         self.descriptors: set[str] = set()
+        self._pipeline = 0
 
-    def begin(self) -> None:
+    def begin(self, pipeline: int) -> None:
         """Before each pipeline: nothing an earlier one wrote is left in the runner's state."""
         compat.clear_runner_state(self.state_servicer)
+        self._pipeline = pipeline
 
     def register_process_bundle_descriptor(self, descriptor: Any) -> None:
         # Beam numbers a pipeline's stages from 0, so ids repeat across pipelines; the
@@ -459,6 +467,10 @@ class _SessionHandlers(WorkerHandlerManager):
         if not descriptor.id.startswith(_DESCRIPTOR_ID_PREFIX):
             descriptor.id = ""
             digest = hashlib.sha256(descriptor.SerializeToString(deterministic=True))
+            if _reads_side_inputs(descriptor):
+                # A DoFn invoker keeps the values of globally windowed side inputs from
+                # bundle to bundle (right within one pipeline): such a stage is not shared.
+                digest.update(b"pipeline %d" % self._pipeline)
             descriptor.id = _DESCRIPTOR_ID_PREFIX + digest.hexdigest()[:32]
             self.descriptors.add(descriptor.id)
         super().register_process_bundle_descriptor(descriptor)
@@ -469,6 +481,14 @@ class _SessionHandlers(WorkerHandlerManager):
     def shutdown(self) -> None:
         """Close the workers' connections and the servers (Beam's ``close_all``)."""
         super().close_all()
+
+
+def _reads_side_inputs(descriptor: Any) -> bool:
+    for transform in descriptor.transforms.values():
+        if transform.spec.urn in _PAR_DO_URNS and beam_runner_api_pb2.ParDoPayload.FromString(
+                transform.spec.payload).side_inputs:
+            return True
+    return False
 
 
 def _fingerprints(environments: Any) -> dict[str, bytes]:
@@ -528,8 +548,9 @@ class WarmRunner(FnApiRunner):
             return super().run_stages(stage_context, stages)
         try:
             session = self._open_session(stage_context.components.environments)
-            session.begin()
-            self._token_prefix = b"zdl-%d-" % next(self._pipelines)
+            pipeline = next(self._pipelines)
+            session.begin(pipeline)
+            self._token_prefix = b"zdl-%d-" % pipeline
             with compat.reuse_handler_manager(session):
                 result = super().run_stages(stage_context, stages)
             if len(session.descriptors) > MAX_SESSION_DESCRIPTORS:
