@@ -129,7 +129,7 @@ _CLOSE_TIMEOUT_S = 10.0
 # Distinct stage descriptors one runner session serves before it is closed and a new one
 # opened: each holds a cached BundleProcessor per worker (its DoFns set up), and a
 # build_fn that changes its pipeline every batch adds stages without end.
-MAX_SESSION_DESCRIPTORS = 64
+MAX_SESSION_DESCRIPTORS = 128
 _DESCRIPTOR_ID_PREFIX = "zdl-"
 _PAR_DO_URNS = frozenset([common_urns.primitives.PAR_DO.urn,
                           common_urns.sdf_components.PAIR_WITH_RESTRICTION.urn,
@@ -534,8 +534,13 @@ class WarmRunner(FnApiRunner):
             except Exception:
                 # A failed pipeline may leave a dead worker or a half-run bundle behind:
                 # close the session (waiting for each worker's "done" or death, so a death
-                # is counted by now); the next attempt opens a new one.
-                self.close()
+                # is counted by now); the next attempt opens a new one. (A pipeline that
+                # ran beside the session's, on a manager of its own, leaves it alone.)
+                if self._busy.acquire(blocking=False):
+                    try:
+                        self.close()
+                    finally:
+                        self._busy.release()
                 if self._pool is None or self._lost() == lost or attempt == MAX_ATTEMPTS:
                     raise
                 _LOGGER.warning("a warm SDK worker died while running this pipeline; running "
