@@ -11,6 +11,7 @@ is imported inside the functions, so importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import types
 import weakref
@@ -21,7 +22,8 @@ if TYPE_CHECKING:  # imported lazily: storage (and the CLI) use this module with
 
 __all__ = ["windowed_value_maker", "set_tracker_range", "tracker_last_attempt",
            "tracker_checkpointed", "mark_tracker_checkpointed", "gcs_transient_predicate",
-           "cached_dofn_specs"]
+           "cached_dofn_specs", "handler_managers_reusable", "reuse_handler_manager",
+           "clear_runner_state", "prefix_cache_tokens"]
 
 
 def windowed_value_maker() -> Callable[[Any, int, Iterable[Any]], Any]:
@@ -123,3 +125,102 @@ def cached_dofn_specs() -> Iterator[None]:
             _specs_users -= 1
             if _specs_users == 0:
                 userstate.get_dofn_specs = _specs_original
+
+
+# FnApiRunner.run_stages builds a WorkerHandlerManager (gRPC servers, worker handlers, the
+# runner's state) for every pipeline and closes it at the end, so each micro-batch paid
+# for new servers, a new SDK harness per worker and a new BundleProcessor per stage.
+# beam_zdl.worker_pool.WarmRunner keeps one manager for the batches of a run: these
+# functions are the private parts of Beam that takes.
+_manager_lock = threading.Lock()
+_manager_users = 0
+_manager_original: Any = None
+_manager_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "beam_zdl_handler_manager", default=None)
+
+
+def handler_managers_reusable() -> bool:
+    """Whether this Beam builds its WorkerHandlerManager the way
+    :func:`reuse_handler_manager` expects: ``run_stages`` looks the class up by its
+    module name, and a bundle manager takes its cache tokens from a generator it
+    holds. False makes :class:`~beam_zdl.worker_pool.WarmRunner` build one per
+    pipeline, as Beam does."""
+    import inspect
+    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+    run_stages = inspect.unwrap(fn_runner.FnApiRunner.run_stages)
+    return ("WorkerHandlerManager" in run_stages.__code__.co_names
+            and fn_runner.WorkerHandlerManager in (worker_handlers.WorkerHandlerManager,
+                                                   _manager_factory)
+            and "_cache_token_generator" in fn_runner.BundleManager.__init__.__code__.co_names
+            and hasattr(fn_runner.FnApiRunner, "_get_bundle_manager"))
+
+
+def _manager_factory(environments: Any, provision_info: Any) -> Any:
+    manager = _manager_current.get()
+    if manager is None:
+        return _manager_original(environments, provision_info)
+    return manager
+
+
+@contextlib.contextmanager
+def reuse_handler_manager(manager: Any) -> Iterator[None]:
+    """Inside the block, ``FnApiRunner.run_stages`` called in this context runs on
+    ``manager`` instead of a new ``WorkerHandlerManager``; runs in other threads or
+    contexts are untouched. Patches the module name ``fn_runner.WorkerHandlerManager``
+    while any block is open."""
+    global _manager_users, _manager_original
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    with _manager_lock:
+        if _manager_users == 0:
+            _manager_original = fn_runner.WorkerHandlerManager
+            fn_runner.WorkerHandlerManager = _manager_factory
+        _manager_users += 1
+    token = _manager_current.set(manager)
+    try:
+        yield
+    finally:
+        _manager_current.reset(token)
+        with _manager_lock:
+            _manager_users -= 1
+            if _manager_users == 0:
+                fn_runner.WorkerHandlerManager = _manager_original
+
+
+def clear_runner_state(state_servicer: Any) -> None:
+    """Empty the runner side of the Fn API state (``StateServicer``): the side inputs and
+    user state one pipeline wrote must not be seen by the next one run on the same
+    WorkerHandlerManager. Re-runs ``StateServicer.__init__``, which only sets fields."""
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import StateServicer
+    StateServicer.__init__(state_servicer)
+
+
+def prefix_cache_tokens(bundle_manager: Any, prefix: bytes) -> None:
+    """Make the cache tokens a bundle manager sends start with ``prefix``.
+
+    Beam numbers them from 1 for each bundle manager, and an SDK harness caches user
+    state by token: a harness that outlives a pipeline would hand the next pipeline's
+    stateful DoFn the state of the last one. A prefix per pipeline keeps them apart
+    (within one pipeline nothing changes).
+    """
+    bundle_manager._cache_token_generator = _PrefixedTokens(
+        bundle_manager._cache_token_generator, prefix)
+
+
+class _PrefixedTokens:
+    """Beam's cache token generator with a prefix on each token; thread-safe as Beam's is
+    (a ParallelBundleManager's bundles draw from one generator in several threads)."""
+
+    def __init__(self, tokens: Any, prefix: bytes) -> None:
+        self._tokens, self._prefix = tokens, prefix
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> "_PrefixedTokens":
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            token = next(self._tokens)
+        copy = type(token)()
+        copy.CopyFrom(token)
+        copy.token = self._prefix + token.token
+        return copy

@@ -26,10 +26,36 @@ The driver's worker
 
 Runner side
     :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
-    ``multi_processing`` asks for) is swapped for this pool's: the runner still
-    serves control, data and state over gRPC on fresh ports per pipeline, but
-    its worker handler (:class:`_WarmWorkerHandler`) leases a warm process
-    instead of starting one.
+    ``multi_processing`` asks for) is swapped for this pool's: its worker
+    handler (:class:`_WarmWorkerHandler`) leases a warm process instead of
+    starting one.
+
+One runner session for the batches of a run
+    Beam's FnApiRunner builds, for every pipeline, a ``WorkerHandlerManager``
+    (control, data and state gRPC servers; one SDK harness per worker, which
+    builds a ``BundleProcessor`` per stage: unpickled DoFns, ``setup``, a Kafka
+    consumer) and closes it at the end: over half of a small batch's fixed
+    cost. :func:`warm_workers` opens one :class:`WarmRunner` for the run (also
+    with the in-process worker of ``--direct_running_mode=in_memory``), and it
+    keeps one manager (:class:`_SessionHandlers`) across pipelines:
+
+    * a stage's descriptor id is the hash of its content, so a harness reuses
+      the BundleProcessor of an identical stage of an earlier batch, as it
+      reuses one between bundles (Beam's ``BundleProcessorCache``; DoFns see
+      ``start_bundle``/``finish_bundle`` per bundle, ``setup`` once); a stage
+      that differs (the batch's ranges, a ``build_fn`` that changes) gets a
+      new id and a new processor;
+    * the runner's state (side inputs, user state) is emptied before each
+      pipeline, and the harness's state cache tokens carry the pipeline's
+      number, so nothing of one batch is seen by the next;
+    * a failed pipeline closes the session (the next attempt starts a new
+      one), as does a worker lost meanwhile, a change of environments, or
+      more than ``MAX_SESSION_DESCRIPTORS`` distinct stages (processors of
+      stages no longer used are released that way).
+
+    Where Beam differs from what this needs
+    (:func:`beam_zdl.compat.handler_managers_reusable`), every pipeline gets
+    its own manager, as before.
 
 Crash and replay
     A worker that dies (EOF on its protocol pipe) fails the pipeline it served
@@ -64,6 +90,7 @@ import contextlib
 import contextvars
 import copy
 import gc
+import hashlib
 import itertools
 import json
 import logging
@@ -75,16 +102,17 @@ import time
 from typing import Any, Iterator, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.portability import python_urns
+from apache_beam.portability import common_urns, python_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
-    FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler)
+    FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler, WorkerHandlerManager)
 
 import beam_zdl.compat as compat
 from beam_zdl.errors import WorkerLostError
 
 __all__ = ["WorkerPool", "WarmRunner", "warm_workers", "warm_runner", "young_gc",
-           "MAX_ATTEMPTS", "WORKER_URN", "GC_YOUNG_THRESHOLD"]
+           "MAX_ATTEMPTS", "WORKER_URN", "GC_YOUNG_THRESHOLD", "MAX_SESSION_DESCRIPTORS"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -98,10 +126,22 @@ _DONE_TIMEOUT_S = 60.0
 # Allocations between two collections of the youngest generation (Python's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
 _CLOSE_TIMEOUT_S = 10.0
+# Distinct stage descriptors one runner session serves before it is closed and a new one
+# opened: each holds a cached BundleProcessor per worker (its DoFns set up), and a
+# build_fn that changes its pipeline every batch adds stages without end.
+MAX_SESSION_DESCRIPTORS = 128
+_DESCRIPTOR_ID_PREFIX = "zdl-"
+_PAR_DO_URNS = frozenset([common_urns.primitives.PAR_DO.urn,
+                          common_urns.sdf_components.PAIR_WITH_RESTRICTION.urn,
+                          common_urns.sdf_components.SPLIT_AND_SIZE_RESTRICTIONS.urn,
+                          common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn,
+                          common_urns.sdf_components.TRUNCATE_SIZED_RESTRICTION.urn])
 
 _POOLS: dict[str, "WorkerPool"] = {}
 _ACTIVE: contextvars.ContextVar[Optional["WorkerPool"]] = contextvars.ContextVar(
     "beam_zdl_worker_pool", default=None)
+_RUNNER: contextvars.ContextVar[Optional["WarmRunner"]] = contextvars.ContextVar(
+    "beam_zdl_warm_runner", default=None)
 _ids = itertools.count()
 
 
@@ -287,16 +327,23 @@ class WorkerPool:
         _LOGGER.info("stopped %d warm SDK worker processes", len(workers))
 
 
-def _pool_size(options: PipelineOptions) -> Optional[int]:
-    """Workers the options ask for when they run on the FnApiRunner in processes, else None."""
+def _running_mode(options: PipelineOptions) -> Optional[str]:
+    """``in_memory`` or ``multi_processing`` when ``options`` run on the FnApiRunner in one
+    of these modes (the ones a :class:`WarmRunner` serves), else None."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
     if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "direct",
                                                        "FnApiRunner"):
         return None
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode != "multi_processing":
+    mode: Optional[str] = options.view_as(DirectOptions).direct_running_mode
+    return mode if mode in ("in_memory", "multi_processing") else None
+
+
+def _pool_size(options: PipelineOptions) -> Optional[int]:
+    """Workers the options ask for when they run on the FnApiRunner in processes, else None."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    if _running_mode(options) != "multi_processing":
         return None
-    return direct.direct_num_workers or os.cpu_count() or 1
+    return options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -321,31 +368,42 @@ def young_gc() -> Iterator[None]:
 def warm_workers(options: PipelineOptions,
                  driver_reads: bool = True) -> Iterator[Optional[WorkerPool]]:
     """For the batches run inside the block: a pool of warm workers when ``options`` run
-    them in worker processes (``--direct_running_mode=multi_processing``), and a GC tuned
-    for reading (:func:`young_gc`) in this process, which reads when the workers are
-    in process; Beam's DoFn introspection answers once per class
-    (:func:`beam_zdl.compat.cached_dofn_specs`), here and in the workers."""
-    size = _pool_size(options)
-    if size is None or _ACTIVE.get() is not None:
+    them in worker processes (``--direct_running_mode=multi_processing``), one
+    :class:`WarmRunner` session that keeps its harnesses and bundle processors from batch
+    to batch (see the module doc), and a GC tuned for reading (:func:`young_gc`) in this
+    process, which reads when the workers are in process; Beam's DoFn introspection
+    answers once per class (:func:`beam_zdl.compat.cached_dofn_specs`), here and in the
+    workers."""
+    if _ACTIVE.get() is not None or _RUNNER.get() is not None:
         with young_gc(), compat.cached_dofn_specs():
             yield _ACTIVE.get()
         return
-    pool = WorkerPool(size, driver_reads=driver_reads)
-    token = _ACTIVE.set(pool)
+    size = _pool_size(options)
+    pool = WorkerPool(size, driver_reads=driver_reads) if size is not None else None
+    runner = WarmRunner(pool, _running_mode(options)) if _running_mode(options) else None
+    pool_token = _ACTIVE.set(pool)
+    runner_token = _RUNNER.set(runner)
     try:
         with young_gc(), compat.cached_dofn_specs():
             yield pool
     finally:
-        _ACTIVE.reset(token)
-        pool.close()
+        _RUNNER.reset(runner_token)
+        _ACTIVE.reset(pool_token)
+        try:
+            if runner is not None:
+                runner.close()  # before the pool: its harnesses end when the runner hangs up
+        finally:
+            if pool is not None:
+                pool.close()
 
 
 def warm_runner(options: PipelineOptions) -> Optional["WarmRunner"]:
-    """A :class:`WarmRunner` on the active pool for ``options``, or None (no pool open)."""
-    pool = _ACTIVE.get()
-    if pool is None or _pool_size(options) is None:
+    """The run's :class:`WarmRunner` when ``options`` run in the mode it serves, else None
+    (outside :func:`warm_workers`)."""
+    runner = _RUNNER.get()
+    if runner is None or _running_mode(options) != runner.mode:
         return None
-    return WarmRunner(pool)
+    return runner
 
 
 @WorkerHandler.register_environment(WORKER_URN, bytes)
@@ -382,34 +440,153 @@ class _WarmWorkerHandler(GrpcWorkerHandler):
         threading.Thread(target=abort, name="beam-zdl-abort", daemon=True).start()
 
 
-class WarmRunner(FnApiRunner):
-    """An FnApiRunner whose worker processes come from a :class:`WorkerPool`.
+class _SessionHandlers(WorkerHandlerManager):
+    """A WorkerHandlerManager that serves several pipelines (see the module doc).
 
-    A pipeline during which a worker died is run again, same proto, up to
-    ``MAX_ATTEMPTS`` times (see the module doc).
+    Beam's ``run_stages`` closes its manager at the end of every pipeline: here that is a
+    no-op, and :meth:`shutdown` closes it for real.
     """
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, environments: Any, provision_info: Any, lost: int) -> None:
+        super().__init__(environments, provision_info)
+        self.lost = lost  # the pool's lost count when the session opened
+        self.environments = _fingerprints(environments)
+        self.descriptors: set[str] = set()
+        self._pipeline = 0
+
+    def begin(self, pipeline: int) -> None:
+        """Before each pipeline: nothing an earlier one wrote is left in the runner's state."""
+        compat.clear_runner_state(self.state_servicer)
+        self._pipeline = pipeline
+
+    def register_process_bundle_descriptor(self, descriptor: Any) -> None:
+        # Beam numbers a pipeline's stages from 0, so ids repeat across pipelines; the
+        # harnesses, which live on, must tell stages apart by content. Beam registers a
+        # stage's descriptor before its first request names it, and the request reads the
+        # id from this same object.
+        if not descriptor.id.startswith(_DESCRIPTOR_ID_PREFIX):
+            descriptor.id = ""
+            digest = hashlib.sha256(descriptor.SerializeToString(deterministic=True))
+            if _reads_side_inputs(descriptor):
+                # A DoFn invoker keeps the values of globally windowed side inputs from
+                # bundle to bundle (right within one pipeline): such a stage is not shared.
+                digest.update(b"pipeline %d" % self._pipeline)
+            descriptor.id = _DESCRIPTOR_ID_PREFIX + digest.hexdigest()[:32]
+            self.descriptors.add(descriptor.id)
+        super().register_process_bundle_descriptor(descriptor)
+
+    def close_all(self) -> None:
+        """Called by Beam at the end of every pipeline: the workers stay (see :meth:`shutdown`)."""
+
+    def shutdown(self) -> None:
+        """Close the workers' connections and the servers (Beam's ``close_all``)."""
+        super().close_all()
+
+
+def _reads_side_inputs(descriptor: Any) -> bool:
+    for transform in descriptor.transforms.values():
+        if transform.spec.urn in _PAR_DO_URNS and beam_runner_api_pb2.ParDoPayload.FromString(
+                transform.spec.payload).side_inputs:
+            return True
+    return False
+
+
+def _fingerprints(environments: Any) -> dict[str, bytes]:
+    return {k: v.SerializeToString(deterministic=True) for k, v in environments.items()}
+
+
+class WarmRunner(FnApiRunner):
+    """An FnApiRunner for the batches of one run: its worker processes come from a
+    :class:`WorkerPool` (with ``multi_processing``), and its workers, harnesses and bundle
+    processors are kept from one pipeline to the next (see the module doc).
+
+    A pipeline during which a worker died is run again, same proto, up to
+    ``MAX_ATTEMPTS`` times (see the module doc). Pipelines run one at a time; one started
+    while another runs gets a manager of its own, as with Beam's FnApiRunner.
+
+    Args:
+        pool: the warm worker processes, or None for the in-process worker.
+        mode: the ``--direct_running_mode`` it serves.
+    """
+
+    def __init__(self, pool: Optional[WorkerPool], mode: str) -> None:
         super().__init__()
         self._pool = pool
+        self.mode = mode
+        self._session: Optional[_SessionHandlers] = None
+        self._busy = threading.Lock()
+        self._pipelines = itertools.count()
+        self._token_prefix: Optional[bytes] = None  # set while a session serves a pipeline
+
+    def _lost(self) -> int:
+        return self._pool.lost if self._pool is not None else 0
 
     def run_via_runner_api(self, pipeline_proto: Any, options: Any) -> Any:
-        for env in pipeline_proto.components.environments.values():
-            if env.urn == python_urns.SUBPROCESS_SDK:  # what multi_processing asked for
-                env.urn = WORKER_URN
-                env.payload = self._pool.id.encode()
+        if self._pool is not None:
+            for env in pipeline_proto.components.environments.values():
+                if env.urn == python_urns.SUBPROCESS_SDK:  # what multi_processing asked for
+                    env.urn = WORKER_URN
+                    env.payload = self._pool.id.encode()
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            lost = self._pool.lost
+            lost = self._lost()
             try:
                 return super().run_via_runner_api(copy.deepcopy(pipeline_proto), options)
             except Exception:
-                # The runner closed the handlers (waiting for each worker's "done" or
-                # death) before this propagates, so a death is counted by now.
-                if self._pool.lost == lost or attempt == MAX_ATTEMPTS:
+                # A failed pipeline may leave a dead worker or a half-run bundle behind:
+                # close the session (waiting for each worker's "done" or death, so a death
+                # is counted by now); the next attempt opens a new one. (A pipeline that
+                # ran beside the session's, on a manager of its own, leaves it alone.)
+                if self._busy.acquire(blocking=False):
+                    try:
+                        self.close()
+                    finally:
+                        self._busy.release()
+                if self._pool is None or self._lost() == lost or attempt == MAX_ATTEMPTS:
                     raise
                 _LOGGER.warning("a warm SDK worker died while running this pipeline; running "
                                 "it again with a replacement (attempt %d of %d)",
                                 attempt + 1, MAX_ATTEMPTS)
+        raise AssertionError("unreachable")
+
+    def run_stages(self, stage_context: Any, stages: Any) -> Any:
+        if not compat.handler_managers_reusable() or not self._busy.acquire(blocking=False):
+            return super().run_stages(stage_context, stages)
+        try:
+            session = self._open_session(stage_context.components.environments)
+            pipeline = next(self._pipelines)
+            session.begin(pipeline)
+            self._token_prefix = b"zdl-%d-" % pipeline
+            with compat.reuse_handler_manager(session):
+                result = super().run_stages(stage_context, stages)
+            if len(session.descriptors) > MAX_SESSION_DESCRIPTORS:
+                self.close()
+            return result
+        finally:
+            self._token_prefix = None
+            self._busy.release()
+
+    def _open_session(self, environments: Any) -> _SessionHandlers:
+        session = self._session
+        if session is not None and (session.lost != self._lost()
+                                    or session.environments != _fingerprints(environments)):
+            self.close()  # a worker died since the last pipeline, or the environments changed
+            session = None
+        if session is None:
+            session = self._session = _SessionHandlers(environments, self._provision_info,
+                                                       self._lost())
+        return session
+
+    def _get_bundle_manager(self, bundle_context_manager: Any) -> Any:
+        manager = super()._get_bundle_manager(bundle_context_manager)
+        if self._token_prefix is not None:
+            compat.prefix_cache_tokens(manager, self._token_prefix)
+        return manager
+
+    def close(self) -> None:
+        """Close the session's workers and servers (a new session opens on the next run)."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.shutdown()
 
 
 # --- the worker process ------------------------------------------------------------------

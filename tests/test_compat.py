@@ -124,3 +124,72 @@ def test_cached_dofn_specs_answer_as_beam_does_and_once_per_class():
         userstate.get_dofn_specs = original
     assert calls.count("Stateful") == 1 and calls.count("Plain") == 1, calls
     assert calls.count("CallableWrapperDoFn") >= 3, calls  # (Create uses them too)
+
+
+def test_handler_managers_reusable_on_this_beam():
+    assert compat.handler_managers_reusable(), (
+        f"{BEAM}: FnApiRunner no longer builds its WorkerHandlerManager by module name, or "
+        "BundleManager no longer holds _cache_token_generator: every batch now gets its own "
+        "manager (slower, still correct); adapt beam_zdl.compat")
+
+
+def test_reuse_handler_manager_runs_pipelines_on_the_given_manager():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
+        WorkerHandlerManager)
+    original = fn_runner.WorkerHandlerManager
+    kept = []
+
+    class Kept(WorkerHandlerManager):
+        closes = 0
+
+        def close_all(self):  # what Beam calls at the end of every pipeline
+            self.closes += 1
+
+        def register_process_bundle_descriptor(self, descriptor):
+            # Beam's ids repeat from pipeline to pipeline (see worker_pool._SessionHandlers)
+            if not descriptor.id.startswith("run"):
+                descriptor.id = f"run{self.closes}-{descriptor.id}"
+            super().register_process_bundle_descriptor(descriptor)
+
+    class OneManager(FnApiRunner):
+        def run_stages(self, stage_context, stages):
+            if not kept:
+                kept.append(Kept(stage_context.components.environments,
+                                 self._provision_info))
+            with compat.reuse_handler_manager(kept[0]):
+                return super().run_stages(stage_context, stages)
+
+    try:
+        for values in ([1, 2], [5]):
+            with beam.Pipeline(runner=OneManager()) as p:
+                assert_that(p | beam.Create(values) | beam.Map(lambda x: x + 1),
+                            equal_to([v + 1 for v in values]))
+        assert kept[0].closes == 2, f"{BEAM}: run_stages did not run on the given manager"
+    finally:
+        if kept:
+            WorkerHandlerManager.close_all(kept[0])
+    assert fn_runner.WorkerHandlerManager is original, "the patch was not removed"
+
+
+def test_clear_runner_state_empties_the_state_servicer():
+    from apache_beam.portability.api import beam_fn_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import StateServicer
+    servicer = StateServicer()
+    key = beam_fn_api_pb2.StateKey(runner=beam_fn_api_pb2.StateKey.Runner(key=b"k"))
+    servicer.append_raw(key, b"data")
+    assert servicer.get_raw(key)[0] == b"data"
+    compat.clear_runner_state(servicer)
+    assert servicer.get_raw(key)[0] == b"", f"{BEAM}: StateServicer kept state"
+
+
+def test_prefix_cache_tokens_prefixes_what_a_bundle_manager_sends():
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    manager = fn_runner.BundleManager(
+        None, cache_token_generator=fn_runner.FnApiRunner.get_cache_token_generator(
+            static=False))
+    plain = next(fn_runner.FnApiRunner.get_cache_token_generator(static=False))
+    compat.prefix_cache_tokens(manager, b"zdl-7-")
+    token = next(manager._cache_token_generator)
+    assert token.token == b"zdl-7-" + plain.token and token.HasField("user_state"), \
+        f"{BEAM}: BundleManager's cache tokens changed shape"

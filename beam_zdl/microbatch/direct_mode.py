@@ -24,6 +24,7 @@ from typing import Any, Optional
 import apache_beam as beam
 
 import beam_zdl.kafka as kafka
+from beam_zdl.batch_options import batch_options
 import beam_zdl.ranges as ranges
 from beam_zdl.io import ReadFromKafka
 from beam_zdl.microbatch.loop import Batch, BatchLoop, StopFlag
@@ -79,7 +80,7 @@ class DirectDriver(BatchLoop):
             epoch=self.epoch)
 
     def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
-        return ReadFromKafka(ranges=batch.ranges, options=self.options)
+        return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options))
 
     def _after_complete(self, batch: Batch) -> None:
         # Step 5

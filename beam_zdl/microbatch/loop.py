@@ -147,7 +147,9 @@ def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
     pipeline = beam.Pipeline(runner=pipeline_runner(options), options=batch_options(options))
-    records = pipeline | f"ReadBatch{batch.batch_id}" >> read
+    # One label for every batch: a stage that is the same in two batches then has the same
+    # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
+    records = pipeline | "ReadBatch" >> read
     token = _BUILDING.set(batch)
     try:
         build_fn(records, batch)

@@ -45,6 +45,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.positions as positions
+from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
@@ -229,7 +230,8 @@ class WalDriver(BatchLoop):
         if ends is None:
             ends = self._end_offsets()
             self.progress.planned_to(ends)
-        return ReadFromWal(segments=list(batch.segments), end_offsets=ends, options=self.options)
+        return ReadFromWal(segments=list(batch.segments), end_offsets=ends,
+                           options=batch_options(self.options))
 
     def _after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""
