@@ -173,7 +173,7 @@ def reuse_handler_manager(manager: Any) -> Iterator[None]:
     with _manager_lock:
         if _manager_users == 0:
             _manager_original = fn_runner.WorkerHandlerManager
-            fn_runner.WorkerHandlerManager = _manager_factory
+            setattr(fn_runner, "WorkerHandlerManager", _manager_factory)
         _manager_users += 1
     token = _manager_current.set(manager)
     try:
@@ -183,7 +183,7 @@ def reuse_handler_manager(manager: Any) -> Iterator[None]:
         with _manager_lock:
             _manager_users -= 1
             if _manager_users == 0:
-                fn_runner.WorkerHandlerManager = _manager_original
+                setattr(fn_runner, "WorkerHandlerManager", _manager_original)
 
 
 def clear_runner_state(state_servicer: Any) -> None:

@@ -380,7 +380,8 @@ def warm_workers(options: PipelineOptions,
         return
     size = _pool_size(options)
     pool = WorkerPool(size, driver_reads=driver_reads) if size is not None else None
-    runner = WarmRunner(pool, _running_mode(options)) if _running_mode(options) else None
+    mode = _running_mode(options)
+    runner = WarmRunner(pool, mode) if mode else None
     pool_token = _ACTIVE.set(pool)
     runner_token = _RUNNER.set(runner)
     try:
