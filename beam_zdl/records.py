@@ -20,6 +20,8 @@ from typing import Any, Callable, List, NamedTuple, Optional
 
 import apache_beam as beam
 
+from beam_zdl.wal import block_columns
+
 __all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_block",
            "payload_bytes"]
 
@@ -90,26 +92,16 @@ def from_block(block: Any) -> List[KafkaRecord]:
 
     One loop over the columns: ~0.5 us a record (a WalRecord each cost ~5 us).
     """
-    n = len(block.offsets)
-    keys: List[Optional[bytes]] = list(block.keys) or [None] * n
-    for index in block.null_keys:
-        keys[index] = None
-    values: List[Optional[bytes]] = list(block.values) or [None] * n
-    for index in block.null_values:
-        values[index] = None
+    keys, values, block_headers = block_columns(block)
     topic, partition = block.topic, block.partition
-    if not block.header_counts:
+    if block_headers is None:
         return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, []))
                 for offset, key, value, ts in zip(block.offsets, keys, values,
                                                   block.timestamps_ms)]
-    flat = [KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in block.headers]
-    headers, at = [], 0
-    for count in block.header_counts:
-        headers.append(flat[at:at + count])
-        at += count
-    return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, hdrs))
+    return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, [
+        KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in hdrs]))
             for offset, key, value, ts, hdrs in zip(block.offsets, keys, values,
-                                                    block.timestamps_ms, headers)]
+                                                    block.timestamps_ms, block_headers)]
 
 
 def payload_bytes(record: KafkaRecord) -> int:

@@ -102,6 +102,7 @@ __all__ = [
     "decode_segment",
     "read_segment_blocks",
     "records_of_block",
+    "block_columns",
     "verify_segment",
     "read_footer",
     "segment_refs",
@@ -178,37 +179,34 @@ def _timestamp_type(record: Any) -> int:
 
 def records_of_block(block: wal_pb2.RecordBlock) -> list[wal_pb2.WalRecord]:
     """The records of a (verified) block as :class:`WalRecord` messages (absent = null)."""
-    n = len(block.offsets)
-    keys = _nullable(block.keys, block.null_keys, n)
-    values = _nullable(block.values, block.null_values, n)
-    headers = _headers_of(block, n)
+    keys, values, headers = block_columns(block)
     return [wal_pb2.WalRecord(topic=block.topic, partition=block.partition, offset=offset,
                               timestamp_ms=ts, timestamp_type=ts_type, key=key, value=value,
-                              headers=hdrs)
+                              headers=hdrs or ())
             for offset, ts, ts_type, key, value, hdrs in zip(
                 block.offsets, block.timestamps_ms, block.timestamp_types, keys, values,
-                headers)]
+                headers or itertools.repeat(None))]
 
 
-def _nullable(column: Any, nulls: Any, n: int) -> list[bytes | None]:
-    """A key or value column with its nulls restored (an empty column: all null)."""
-    if not column:
-        return [None] * n
-    out: list[bytes | None] = list(column)
-    for index in nulls:
-        out[index] = None
-    return out
-
-
-def _headers_of(block: wal_pb2.RecordBlock, n: int) -> list[list[wal_pb2.Header]]:
-    """Each record's headers (the ``Header`` messages), split by ``header_counts``."""
+def block_columns(block: wal_pb2.RecordBlock) -> tuple[
+        list[bytes | None], list[bytes | None], list[list[wal_pb2.Header]] | None]:
+    """A (verified) block's keys and values with their nulls restored, and each record's
+    ``Header`` messages (None when no record has headers): what every reader of blocks
+    needs before building its own records."""
+    n = len(block.offsets)
+    columns = []
+    for column, nulls in ((block.keys, block.null_keys), (block.values, block.null_values)):
+        out: list[bytes | None] = list(column) or [None] * n  # empty: all null
+        for index in nulls:
+            out[index] = None
+        columns.append(out)
     if not block.header_counts:
-        return [[] for _ in range(n)]
-    flat, out, at = list(block.headers), [], 0
+        return columns[0], columns[1], None
+    flat, headers, at = list(block.headers), [], 0
     for count in block.header_counts:
-        out.append(flat[at:at + count])
+        headers.append(flat[at:at + count])
         at += count
-    return out
+    return columns[0], columns[1], headers
 
 
 def _block_problem(block: wal_pb2.RecordBlock) -> str | None:
