@@ -37,8 +37,6 @@ at least one segment).
 from __future__ import annotations
 
 import logging
-import sys
-import threading
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -52,7 +50,7 @@ from beam_zdl.io import ReadFromWal
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
-from beam_zdl.receiver import Receiver
+from beam_zdl.receiver_process import ReceiverProcess
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import forget_segments, list_segments, segment_refs
@@ -62,12 +60,6 @@ __all__ = ["WalDriver"]
 _LOGGER = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2
-
-# While the receiver thread runs, the driver's runner threads (the workers' gRPC control
-# and data planes) wait for the GIL the receiver's busy loop holds: at the default 5 ms
-# switch interval each hand-off costs up to 5 ms. In one 300k-record run, 0.5 ms took
-# the batches' time while the receiver ran from ~10 s to 4-7 s each.
-_SWITCH_INTERVAL_S = 0.0005
 
 
 def _name(uri: str) -> str:
@@ -81,47 +73,33 @@ class WalDriver(BatchLoop):
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
         super().__init__(build_fn, options, config)
-        self.receiver = Receiver(config, checkpoint_dir=config.checkpoint_dir)
-        self._receiver_stop = threading.Event()
-        self._receiver_error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
+        self._receiver: Optional[ReceiverProcess] = None
         self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
         self._receiver_done_before_listing = False
         assert config.wal_dir is not None  # ZdlConfig requires it with --zdl_mode=wal
         self._wal_dir: str = config.wal_dir
         self._wal_storage = open_storage(self._wal_dir)
 
-    # --- the receiver thread --------------------------------------------------------------
+    # --- the receiver process -------------------------------------------------------------
 
     def _start(self, stop: StopFlag) -> None:
         drain = self.config.trigger == "available_now"
         self._targets = self._end_offsets() if drain else None
-
-        def receive() -> None:
-            try:
-                self.receiver.run(self._receiver_stop, drain_to_end=drain,
-                                  targets=self._targets)
-            except BaseException as exc:  # surfaced by _check in the driver's thread
-                self._receiver_error = exc
-                _LOGGER.error("WAL receiver failed: %s", exc)
-
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, _SWITCH_INTERVAL_S))
-        self._thread = threading.Thread(target=receive, name="beam-zdl-receiver", daemon=True)
-        self._thread.start()
+        self._receiver = ReceiverProcess(self.config, checkpoint_dir=self.config.checkpoint_dir,
+                                         drain=drain, targets=self._targets)
+        self._receiver.start()
 
     def _stop(self) -> None:
-        self._receiver_stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            sys.setswitchinterval(self._switch_interval)
+        if self._receiver is not None:
+            self._receiver.stop()
 
     def _check(self) -> None:
-        if self._receiver_error is not None:
-            raise self._receiver_error
+        error = self._receiver.error() if self._receiver is not None else None
+        if error is not None:
+            raise error
 
     def _receiver_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._receiver is not None and self._receiver.running
 
     # --- planning -------------------------------------------------------------------------
 
@@ -204,7 +182,8 @@ class WalDriver(BatchLoop):
         return self.config.trigger == "available_now" and self._receiver_done_before_listing
 
     def _finished(self) -> None:
-        if not self.receiver.drained:
+        assert self._receiver is not None  # started by _start
+        if not self._receiver.drained:
             raise ZdlError("--trigger=available_now: the WAL receiver stopped before every "
                            "partition was drained; the run is not finished (run it again)")
         assert self._targets is not None  # set by _start under available_now
