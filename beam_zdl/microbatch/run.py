@@ -54,8 +54,7 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     """
     config = ZdlConfig.from_options(options, need_checkpoint=True)
     loop = WalDriver if config.mode == "wal" else DirectDriver
-    # Worker processes live for the run, not per batch. In WAL mode the driver runs the
-    # receiver thread: a harness thread there would share its GIL and slow the receiver,
-    # which bounds the run's rate, so every worker is a process.
-    with warm_workers(options, driver_reads=config.mode != "wal"):
+    # Worker processes live for the run, not per batch; with 2 or more, the driver is one of
+    # them (WAL mode's receiver is a process of its own: it does not share the driver's GIL).
+    with warm_workers(options):
         return loop(build_fn, options, config).run()
