@@ -20,9 +20,9 @@ The driver's worker
     mode runs one): the driver only waits while its batch runs, and every
     process that imports Beam costs ~140 MB before it reads a record, so this
     saves a process's memory and start-up. It cannot be replaced: its crash
-    is the driver's, and the batch is replayed at the next start. Not in WAL
-    mode: there the driver runs the receiver thread, whose rate bounds the
-    run, and a harness thread would share its GIL; every worker is a process.
+    is the driver's, and the batch is replayed at the next start. Also in WAL
+    mode, whose receiver is a process of its own (``driver_reads=False``
+    makes every worker a process).
 
 Runner side
     :class:`WarmRunner` is an FnApiRunner whose subprocess environment (what
@@ -227,8 +227,7 @@ class WorkerPool:
         size: workers to start now (``--direct_num_workers``); more start on demand if a
             pipeline asks for more at once.
         driver_reads: with ``size`` >= 2, one of them is the driver itself (a harness
-            thread); False makes all of them processes (WAL mode: the driver's core and
-            GIL go to the receiver thread).
+            thread); False makes all of them processes.
     """
 
     def __init__(self, size: int, driver_reads: bool = True) -> None:

@@ -1,7 +1,11 @@
-"""WAL mode of run_micro_batches: a receiver thread fills the WAL, batches read it.
+"""WAL mode of run_micro_batches: a receiver process fills the WAL, batches read it.
 
-The driver runs a :class:`~beam_zdl.receiver.Receiver` as a thread of its own
-process and plans batches of sealed segments. The steps are numbered as in
+The driver runs a :class:`~beam_zdl.receiver.Receiver` in a child process
+(:class:`~beam_zdl.receiver_process.ReceiverProcess`: it dies with the
+driver, its errors come back as the same exception, its logs through the
+driver's loggers) and plans batches of sealed segments. The receiver's busy
+loop then holds no GIL of the driver, which is one of the batches' workers as
+in direct mode. The steps are numbered as in
 :mod:`beam_zdl.microbatch.loop` (Steps 0, 1 and 4 are the shared loop's):
 
 * Step 2: plan — the sealed segments not referenced by any stored plan, in
