@@ -1,8 +1,9 @@
 """WAL mode end to end on a real broker and real storage, including SIGKILLed processes.
 
 The driver runs as ``tests.driver_proc`` (its sink writes batch-<id>.jsonl
-idempotently); the receiver is a thread of that process, so killing the
-driver kills the receiver too. Every test checks, at the end, that each
+idempotently); the receiver is its child process, which dies with it
+(PR_SET_PDEATHSIG), and a crash point that kills the receiver kills the
+driver too. Every test checks, at the end, that each
 produced record is in the output exactly once, that the WAL holds each
 offset exactly once (the receiver never re-read what it had sealed), that
 no planned segment is missing, and that the group's offsets are at the end.
