@@ -193,3 +193,19 @@ def test_prefix_cache_tokens_prefixes_what_a_bundle_manager_sends():
     token = next(manager._cache_token_generator)
     assert token.token == b"zdl-7-" + plain.token and token.HasField("user_state"), \
         f"{BEAM}: BundleManager's cache tokens changed shape"
+
+
+def test_impulse_payloads_feed_the_named_impulse_only():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    assert compat.impulse_payloads_supported(), (
+        f"{BEAM}: the FnApiRunner no longer enqueues Impulse elements as "
+        "compat.impulse_payloads expects")
+    with compat.impulse_payloads({"Data": b"the payload"}):
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            data = p | "Data" >> beam.Impulse() | "D" >> beam.Map(bytes)
+            other = p | "Other" >> beam.Impulse() | "O" >> beam.Map(bytes)
+            assert_that(data, equal_to([b"the payload"]), label="CheckData")
+            assert_that(other, equal_to([b""]), label="CheckOther")
+    # Outside the block (and in other contexts) every Impulse emits b"" again.
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        assert_that(p | "Data" >> beam.Impulse(), equal_to([b""]))
