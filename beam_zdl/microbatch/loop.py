@@ -146,7 +146,8 @@ def current_batch() -> Optional[Batch]:
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
-    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=batch_options(options))
+    options = batch_options(options)
+    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
@@ -178,7 +179,8 @@ class BatchLoop(abc.ABC):
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
         self.build_fn = build_fn
-        self.options = options
+        # Memoized views for the run (batch_options): each batch asks its flags again.
+        self.options = batch_options(options)
         self.config = config
         assert config.checkpoint_dir is not None  # ZdlConfig(need_checkpoint=True) has one
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
