@@ -39,6 +39,8 @@ class DirectDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_DIRECT
 
+    _last_stops: Optional[Offsets] = None  # the newest plan's stops, once known
+
     def _start(self, stop: StopFlag) -> None:
         # A run with targets ends there: --ending_offsets, or what available_now saw at start.
         self._targets: Optional[Offsets] = None
@@ -61,6 +63,8 @@ class DirectDriver(BatchLoop):
         self._verify_finished(self._targets)
 
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        if not replay:  # just written: the newest plan
+            self._last_stops = {(r.topic, r.partition): r.stop for r in plan.ranges}
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
                                           for r in plan.ranges), replay=replay)
 
@@ -90,8 +94,11 @@ class DirectDriver(BatchLoop):
 
     def _checkpointed(self) -> Optional[Offsets]:
         """The last plan's stops (where reading resumes), or None before the first plan."""
-        planned = self.coordinator.planned_ids()
-        last = self.coordinator.read_plan(planned[-1]) if planned else None
-        if last is None:
-            return None
-        return {(r.topic, r.partition): r.stop for r in last.ranges}
+        # Read once per run; then each plan this driver writes is the newest one.
+        if self._last_stops is None:
+            planned = self.coordinator.planned_ids()
+            if not planned:
+                return None
+            last = self.coordinator.read_plan(planned[-1])
+            self._last_stops = {(r.topic, r.partition): r.stop for r in last.ranges}
+        return dict(self._last_stops)

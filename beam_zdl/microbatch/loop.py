@@ -290,10 +290,10 @@ class BatchLoop(abc.ABC):
                                  batch.batch_id, batch.planned_records, len(batch.segments))
                     self._run_and_complete(batch)
                 # Steps 2-5
+                batch_id = self.coordinator.next_batch_id()
                 while not stop.stopped and not self._reached_max():
                     self._check()
                     next_started = time.monotonic()
-                    batch_id = self.coordinator.next_batch_id()
                     plan = self._next_plan(batch_id)
                     if plan is None:
                         if self._done_when_idle():
@@ -307,6 +307,9 @@ class BatchLoop(abc.ABC):
                     plan = self.coordinator.write_plan(plan)
                     crash_point("after_plan")
                     self._run_and_complete(self._batch_of(plan, replay=False))
+                    # This driver is the checkpoint's only writer (write_plan checks the
+                    # fence and the id): the next id needs no listing.
+                    batch_id = plan.batch_id + 1
                     if cfg.trigger == "continuous":
                         stop.sleep(max(0.0, cfg.batch_interval_s -
                                        (time.monotonic() - next_started)))
