@@ -196,6 +196,9 @@ class BatchLoop(abc.ABC):
     def _stop(self) -> None:
         """Called once when the loop ends, also on errors."""
 
+    def _before_complete(self, batch: Batch) -> None:
+        """Called after the batch's pipeline ran, before its completion is written."""
+
     def _check(self) -> None:
         """Raise if a helper (the WAL receiver) failed."""
 
@@ -327,6 +330,7 @@ class BatchLoop(abc.ABC):
         # Step 3
         records = run_batch_pipeline(self.build_fn, self.options, batch, self._read(batch))
         crash_point("after_run")
+        self._before_complete(batch)
         # Step 4
         self.coordinator.complete(batch.batch_id, records)
         crash_point("after_complete")
