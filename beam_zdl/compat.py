@@ -105,21 +105,53 @@ def _cached_get_dofn_specs(dofn: Any) -> tuple[set[Any], set[Any]]:
     return set(cached[0]), set(cached[1])
 
 
+# Every ParDo's construction reads the source of its DoFn's process method and scans it
+# for yield and return (core._check_fn_use_yield_and_return, a warning's test): 1-4 ms
+# per ParDo, and a batch pipeline builds ten or more. The answer depends only on the
+# source of the code object, so it is kept per code object (held, so an id is not reused).
+_yield_original: Any = None
+_yield_cache: dict[int, tuple[Any, bool]] = {}
+_YIELD_CACHE_SIZE = 4096
+
+
+def _cached_yield_and_return(fn: Any) -> bool:
+    import inspect
+    try:
+        code = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__code__", None)
+    except ValueError:  # a cycle of __wrapped__: Beam's own check says what it says
+        code = None
+    if code is None:
+        answer: bool = _yield_original(fn)
+        return answer
+    cached = _yield_cache.get(id(code))
+    if cached is not None and cached[0] is code:
+        return bool(cached[1])
+    answer = bool(_yield_original(fn))
+    if len(_yield_cache) >= _YIELD_CACHE_SIZE:
+        _yield_cache.clear()
+    _yield_cache[id(code)] = (code, answer)
+    return answer
+
+
 @contextlib.contextmanager
 def cached_dofn_specs() -> Iterator[None]:
-    """Inside the block, Beam's ``userstate.get_dofn_specs`` answers once per DoFn class.
+    """Inside the block, Beam's ``userstate.get_dofn_specs`` answers once per DoFn class,
+    and its yield-and-return check of a ParDo's ``process`` once per code object.
 
-    Patches the module function Beam's callers look up (``is_stateful_dofn``,
-    ``validate_stateful_dofn``, ``ParDo.to_runner_api_parameter``); restored when the
-    last user leaves the block. The cache holds classes weakly (a batch's DoFn classes
-    unpickled by value come and go).
+    Patches the module functions Beam's callers look up (``is_stateful_dofn``,
+    ``validate_stateful_dofn``, ``ParDo.to_runner_api_parameter``; ``ParDo.__init__``);
+    restored when the last user leaves the block. The specs cache holds classes weakly
+    (a batch's DoFn classes unpickled by value come and go).
     """
-    global _specs_users, _specs_original
-    from apache_beam.transforms import userstate
+    global _specs_users, _specs_original, _yield_original
+    from apache_beam.transforms import core, userstate
     with _specs_lock:
         if _specs_users == 0:
             _specs_original = userstate.get_dofn_specs
             userstate.get_dofn_specs = _cached_get_dofn_specs
+            _yield_original = getattr(core, "_check_fn_use_yield_and_return", None)
+            if _yield_original is not None:
+                setattr(core, "_check_fn_use_yield_and_return", _cached_yield_and_return)
         _specs_users += 1
     try:
         yield
@@ -128,6 +160,9 @@ def cached_dofn_specs() -> Iterator[None]:
             _specs_users -= 1
             if _specs_users == 0:
                 userstate.get_dofn_specs = _specs_original
+                if _yield_original is not None:
+                    setattr(core, "_check_fn_use_yield_and_return", _yield_original)
+                _yield_cache.clear()
 
 
 # FnApiRunner.run_stages builds a WorkerHandlerManager (gRPC servers, worker handlers, the

@@ -255,3 +255,44 @@ def test_skip_empty_parts_runs_only_the_parts_with_input():
     assert _run_two_workers(FnApiRunner()).count("one") == 2
     # ... skipped: one bundle for one element; ten elements still go to both workers.
     assert _run_two_workers(Skipping()) == ["many", "many", "one"]
+
+
+def test_yield_and_return_check_answers_as_beam_does_once_per_code_object():
+    from apache_beam.transforms import core
+
+    class Both(beam.DoFn):
+        def process(self, element):
+            if element:
+                return [element]
+            yield element
+
+    class Yields(beam.DoFn):
+        def process(self, element):
+            yield element
+
+    original = core._check_fn_use_yield_and_return
+    expected = {"both": original(Both().process), "yields": original(Yields().process)}
+    assert expected == {"both": True, "yields": False}, \
+        f"{BEAM}: _check_fn_use_yield_and_return answers differently"
+    calls = []
+
+    def counting(fn):
+        calls.append(fn)
+        return original(fn)
+
+    core._check_fn_use_yield_and_return = counting
+    try:
+        with compat.cached_dofn_specs():
+            assert core._check_fn_use_yield_and_return is not counting, \
+                f"{BEAM}: _check_fn_use_yield_and_return is no longer what ParDo calls"
+            for _ in range(3):
+                beam.ParDo(Both())
+                beam.ParDo(Yields())
+                beam.Map(lambda x: x)
+            assert core._check_fn_use_yield_and_return(Both().process) is True
+            assert core._check_fn_use_yield_and_return(Yields().process) is False
+        assert core._check_fn_use_yield_and_return is counting, "the original was not restored"
+    finally:
+        core._check_fn_use_yield_and_return = original
+    # Once per code object: Both.process, Yields.process, the Map's wrapper.
+    assert len(calls) <= 3, calls
