@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import itertools
 import threading
 import types
 import weakref
@@ -26,7 +25,7 @@ __all__ = ["windowed_value_maker", "set_tracker_range", "tracker_last_attempt",
            "tracker_checkpointed", "mark_tracker_checkpointed", "gcs_transient_predicate",
            "cached_dofn_specs", "handler_managers_reusable", "reuse_handler_manager",
            "clear_runner_state", "prefix_cache_tokens", "impulse_payloads_supported",
-           "impulse_payloads", "empty_parts_skippable", "skip_empty_parts"]
+           "impulse_payloads"]
 
 
 def windowed_value_maker() -> Callable[[Any, int, Iterable[Any]], Any]:
@@ -359,79 +358,3 @@ def impulse_payloads(payloads: dict[str, bytes]) -> Iterator[None]:
                 setattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
                         _impulse_original)
 
-
-# With several workers, the FnApiRunner's ParallelBundleManager splits a bundle's input
-# into one part per worker and runs every part, also an empty one: a stage fed one element
-# (an Impulse, a global combine's one key) cost each other worker a bundle, and a new
-# stage a bundle processor built there too.
-
-@functools.cache
-def empty_parts_skippable() -> bool:
-    """Whether this Beam's ``ParallelBundleManager.process_bundle`` is what
-    :func:`skip_empty_parts` runs in its place (with empty parts left out)."""
-    import inspect
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    manager = getattr(fn_runner, "ParallelBundleManager", None)
-    if manager is None:
-        return False
-    code = inspect.unwrap(manager.process_bundle).__code__
-    names = set(code.co_names)
-    for const in code.co_consts:  # the nested execute()
-        if isinstance(const, types.CodeType):
-            names |= set(const.co_names)
-    return (list(inspect.signature(manager.process_bundle).parameters) ==
-            ["self", "inputs", "expected_outputs", "fired_timers", "expected_output_timers",
-             "dry_run"]
-            and {"partition", "shared_unbounded_instance", "BundleManager", "consolidate",
-                 "_num_workers", "_progress_frequency", "_cache_token_generator",
-                 "bundle_context_manager"} <= names)
-
-
-def skip_empty_parts(bundle_manager: Any) -> None:
-    """Make a ``ParallelBundleManager`` run only the parts of a bundle that have input (the
-    first part always, as it carries the timers); Beam promises no number of bundles, so a
-    DoFn cannot tell. Other bundle managers are left as they are."""
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    if type(bundle_manager) is fn_runner.ParallelBundleManager:
-        setattr(bundle_manager, "process_bundle",
-                functools.partial(_process_parts_with_input, bundle_manager))
-
-
-def _process_parts_with_input(self: Any, inputs: Any, expected_outputs: Any, fired_timers: Any,
-                              expected_output_timers: Any, dry_run: bool = False) -> Any:
-    """Beam's ``ParallelBundleManager.process_bundle``, without its empty parts."""
-    from apache_beam.metrics import monitoring_infos
-    from apache_beam.portability.api import beam_fn_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.utils import thread_pool_executor
-    workers = self._num_workers
-    part_inputs: list[dict[str, Any]] = [{} for _ in range(workers)]
-    for name, buffer in inputs.items():
-        for ix, part in enumerate(buffer.partition(workers)):
-            part_inputs[ix][name] = part
-    parts = [(part, fired_timers if ix == 0 else {}) for ix, part in enumerate(part_inputs)
-             if ix == 0 or any(any(chunk) for chunk in part.values())]
-
-    def execute(part_and_timers: Any) -> Any:
-        part, timers = part_and_timers
-        manager = fn_runner.BundleManager(self.bundle_context_manager,
-                                          self._progress_frequency,
-                                          cache_token_generator=self._cache_token_generator)
-        return manager.process_bundle(part, expected_outputs, timers, expected_output_timers,
-                                      dry_run)
-
-    merged: Any = None
-    splits: list[Any] = []
-    with thread_pool_executor.shared_unbounded_instance() as executor:
-        for result, split in executor.map(execute, parts):
-            splits += split
-            if merged is None:
-                merged = result
-            else:
-                merged = beam_fn_api_pb2.InstructionResponse(
-                    process_bundle=beam_fn_api_pb2.ProcessBundleResponse(
-                        monitoring_infos=monitoring_infos.consolidate(itertools.chain(
-                            result.process_bundle.monitoring_infos,
-                            merged.process_bundle.monitoring_infos))),
-                    error=result.error or merged.error)
-    return merged, splits

@@ -50,11 +50,6 @@ One runner session for the batches of a run
       as data (:func:`beam_zdl.compat.impulse_payloads`), so the read's stages
       are the same in every batch (building the stage that held them was a
       fifth of a small batch's fixed cost with 2 workers);
-    * with several workers, a bundle's empty shares are not sent
-      (:func:`beam_zdl.compat.skip_empty_parts`): Beam ran one bundle per
-      worker and stage, also for a worker with nothing to do, and a stage fed
-      one element (an Impulse, a global combine's one key) cost each other
-      worker a bundle, and a bundle processor if the stage was new;
     * the runner's state (side inputs, user state) is emptied before each
       pipeline, and the harness's state cache tokens carry the pipeline's
       number, so nothing of one batch is seen by the next;
@@ -634,8 +629,6 @@ class WarmRunner(FnApiRunner):
         manager = super()._get_bundle_manager(bundle_context_manager)
         if self._token_prefix is not None:
             compat.prefix_cache_tokens(manager, self._token_prefix)
-        if compat.empty_parts_skippable():
-            compat.skip_empty_parts(manager)
         return manager
 
     def close(self) -> None:

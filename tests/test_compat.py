@@ -211,52 +211,6 @@ def test_impulse_payloads_feed_the_named_impulse_only():
         assert_that(p | "Data" >> beam.Impulse(), equal_to([b""]))
 
 
-_BUNDLES: list[str] = []
-
-
-class _CountBundles(beam.DoFn):
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def start_bundle(self):
-        _BUNDLES.append(self._name)
-
-    def process(self, element):
-        yield element
-
-
-def _run_two_workers(runner) -> list[str]:
-    from apache_beam.options.pipeline_options import PipelineOptions
-    _BUNDLES.clear()
-    options = PipelineOptions(["--direct_num_workers=2",
-                               "--direct_running_mode=multi_threading"])
-    with beam.Pipeline(runner=runner, options=options) as p:
-        one = (p | "One" >> beam.Impulse() | "Once" >> beam.ParDo(_CountBundles("one")))
-        many = (p | "Many" >> beam.Impulse() | beam.FlatMap(lambda _: range(10))
-                | "Spread" >> beam.Reshuffle() | "Each" >> beam.ParDo(_CountBundles("many")))
-        assert_that(one, equal_to([b""]), label="CheckOne")
-        assert_that(many, equal_to(list(range(10))), label="CheckMany")
-    return sorted(_BUNDLES)
-
-
-def test_skip_empty_parts_runs_only_the_parts_with_input():
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    assert compat.empty_parts_skippable(), (
-        f"{BEAM}: ParallelBundleManager.process_bundle changed; compat.skip_empty_parts "
-        "runs a copy of it")
-
-    class Skipping(FnApiRunner):
-        def _get_bundle_manager(self, bundle_context_manager):
-            manager = super()._get_bundle_manager(bundle_context_manager)
-            compat.skip_empty_parts(manager)
-            return manager
-
-    # Beam runs a bundle per worker, also for the worker whose share is empty ...
-    assert _run_two_workers(FnApiRunner()).count("one") == 2
-    # ... skipped: one bundle for one element; ten elements still go to both workers.
-    assert _run_two_workers(Skipping()) == ["many", "many", "one"]
-
-
 def test_yield_and_return_check_answers_as_beam_does_once_per_code_object():
     from apache_beam.transforms import core
 

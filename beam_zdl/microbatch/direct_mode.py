@@ -44,6 +44,7 @@ class DirectDriver(BatchLoop):
 
     _last_stops: Optional[Offsets] = None  # the newest plan's stops, once known
     _commit: Optional[threading.Thread] = None  # the last batch's Kafka commit, if running
+    _commit_error: Optional[BaseException] = None  # what that commit raised
 
     def _start(self, stop: StopFlag) -> None:
         # A run with targets ends there: --ending_offsets, or what available_now saw at start.
@@ -97,9 +98,15 @@ class DirectDriver(BatchLoop):
         # next completion waits for it (Kafka's view never lags the checkpoint by more than
         # the batch in flight), and so does the end of the run (_finished, _stop).
         self._join_commit()
-        self._commit = threading.Thread(
-            target=kafka.commit_offsets, name="beam-zdl-commit", daemon=True,
-            args=(self.consumer, {(r.topic, r.partition): r.stop for r in batch.ranges}))
+        stops = {(r.topic, r.partition): r.stop for r in batch.ranges}
+
+        def commit() -> None:
+            try:
+                kafka.commit_offsets(self.consumer, stops)
+            except BaseException as exc:  # raised in the driver's thread by _join_commit
+                self._commit_error = exc
+
+        self._commit = threading.Thread(target=commit, name="beam-zdl-commit", daemon=True)
         self._commit.start()
         self.coordinator.retain(self.config.retain_batches)
 
@@ -107,6 +114,9 @@ class DirectDriver(BatchLoop):
         if self._commit is not None:
             self._commit.join()
             self._commit = None
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            raise error
 
     def _before_complete(self, batch: Batch) -> None:
         self._join_commit()
