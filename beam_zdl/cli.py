@@ -15,8 +15,9 @@ Sub-commands::
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
         runs a WAL-mode receiver (the same one run_micro_batches starts as a
         thread) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
-        --drain_to_end stops once the group has committed every partition up to
-        the end offsets seen at start (sealed here or by another receiver).
+        --drain_to_end (or an explicit --trigger=available_now) stops once the
+        group has committed every partition up to the end offsets seen at start
+        (sealed here or by another receiver).
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -35,7 +36,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 import beam_zdl.kafka as kafka
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
-from beam_zdl.errors import WalCorruptionError, ZdlError
+from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop once the group has committed every partition of --topics "
                               "up to the end offsets seen at start (sealed by this receiver or "
                               "another; waits up to --drain_timeout_s for partitions other "
-                              "members hold)")
+                              "members hold); an explicit --trigger=available_now means the same")
     receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
     receive.set_defaults(func=_receive)
     return parser
@@ -398,6 +399,13 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     if not any(f.startswith("--zdl_mode") for f in flags):
         flags.append("--zdl_mode=wal")
     config = ZdlConfig.from_flags(flags, prog="beam-zdl receive")
+    # The pipeline's default trigger (available_now) is no reason to stop a stand-alone
+    # receiver; a trigger the user wrote out is.
+    explicit_trigger = any(f == "--trigger" or f.startswith("--trigger=") for f in flags)
+    if explicit_trigger and config.trigger == "continuous" and args.drain_to_end:
+        raise ConfigError("--drain_to_end contradicts --trigger=continuous; "
+                          "pass one of them")
+    drain_to_end = args.drain_to_end or (explicit_trigger and config.trigger == "available_now")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -406,7 +414,7 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=args.drain_to_end)
+    stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=drain_to_end)
     print(json.dumps(dataclasses.asdict(stats)), file=out)
     return EXIT_OK
 

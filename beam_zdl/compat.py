@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 import types
 import weakref
@@ -23,7 +24,8 @@ if TYPE_CHECKING:  # imported lazily: storage (and the CLI) use this module with
 __all__ = ["windowed_value_maker", "set_tracker_range", "tracker_last_attempt",
            "tracker_checkpointed", "mark_tracker_checkpointed", "gcs_transient_predicate",
            "cached_dofn_specs", "handler_managers_reusable", "reuse_handler_manager",
-           "clear_runner_state", "prefix_cache_tokens"]
+           "clear_runner_state", "prefix_cache_tokens", "impulse_payloads_supported",
+           "impulse_payloads"]
 
 
 def windowed_value_maker() -> Callable[[Any, int, Iterable[Any]], Any]:
@@ -102,21 +104,53 @@ def _cached_get_dofn_specs(dofn: Any) -> tuple[set[Any], set[Any]]:
     return set(cached[0]), set(cached[1])
 
 
+# Every ParDo's construction reads the source of its DoFn's process method and scans it
+# for yield and return (core._check_fn_use_yield_and_return, a warning's test): 1-4 ms
+# per ParDo, and a batch pipeline builds ten or more. The answer depends only on the
+# source of the code object, so it is kept per code object (held, so an id is not reused).
+_yield_original: Any = None
+_yield_cache: dict[int, tuple[Any, bool]] = {}
+_YIELD_CACHE_SIZE = 4096
+
+
+def _cached_yield_and_return(fn: Any) -> bool:
+    import inspect
+    try:
+        code = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__code__", None)
+    except ValueError:  # a cycle of __wrapped__: Beam's own check says what it says
+        code = None
+    if code is None:
+        answer: bool = _yield_original(fn)
+        return answer
+    cached = _yield_cache.get(id(code))
+    if cached is not None and cached[0] is code:
+        return bool(cached[1])
+    answer = bool(_yield_original(fn))
+    if len(_yield_cache) >= _YIELD_CACHE_SIZE:
+        _yield_cache.clear()
+    _yield_cache[id(code)] = (code, answer)
+    return answer
+
+
 @contextlib.contextmanager
 def cached_dofn_specs() -> Iterator[None]:
-    """Inside the block, Beam's ``userstate.get_dofn_specs`` answers once per DoFn class.
+    """Inside the block, Beam's ``userstate.get_dofn_specs`` answers once per DoFn class,
+    and its yield-and-return check of a ParDo's ``process`` once per code object.
 
-    Patches the module function Beam's callers look up (``is_stateful_dofn``,
-    ``validate_stateful_dofn``, ``ParDo.to_runner_api_parameter``); restored when the
-    last user leaves the block. The cache holds classes weakly (a batch's DoFn classes
-    unpickled by value come and go).
+    Patches the module functions Beam's callers look up (``is_stateful_dofn``,
+    ``validate_stateful_dofn``, ``ParDo.to_runner_api_parameter``; ``ParDo.__init__``);
+    restored when the last user leaves the block. The specs cache holds classes weakly
+    (a batch's DoFn classes unpickled by value come and go).
     """
-    global _specs_users, _specs_original
-    from apache_beam.transforms import userstate
+    global _specs_users, _specs_original, _yield_original
+    from apache_beam.transforms import core, userstate
     with _specs_lock:
         if _specs_users == 0:
             _specs_original = userstate.get_dofn_specs
             userstate.get_dofn_specs = _cached_get_dofn_specs
+            _yield_original = getattr(core, "_check_fn_use_yield_and_return", None)
+            if _yield_original is not None:
+                setattr(core, "_check_fn_use_yield_and_return", _cached_yield_and_return)
         _specs_users += 1
     try:
         yield
@@ -125,6 +159,9 @@ def cached_dofn_specs() -> Iterator[None]:
             _specs_users -= 1
             if _specs_users == 0:
                 userstate.get_dofn_specs = _specs_original
+                if _yield_original is not None:
+                    setattr(core, "_check_fn_use_yield_and_return", _yield_original)
+                _yield_cache.clear()
 
 
 # FnApiRunner.run_stages builds a WorkerHandlerManager (gRPC servers, worker handlers, the
@@ -224,3 +261,100 @@ class _PrefixedTokens:
         copy.CopyFrom(token)
         copy.token = self._prefix + token.token
         return copy
+
+
+# The FnApiRunner feeds every Impulse of a pipeline one empty element (b""), as data from
+# the runner, not as part of the stage. beam_zdl.worker_pool.WarmRunner hands a chosen
+# Impulse other bytes instead (a batch's ranges), so the stage reading them is the same in
+# every batch and its bundle processors are reused (see beam_zdl.worker_pool).
+_impulse_lock = threading.Lock()
+_impulse_users = 0
+_impulse_original: Any = None
+_impulse_current: contextvars.ContextVar[Optional[dict[str, bytes]]] = contextvars.ContextVar(
+    "beam_zdl_impulse_payloads", default=None)
+
+
+@functools.cache
+def impulse_payloads_supported() -> bool:
+    """Whether this Beam's FnApiRunner enqueues an Impulse's element the way
+    :func:`impulse_payloads` expects: in ``_enqueue_stage_initial_inputs`` of its execution
+    context, as an encoded ``WindowedValue(b"")`` in a ``ListBuffer`` of the stage's ready
+    inputs, keyed by the Impulse's name."""
+    import inspect
+    from apache_beam.runners import common
+    from apache_beam.runners.portability.fn_api_runner import execution, translations
+    enqueue = getattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
+                      None)
+    if enqueue is None or not hasattr(execution, "_ProcessingQueueManager"):
+        return False
+    names = inspect.unwrap(enqueue).__code__.co_names
+    return ("ENCODED_IMPULSE_VALUE" in names and "ready_inputs" in names
+            and hasattr(translations, "IMPULSE_BUFFER")
+            and hasattr(common, "IMPULSE_VALUE_CODER_IMPL")
+            and hasattr(execution.ListBuffer, "append")
+            and hasattr(execution._ProcessingQueueManager.KeyedQueue(), "_q"))
+
+
+def _enqueue_with_payloads(context: Any, stage: Any) -> None:
+    payloads = _impulse_current.get()
+    if not payloads:
+        _impulse_original(context, stage)
+        return
+    from apache_beam.runners import common
+    from apache_beam.runners.portability.fn_api_runner import execution, translations
+    from apache_beam.runners.worker.bundle_processor import DATA_INPUT_URN
+    from apache_beam.transforms.window import GlobalWindows
+    # Named before the original replaces the inputs' payloads with the data endpoint.
+    ours = {t.unique_name: payloads[t.unique_name] for t in stage.transforms
+            if t.spec.urn == DATA_INPUT_URN and t.spec.payload == translations.IMPULSE_BUFFER
+            and t.unique_name in payloads}
+    _impulse_original(context, stage)
+    if not ours:
+        return
+    for name, inputs in context.queues.ready_inputs._q:
+        if name != stage.name:
+            continue
+        for transform, payload in list(ours.items()):
+            old = inputs.data[transform]
+            buffer = execution.ListBuffer(old._coder_impl)
+            buffer.append(common.IMPULSE_VALUE_CODER_IMPL.encode_nested(
+                GlobalWindows.windowed_value(payload)))
+            inputs.data[transform] = buffer
+            del ours[transform]
+        break
+    if ours:
+        raise RuntimeError(f"apache-beam: the Impulse input of {', '.join(ours)} was not "
+                           "enqueued as beam_zdl.compat.impulse_payloads expects")
+
+
+@contextlib.contextmanager
+def impulse_payloads(payloads: dict[str, bytes]) -> Iterator[None]:
+    """Inside the block, an FnApiRunner run in this context feeds each Impulse named in
+    ``payloads`` (its full label) one element of those bytes instead of ``b""``; other
+    Impulses and runs in other threads or contexts are untouched. Patches
+    ``FnApiRunnerExecutionContext._enqueue_stage_initial_inputs`` while any block is open.
+
+    Raises:
+        RuntimeError: a named Impulse was enqueued in a way this does not know (a Beam
+            that changed; :func:`impulse_payloads_supported` said so first).
+    """
+    global _impulse_users, _impulse_original
+    from apache_beam.runners.portability.fn_api_runner import execution
+    with _impulse_lock:
+        if _impulse_users == 0:
+            _impulse_original = execution.FnApiRunnerExecutionContext.__dict__[
+                "_enqueue_stage_initial_inputs"]
+            setattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
+                    _enqueue_with_payloads)
+        _impulse_users += 1
+    token = _impulse_current.set(dict(payloads))
+    try:
+        yield
+    finally:
+        _impulse_current.reset(token)
+        with _impulse_lock:
+            _impulse_users -= 1
+            if _impulse_users == 0:
+                setattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
+                        _impulse_original)
+

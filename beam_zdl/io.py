@@ -9,6 +9,7 @@ then, so the pipeline reads a fixed, repeatable set of records.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -17,12 +18,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.ranges as ranges_
 from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
-from beam_zdl.errors import ConfigError
+from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import apply_runner_defaults, is_flink
 from beam_zdl.wal_read import ReadSegmentsFn
+from beam_zdl.worker_pool import PayloadImpulse, feeds_payload_impulses
 
 __all__ = ["ReadFromKafka", "ReadFromWal"]
 
@@ -141,7 +143,15 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         # Chunks of the initial split as elements, spread by a shuffle: a runner then hands
         # them to all its workers (one Create element would keep them on one).
         chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
-        chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
+        chunked: beam.PCollection[PartitionRange]
+        if feeds_payload_impulses(pbegin.pipeline.runner):
+            # The run's warm runner hands them to the stage as data: the stage is then the
+            # same in every batch, and its bundle processors are reused (worker_pool).
+            chunked = (pbegin | "Ranges" >> PayloadImpulse(_encode_chunks(chunks))
+                       | "Chunks" >> beam.FlatMap(_decode_chunks)
+                       .with_output_types(PartitionRange))
+        else:
+            chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
         if len(chunks) > 1 and not _splits_sdf_input(pbegin.pipeline.runner):
             chunked = chunked | "Spread" >> beam.Reshuffle()
         read: beam.PCollection[KafkaRecord] = (
@@ -150,6 +160,32 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             .with_output_types(Poll)
             | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
         return read
+
+
+_CHUNKS_FORMAT = 1
+
+
+def _encode_chunks(chunks: list[PartitionRange]) -> bytes:
+    """The ranges of a read as the payload of its PayloadImpulse (see :func:`_decode_chunks`)."""
+    return json.dumps([_CHUNKS_FORMAT, [list(c) for c in chunks]]).encode()
+
+
+def _decode_chunks(payload: bytes) -> list[PartitionRange]:
+    """The ranges :func:`_encode_chunks` encoded.
+
+    Raises:
+        ZdlError: the runner did not hand the read its ranges (an empty payload): reading
+            nothing would lose a batch, so the batch fails and is replayed.
+    """
+    if not payload:
+        raise ZdlError("ReadFromKafka: the runner did not hand this read its ranges (an empty "
+                       "Impulse element): only beam_zdl's warm runner does; the batch fails "
+                       "and is replayed from its recorded plan. Please report this as a bug.")
+    version, chunks = json.loads(payload)
+    if version != _CHUNKS_FORMAT:
+        raise ZdlError(f"ReadFromKafka: ranges of format {version}, this version reads "
+                       f"{_CHUNKS_FORMAT}: driver and workers run different beam_zdl versions")
+    return [PartitionRange(str(t), int(p), int(a), int(b)) for t, p, a, b in chunks]
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:

@@ -61,7 +61,13 @@ class Storage(Protocol):
 
     root_uri: str
 
-    def create(self, name: str, data: bytes) -> None: ...
+    def create(self, name: str, data: bytes | bytearray) -> None:
+        """Write ``data`` under ``name`` unless it exists (``ObjectExistsError``).
+
+        A bytearray is written as is (the WAL writer builds segments in one; copying a
+        16 MiB segment at every seal would hold it twice).
+        """
+        ...
 
     def read(self, name: str) -> bytes: ...
 
@@ -100,7 +106,7 @@ class LocalStorage:
     def uri(self, name: str) -> str:
         return str(self.root / name)
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray) -> None:
         target = self.root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
@@ -244,7 +250,7 @@ class GcsStorage:
     def _blob(self, name: str) -> Any:
         return self._client_().bucket(self.bucket_name).blob(self._key(name))
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray) -> None:
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -264,6 +270,8 @@ class GcsStorage:
             return False
 
         blob = self._blob(name)
+        # upload_from_string takes bytes only (a bytearray is a TypeError there).
+        data = bytes(data) if isinstance(data, bytearray) else data
         try:
             blob.upload_from_string(
                 data, content_type="application/octet-stream", if_generation_match=0,
@@ -279,7 +287,7 @@ class GcsStorage:
         except Exception as err:
             raise self._error("create", name, err) from err
 
-    def _holds(self, name: str, data: bytes) -> bool:
+    def _holds(self, name: str, data: bytes | bytearray) -> bool:
         try:
             return self.read(name) == data
         except StorageError:
@@ -445,8 +453,9 @@ class HdfsStorage:
 
     # -- operations --------------------------------------------------------
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray) -> None:
         target = self._path(name)
+        data = bytes(data)  # requests' typed API takes bytes; a bytearray is copied once
         if self._status(target) is not None:
             raise self._exists_error(name)
         parent, base = posixpath.split(target)

@@ -284,13 +284,16 @@ class WalWriter:
         seqs = [parsed[1] for info in self.storage.list(prefix)
                 if (parsed := parse_segment_name(info.name)) and parsed[0] == epoch]
         self._next_seq = max(seqs, default=-1) + 1
-        self._frames: list[bytes] = []  # closed blocks
+        # The segment being built: magic, header, closed blocks' frames. One growing buffer,
+        # not a list joined at the seal: the join held the segment twice (a quarter of the
+        # receiver's --max_buffered_bytes at the default sizes).
+        self._segment = bytearray()
         self._frame_bytes = 0
         self._records = 0  # buffered records, closed blocks and the open one
         self._opened_at: float | None = None
         self._spans: dict[tuple[str, int], list[int]] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
-        self._sealed: bytes | None = None  # bytes of a seal that failed, for an identical retry
+        self._sealed: bytearray | None = None  # a seal that failed, for an identical retry
         self._open_block(None, -1)
 
     def _open_block(self, topic: str | None, partition: int) -> None:
@@ -325,7 +328,7 @@ class WalWriter:
                 for key, value in pairs or ():
                     block.headers.add(key=key, value=value)
         frame = encode_frame(KIND_BLOCK, block.SerializeToString())
-        self._frames.append(frame)
+        self._segment += frame
         self._frame_bytes += len(frame)
         assert self._topic is not None  # _switch_block named it before the first record
         tp = (self._topic, self._partition)
@@ -353,6 +356,10 @@ class WalWriter:
         self._open_block(topic, partition)
         if not self._records:
             self._opened_at = self._clock()
+            header = wal_pb2.SegmentHeader(format_version=FORMAT_VERSION, writer_id=self.writer_id,
+                                           epoch=self.epoch, created_ms=int(self._opened_at * 1000))
+            self._segment = bytearray(MAGIC)
+            self._segment += encode_frame(KIND_HEADER, header.SerializeToString())
 
     @property
     def buffered_bytes(self) -> int:
@@ -465,15 +472,10 @@ class WalWriter:
         spans = [wal_pb2.PartitionSpan(topic=t, partition=p, first_offset=first, last_offset=last)
                  for (t, p), (first, last) in self._spans.items()]
         if self._sealed is None:
-            # The first append stamps it, and records are buffered.
-            assert self._opened_at is not None
-            header = wal_pb2.SegmentHeader(format_version=FORMAT_VERSION, writer_id=self.writer_id,
-                                           epoch=self.epoch, created_ms=int(self._opened_at * 1000))
+            # The first append wrote the magic and header; closed blocks follow them.
             footer = wal_pb2.SegmentFooter(record_count=self._records, spans=spans)
-            self._sealed = b"".join([MAGIC, encode_frame(KIND_HEADER, header.SerializeToString()),
-                                     *self._frames,
-                                     encode_frame(KIND_FOOTER, footer.SerializeToString())])
-            self._frames = []  # the segment's bytes hold them now
+            self._segment += encode_frame(KIND_FOOTER, footer.SerializeToString())
+            self._sealed, self._segment = self._segment, bytearray()
         data = self._sealed
         name = segment_name(self.epoch, self._next_seq)
         # Step 2

@@ -148,6 +148,28 @@ def test_receive_runs_without_importing_beam(kafka, tmp_path: Path) -> None:
     assert kafka.committed(f"g-{topic}", topic) == {0: 250, 1: 250}
 
 
+def test_receive_stops_at_the_end_with_an_explicit_available_now_trigger(kafka, tmp_path: Path) -> None:
+    """--trigger=available_now written out means what it means to run_micro_batches: drain, stop."""
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, b"x" * 100, i % 2) for i in range(300)))
+    result, proc = _receive_without_beam([
+        f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+        f"--wal_dir={tmp_path / 'wal'}", f"--consumer_group=g-{topic}",
+        "--starting_offsets=earliest", "--trigger", "available_now",
+        '--consumer_config={"session.timeout.ms": 6000}'])
+    assert result == {"code": 0, "beam": False}, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-2])["records"] == 300
+    assert kafka.committed(f"g-{topic}", topic) == {0: 150, 1: 150}
+
+
+def test_receive_refuses_drain_to_end_with_a_continuous_trigger(tmp_path: Path) -> None:
+    result, proc = _receive_without_beam(["--topics=t", f"--wal_dir={tmp_path}",
+                                          "--trigger=continuous", "--drain_to_end"])
+    assert result == {"code": 2, "beam": False}
+    assert ("beam-zdl receive: error: --drain_to_end contradicts --trigger=continuous"
+            in proc.stderr)
+
+
 def test_receive_names_a_bad_flag_without_importing_beam(tmp_path: Path) -> None:
     result, proc = _receive_without_beam(["--topics=t", f"--wal_dir={tmp_path}",
                                           "--max_buffered_bytes=0"])

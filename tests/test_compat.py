@@ -193,3 +193,60 @@ def test_prefix_cache_tokens_prefixes_what_a_bundle_manager_sends():
     token = next(manager._cache_token_generator)
     assert token.token == b"zdl-7-" + plain.token and token.HasField("user_state"), \
         f"{BEAM}: BundleManager's cache tokens changed shape"
+
+
+def test_impulse_payloads_feed_the_named_impulse_only():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    assert compat.impulse_payloads_supported(), (
+        f"{BEAM}: the FnApiRunner no longer enqueues Impulse elements as "
+        "compat.impulse_payloads expects")
+    with compat.impulse_payloads({"Data": b"the payload"}):
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            data = p | "Data" >> beam.Impulse() | "D" >> beam.Map(bytes)
+            other = p | "Other" >> beam.Impulse() | "O" >> beam.Map(bytes)
+            assert_that(data, equal_to([b"the payload"]), label="CheckData")
+            assert_that(other, equal_to([b""]), label="CheckOther")
+    # Outside the block (and in other contexts) every Impulse emits b"" again.
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        assert_that(p | "Data" >> beam.Impulse(), equal_to([b""]))
+
+
+def test_yield_and_return_check_answers_as_beam_does_once_per_code_object():
+    from apache_beam.transforms import core
+
+    class Both(beam.DoFn):
+        def process(self, element):
+            if element:
+                return [element]
+            yield element
+
+    class Yields(beam.DoFn):
+        def process(self, element):
+            yield element
+
+    original = core._check_fn_use_yield_and_return
+    expected = {"both": original(Both().process), "yields": original(Yields().process)}
+    assert expected == {"both": True, "yields": False}, \
+        f"{BEAM}: _check_fn_use_yield_and_return answers differently"
+    calls = []
+
+    def counting(fn):
+        calls.append(fn)
+        return original(fn)
+
+    core._check_fn_use_yield_and_return = counting
+    try:
+        with compat.cached_dofn_specs():
+            assert core._check_fn_use_yield_and_return is not counting, \
+                f"{BEAM}: _check_fn_use_yield_and_return is no longer what ParDo calls"
+            for _ in range(3):
+                beam.ParDo(Both())
+                beam.ParDo(Yields())
+                beam.Map(lambda x: x)
+            assert core._check_fn_use_yield_and_return(Both().process) is True
+            assert core._check_fn_use_yield_and_return(Yields().process) is False
+        assert core._check_fn_use_yield_and_return is counting, "the original was not restored"
+    finally:
+        core._check_fn_use_yield_and_return = original
+    # Once per code object: Both.process, Yields.process, the Map's wrapper.
+    assert len(calls) <= 3, calls

@@ -197,3 +197,51 @@ def test_records_counted_per_batch_with_a_reused_reader(kafka, tmp_path):
     planned = _planned(tmp_path)
     for batch_id, offsets in planned.items():
         assert coord.read_completion(batch_id).records == len(offsets)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ranges_reach_the_read_as_data_so_its_stages_are_the_same_every_batch(
+        kafka, tmp_path, mode, monkeypatch):
+    # Batches of 95, 65, 35 and 5 records: partitions drop out as they run dry, so the
+    # ranges differ in number and size from batch to batch.
+    topic = _uneven_topic(kafka)
+    out = tmp_path / "out"
+    out.mkdir()
+    registered: list[set[str]] = []
+    register = worker_pool._SessionHandlers.register_process_bundle_descriptor
+
+    def record(self, descriptor):
+        register(self, descriptor)
+        registered[-1].add(descriptor.id)
+
+    monkeypatch.setattr(worker_pool._SessionHandlers, "register_process_bundle_descriptor",
+                        record)
+
+    def build(records, batch):
+        registered.append(set())
+        (records
+         | beam.Map(lambda r: [r.topic, r.partition, r.offset])
+         | beam.combiners.ToList()
+         | beam.Map(write_batch, str(out), batch.batch_id))
+
+    summary = beam_zdl.run_micro_batches(build, _options(kafka, topic, tmp_path, mode))
+
+    assert summary.batches == 4 and summary.records == 200
+    planned = _planned(tmp_path)
+    assert sorted(len(offsets) for offsets in planned.values()) == [5, 35, 65, 95]
+    assert {b: sorted(tuple(r) for r in rows) for b, rows in read_batches(out).items()} == \
+        planned
+    # Only the write names the batch: every other stage, the one the ranges reach
+    # included, is the same descriptor in every batch.
+    shared = set.intersection(*registered)
+    assert all(len(ids - shared) <= 1 for ids in registered), \
+        f"stages rebuilt per batch: {[sorted(ids - shared) for ids in registered]}"
+    assert len(shared) >= 2
+
+
+def test_a_read_without_its_ranges_fails_instead_of_reading_nothing():
+    """A PayloadImpulse run where nothing hands it its payload emits b"": the read's
+    decode refuses it (a batch that read nothing would be completed and lost)."""
+    from beam_zdl.io import _decode_chunks
+    with pytest.raises(beam_zdl.ZdlError, match="did not hand this read its ranges"):
+        _decode_chunks(b"")

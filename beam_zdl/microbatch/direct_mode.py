@@ -10,8 +10,10 @@ are the shared loop's):
   (:func:`beam_zdl.ranges.plan`); a run with ``--ending_offsets`` stops there
   whatever its ``--trigger``;
 * Step 3: run — :class:`~beam_zdl.ReadFromKafka` reads exactly those ranges;
-* Step 5: commit — the consumer group's offsets move to the batch's stops, then
-  checkpoint files of batches beyond ``--retain_batches`` are deleted.
+* Step 5: commit — the consumer group's offsets move to the batch's stops (in the
+  background, while the next batch runs; that batch's completion, and the end of the
+  run, wait for it), then checkpoint files of batches beyond ``--retain_batches`` are
+  deleted.
 
 A crash between Steps 4 and 5 leaves a stale Kafka commit, which the next
 commit repairs: the checkpoint, not Kafka, decides where reading resumes.
@@ -19,6 +21,7 @@ commit repairs: the checkpoint, not Kafka, decides where reading resumes.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -39,6 +42,10 @@ class DirectDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_DIRECT
 
+    _last_stops: Optional[Offsets] = None  # the newest plan's stops, once known
+    _commit: Optional[threading.Thread] = None  # the last batch's Kafka commit, if running
+    _commit_error: Optional[BaseException] = None  # what that commit raised
+
     def _start(self, stop: StopFlag) -> None:
         # A run with targets ends there: --ending_offsets, or what available_now saw at start.
         self._targets: Optional[Offsets] = None
@@ -56,11 +63,14 @@ class DirectDriver(BatchLoop):
         # commit: this repairs a commit that failed after its batch completed, and commits
         # the start of a partition nothing was planned for (--starting_offsets=latest).
         assert self._targets is not None
+        self._join_commit()
         kafka.commit_offsets(self.consumer, ranges.positions(
             self.consumer, self.config, list(self._targets), self._checkpointed()))
         self._verify_finished(self._targets)
 
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        if not replay:  # just written: the newest plan
+            self._last_stops = {(r.topic, r.partition): r.stop for r in plan.ranges}
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
                                           for r in plan.ranges), replay=replay)
 
@@ -83,15 +93,44 @@ class DirectDriver(BatchLoop):
         return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options))
 
     def _after_complete(self, batch: Batch) -> None:
-        # Step 5
-        kafka.commit_offsets(self.consumer,
-                             {(r.topic, r.partition): r.stop for r in batch.ranges})
+        # Step 5. The commit (a broker round trip, ~10 ms) runs beside the next batch's
+        # planning and pipeline: one at a time, so commits reach Kafka in batch order; the
+        # next completion waits for it (Kafka's view never lags the checkpoint by more than
+        # the batch in flight), and so does the end of the run (_finished, _stop).
+        self._join_commit()
+        stops = {(r.topic, r.partition): r.stop for r in batch.ranges}
+
+        def commit() -> None:
+            try:
+                kafka.commit_offsets(self.consumer, stops)
+            except BaseException as exc:  # raised in the driver's thread by _join_commit
+                self._commit_error = exc
+
+        self._commit = threading.Thread(target=commit, name="beam-zdl-commit", daemon=True)
+        self._commit.start()
         self.coordinator.retain(self.config.retain_batches)
+
+    def _join_commit(self) -> None:
+        if self._commit is not None:
+            self._commit.join()
+            self._commit = None
+        error, self._commit_error = self._commit_error, None
+        if error is not None:
+            raise error
+
+    def _before_complete(self, batch: Batch) -> None:
+        self._join_commit()
+
+    def _stop(self) -> None:
+        self._join_commit()  # before the loop closes the consumer
 
     def _checkpointed(self) -> Optional[Offsets]:
         """The last plan's stops (where reading resumes), or None before the first plan."""
-        planned = self.coordinator.planned_ids()
-        last = self.coordinator.read_plan(planned[-1]) if planned else None
-        if last is None:
-            return None
-        return {(r.topic, r.partition): r.stop for r in last.ranges}
+        # Read once per run; then each plan this driver writes is the newest one.
+        if self._last_stops is None:
+            planned = self.coordinator.planned_ids()
+            if not planned:
+                return None
+            last = self.coordinator.read_plan(planned[-1])
+            self._last_stops = {(r.topic, r.partition): r.stop for r in last.ranges}
+        return dict(self._last_stops)

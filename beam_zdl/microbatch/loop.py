@@ -146,7 +146,8 @@ def current_batch() -> Optional[Batch]:
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
-    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=batch_options(options))
+    options = batch_options(options)
+    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
@@ -178,7 +179,8 @@ class BatchLoop(abc.ABC):
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
         self.build_fn = build_fn
-        self.options = options
+        # Memoized views for the run (batch_options): each batch asks its flags again.
+        self.options = batch_options(options)
         self.config = config
         assert config.checkpoint_dir is not None  # ZdlConfig(need_checkpoint=True) has one
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
@@ -193,6 +195,9 @@ class BatchLoop(abc.ABC):
 
     def _stop(self) -> None:
         """Called once when the loop ends, also on errors."""
+
+    def _before_complete(self, batch: Batch) -> None:
+        """Called after the batch's pipeline ran, before its completion is written."""
 
     def _check(self) -> None:
         """Raise if a helper (the WAL receiver) failed."""
@@ -288,10 +293,10 @@ class BatchLoop(abc.ABC):
                                  batch.batch_id, batch.planned_records, len(batch.segments))
                     self._run_and_complete(batch)
                 # Steps 2-5
+                batch_id = self.coordinator.next_batch_id()
                 while not stop.stopped and not self._reached_max():
                     self._check()
                     next_started = time.monotonic()
-                    batch_id = self.coordinator.next_batch_id()
                     plan = self._next_plan(batch_id)
                     if plan is None:
                         if self._done_when_idle():
@@ -305,6 +310,9 @@ class BatchLoop(abc.ABC):
                     plan = self.coordinator.write_plan(plan)
                     crash_point("after_plan")
                     self._run_and_complete(self._batch_of(plan, replay=False))
+                    # This driver is the checkpoint's only writer (write_plan checks the
+                    # fence and the id): the next id needs no listing.
+                    batch_id = plan.batch_id + 1
                     if cfg.trigger == "continuous":
                         stop.sleep(max(0.0, cfg.batch_interval_s -
                                        (time.monotonic() - next_started)))
@@ -322,6 +330,7 @@ class BatchLoop(abc.ABC):
         # Step 3
         records = run_batch_pipeline(self.build_fn, self.options, batch, self._read(batch))
         crash_point("after_run")
+        self._before_complete(batch)
         # Step 4
         self.coordinator.complete(batch.batch_id, records)
         crash_point("after_complete")
