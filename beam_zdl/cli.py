@@ -13,8 +13,8 @@ Sub-commands::
         checks every frame of every segment of a WAL directory (or one segment);
         exits 1 naming the segment and byte of each corruption found.
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
-        runs a WAL-mode receiver (the same one run_micro_batches starts as a
-        thread) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
+        runs a WAL-mode receiver (the same one run_micro_batches starts in a
+        child process) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
         --drain_to_end (or an explicit --trigger=available_now) stops once the
         group has committed every partition up to the end offsets seen at start
         (sealed here or by another receiver).

@@ -188,7 +188,8 @@ def _wal(args: argparse.Namespace, root: str) -> dict:
 
 @peer("wal_local")
 def wal_local(args: argparse.Namespace) -> dict:
-    """WAL mode end to end on local disk: receiver thread → sealed segments → batches."""
+    """WAL mode end to end on local disk: the receiver (a child process of the driver) →
+    sealed segments → batches (read by the driver and the worker processes)."""
     return _wal(args, f"{args.workdir}/wal-{uuid.uuid4().hex}")
 
 
