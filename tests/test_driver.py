@@ -153,3 +153,26 @@ def test_continuous_trigger_picks_up_new_data_and_stops_cleanly_on_ctrl_c(kafka,
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1])["records"] == 150
     _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
+
+
+def test_a_failed_background_commit_is_raised_in_the_driver(kafka, tmp_path: Path) -> None:
+    """The Kafka commit runs beside the next batch; what it raises must not vanish there."""
+    import beam_zdl.kafka as kafka_client
+    from beam_zdl.config import ZdlConfig
+    from beam_zdl.coordinator import CONFIG_FORMAT_VERSION
+    from beam_zdl.v1 import checkpoint_pb2
+    from beam_zdl.microbatch.direct_mode import DirectDriver
+    from beam_zdl.microbatch.loop import Batch
+    from beam_zdl.ranges import PartitionRange
+    topic = kafka.create_topic(partitions=1)
+    options = beam_zdl.ZdlOptions(_flags(kafka, topic, tmp_path))
+    driver = DirectDriver(lambda records, batch: None, options, ZdlConfig.from_options(options))
+    driver.coordinator.open(checkpoint_pb2.CheckpointConfig(
+        format_version=CONFIG_FORMAT_VERSION, topics=[topic], mode=driver.mode,
+        consumer_group=f"g-{topic}"))
+    driver.consumer = kafka_client.new_consumer(kafka.bootstrap_servers, f"g-{topic}")
+    driver.consumer.close()  # a commit on a closed client raises RuntimeError
+    driver._after_complete(Batch(0, (PartitionRange(topic, 0, 0, 1),), replay=False))
+    with pytest.raises(RuntimeError, match="[Cc]losed"):
+        driver._join_commit()
+    driver._join_commit()  # raised once
