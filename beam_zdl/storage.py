@@ -270,8 +270,7 @@ class GcsStorage:
             return False
 
         blob = self._blob(name)
-        # upload_from_string takes bytes only (a bytearray is a TypeError there).
-        data = bytes(data) if isinstance(data, bytearray) else data
+        data = bytes(data)  # upload_from_string takes bytes only; a bytearray is copied once
         try:
             blob.upload_from_string(
                 data, content_type="application/octet-stream", if_generation_match=0,

@@ -22,7 +22,7 @@ commit repairs: the checkpoint, not Kafka, decides where reading resumes.
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 
@@ -35,6 +35,11 @@ from beam_zdl.ranges import Offsets, PartitionRange
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["DirectDriver"]
+
+
+def _stops(ranges: Iterable[Any]) -> Offsets:
+    """Each partition's stop (the next offset to read) of a plan's or a batch's ranges."""
+    return {(r.topic, r.partition): r.stop for r in ranges}
 
 
 class DirectDriver(BatchLoop):
@@ -70,7 +75,7 @@ class DirectDriver(BatchLoop):
 
     def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         if not replay:  # just written: the newest plan
-            self._last_stops = {(r.topic, r.partition): r.stop for r in plan.ranges}
+            self._last_stops = _stops(plan.ranges)
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
                                           for r in plan.ranges), replay=replay)
 
@@ -98,7 +103,7 @@ class DirectDriver(BatchLoop):
         # next completion waits for it (Kafka's view never lags the checkpoint by more than
         # the batch in flight), and so does the end of the run (_finished, _stop).
         self._join_commit()
-        stops = {(r.topic, r.partition): r.stop for r in batch.ranges}
+        stops = _stops(batch.ranges)
 
         def commit() -> None:
             try:
@@ -132,5 +137,5 @@ class DirectDriver(BatchLoop):
             if not planned:
                 return None
             last = self.coordinator.read_plan(planned[-1])
-            self._last_stops = {(r.topic, r.partition): r.stop for r in last.ranges}
+            self._last_stops = _stops(last.ranges)
         return dict(self._last_stops)
