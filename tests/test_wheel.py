@@ -1,0 +1,115 @@
+"""The package as a user installs it: ``make dist``'s sdist and wheel, the wheel installed
+with README's own line (``pip install dist/beam_zdl-*.whl``) into a venv outside the
+checkout, then ``beam-zdl --version``, ``import beam_zdl`` and a direct-mode pipeline on a
+real broker, all with that venv's Python.
+
+Installing Apache Beam and the other dependencies into an empty venv takes about 45 s
+(from pip's download cache), so the venv is kept under ``$BEAM_ZDL_CACHE/wheel-venv/``,
+keyed by the wheel's dependency list and the Python version: a new dependency makes a new
+venv. The freshly built wheel itself is installed every time (the previous one removed
+first), and the venv is made in a temporary folder and renamed, so a half-made one is
+never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import beam_zdl
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("BEAM_ZDL_CACHE", ROOT / ".cache"))
+
+
+def _build(out: Path) -> tuple[Path, Path]:
+    """`python -m build`: the sdist, then the wheel built from that sdist (as `make dist`)."""
+    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    (sdist,) = out.glob("beam_zdl-*.tar.gz")
+    (wheel,) = out.glob("beam_zdl-*.whl")
+    return sdist, wheel
+
+
+def _requires(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(z.read(name).decode())
+    return sorted(meta.get_all("Requires-Dist") or [])
+
+
+def _venv_for(requires: list[str]) -> Path:
+    """A venv keyed by the dependency list and this Python; made once, atomically."""
+    key = hashlib.sha256(json.dumps([sys.version_info[:2], requires]).encode()).hexdigest()
+    venv = CACHE / "wheel-venv" / key[:16]
+    if (venv / "bin" / "python").exists():
+        return venv
+    tmp = venv.with_name(venv.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+    os.rename(tmp, venv)  # before anything is installed: scripts name their interpreter by path
+    return venv
+
+
+def test_wheel_installs_and_runs_a_pipeline_outside_the_checkout(tmp_path: Path, kafka) -> None:
+    sdist, wheel = _build(tmp_path / "dist")
+    version = beam_zdl.__version__
+    assert wheel.name == f"beam_zdl-{version}-py3-none-any.whl"
+    assert sdist.name == f"beam_zdl-{version}.tar.gz"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    # the generated protobuf modules ship (no protoc at build or install time), and so do
+    # the license, the typing marker and the test harness' Maven poms
+    assert {"beam_zdl/v1/wal_pb2.py", "beam_zdl/v1/checkpoint_pb2.py", "beam_zdl/py.typed",
+            "beam_zdl/testing/java/kafka/pom.xml",
+            f"beam_zdl-{version}.dist-info/licenses/LICENSE"} <= names
+    assert not any(n.startswith(("tests/", "bench/")) for n in names)
+    with tarfile.open(sdist) as t:
+        members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
+    assert {"protos/beam_zdl/v1/wal.proto", "LICENSE", "CHANGELOG.md", "README.md",
+            "beam_zdl/v1/wal_pb2.py"} <= members
+
+    venv = _venv_for(_requires(wheel))
+    python, cli = str(venv / "bin" / "python"), str(venv / "bin" / "beam-zdl")
+    pip = (python, "-m", "pip")  # the venv was renamed: its own pip script names the old path
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", BEAM_ZDL_CACHE=str(CACHE),
+               KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers)
+    work = tmp_path / "user"  # outside the checkout: the checkout's beam_zdl is not on the path
+    work.mkdir()
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    run(*pip, "uninstall", "-y", "-q", "beam_zdl")  # so the fresh wheel is installed, not kept
+    started = time.monotonic()
+    run(*pip, "install", "-q", str(wheel))  # README's install line
+    installed = time.monotonic()
+    run(*pip, "check")
+
+    assert run(cli, "--version").strip() == f"beam-zdl {version}"
+    imported = run(python, "-c", "import beam_zdl, sys; print(beam_zdl.__file__); "
+                                 "print(beam_zdl.__version__)").split()
+    assert imported[0].startswith(str(venv)), imported
+    assert imported[1] == version
+
+    script = work / "wheel_pipeline.py"
+    shutil.copy(ROOT / "tests" / "wheel_pipeline.py", script)
+    result = json.loads(run(python, str(script), str(work)).strip().splitlines()[-1])
+    finished = time.monotonic()
+    assert result["file"].startswith(str(venv)) and result["version"] == version
+    assert result["records"] == 400 and result["batches"] == 2  # 150 per partition per batch
+    assert result["counts"] == {"alpha": 100, "beta": 100, "gamma": 100, "delta": 100}
+    print(f"wheel {wheel.stat().st_size / 1024:.0f} KiB; pip install {installed - started:.1f} s; "
+          f"install to a finished pipeline {finished - started:.1f} s")
