@@ -73,7 +73,7 @@ dist: $(BIN)/.installed
 # warning. The options reference and the performance tables are generated at build time
 # (scripts/docs_hooks.py). tests/test_docs.py runs the same build in `make test`.
 docs: $(BIN)/.installed
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(CACHE) .pytest_cache .hypothesis dist site

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import html
 import json
 import re
 from pathlib import Path
@@ -61,13 +62,17 @@ def flag_rows() -> list[tuple[str, str, str]]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Help text as a table cell: shown as written (<epoch ms>, *, _ and | are not markup)."""
+    text = html.escape(text, quote=False)
+    for char in "\\`*_|[]":
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def options_table() -> str:
     lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for flag, default, help_text in flag_rows():
-        lines.append(f"| `{flag}` | `{_cell(default)}` | {_cell(help_text)} |")
+        lines.append(f"| `{flag}` | `{default}` | {_cell(help_text)} |")
     return "\n".join(lines)
 
 
