@@ -16,7 +16,8 @@ check-tools:
 	@command -v java >/dev/null || { echo "error: java not found. beam_zdl's tests run real Kafka and HDFS from their jars: install a JDK 17 (apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "error: mvn not found. Maven resolves the Kafka/Hadoop jars: install Maven 3.8+ (apt-get install maven)." >&2; exit 1; }
 
-$(BIN)/.installed: pyproject.toml
+# __init__.py holds the version, which the installed metadata copies
+$(BIN)/.installed: pyproject.toml beam_zdl/__init__.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench,docs]'

@@ -34,8 +34,8 @@ import logging
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
+import beam_zdl
 import beam_zdl.kafka as kafka
-from beam_zdl import __version__
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
 from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {beam_zdl.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     inspect = sub.add_parser(

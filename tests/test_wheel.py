@@ -14,6 +14,7 @@ never reused.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from email.parser import Parser
 from pathlib import Path
 
 import beam_zdl
+from beam_zdl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("BEAM_ZDL_CACHE", ROOT / ".cache"))
@@ -113,3 +115,23 @@ def test_wheel_installs_and_runs_a_pipeline_outside_the_checkout(tmp_path: Path,
     assert result["counts"] == {"alpha": 100, "beta": 100, "gamma": 100, "delta": 100}
     print(f"wheel {wheel.stat().st_size / 1024:.0f} KiB; pip install {installed - started:.1f} s; "
           f"install to a finished pipeline {finished - started:.1f} s")
+
+
+def test_one_version_one_license(capsys) -> None:
+    """``beam_zdl.__version__`` is the version of the metadata, of ``beam-zdl --version`` and
+    of the newest CHANGELOG entry; the license metadata is LICENSE's Apache-2.0."""
+    version = beam_zdl.__version__
+    assert importlib.metadata.version("beam_zdl") == version
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert capsys.readouterr().out.strip() == f"beam-zdl {version}"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    releases = [line for line in changelog.splitlines() if line.startswith("## [")
+                and not line.startswith("## [Unreleased]")]
+    assert releases[0].startswith(f"## [{version}] - ")
+    meta = importlib.metadata.metadata("beam_zdl")
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert meta["Requires-Python"] == ">=3.11"
