@@ -13,6 +13,8 @@ never reused.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -25,6 +27,7 @@ import time
 import zipfile
 from email.parser import Parser
 from pathlib import Path
+from typing import Iterator
 
 import beam_zdl
 from beam_zdl.cli import main
@@ -49,10 +52,14 @@ def _requires(wheel: Path) -> list[str]:
     return sorted(meta.get_all("Requires-Dist") or [])
 
 
-def _venv_for(requires: list[str]) -> Path:
-    """A venv keyed by the dependency list and this Python; made once, atomically."""
+def _venv_path(requires: list[str]) -> Path:
+    """The venv of this dependency list and this Python."""
     key = hashlib.sha256(json.dumps([sys.version_info[:2], requires]).encode()).hexdigest()
-    venv = CACHE / "wheel-venv" / key[:16]
+    return CACHE / "wheel-venv" / key[:16]
+
+
+def _venv(venv: Path) -> Path:
+    """Make the venv once (in a temporary folder, renamed when made)."""
     if (venv / "bin" / "python").exists():
         return venv
     tmp = venv.with_name(venv.name + f".tmp-{os.getpid()}")
@@ -60,6 +67,15 @@ def _venv_for(requires: list[str]) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
     os.rename(tmp, venv)  # before anything is installed: scripts name their interpreter by path
     return venv
+
+
+@contextlib.contextmanager
+def _locked(venv: Path) -> Iterator[None]:
+    """One test at a time in a venv (checkouts that share .cache may run this together)."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def test_wheel_installs_and_runs_a_pipeline_outside_the_checkout(tmp_path: Path, kafka) -> None:
@@ -80,12 +96,18 @@ def test_wheel_installs_and_runs_a_pipeline_outside_the_checkout(tmp_path: Path,
     assert {"protos/beam_zdl/v1/wal.proto", "LICENSE", "CHANGELOG.md", "README.md",
             "beam_zdl/v1/wal_pb2.py"} <= members
 
-    venv = _venv_for(_requires(wheel))
+    venv = _venv_path(_requires(wheel))
+    with _locked(venv):
+        _install_and_run(wheel, _venv(venv), kafka.bootstrap_servers, tmp_path)
+
+
+def _install_and_run(wheel: Path, venv: Path, bootstrap_servers: str, tmp_path: Path) -> None:
+    version = beam_zdl.__version__
     python, cli = str(venv / "bin" / "python"), str(venv / "bin" / "beam-zdl")
     pip = (python, "-m", "pip")  # the venv was renamed: its own pip script names the old path
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", BEAM_ZDL_CACHE=str(CACHE),
-               KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers)
+               KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers)
     work = tmp_path / "user"  # outside the checkout: the checkout's beam_zdl is not on the path
     work.mkdir()
 
