@@ -27,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["flag_rows", "options_table", "bench_results_table", "bench_fixed_cost_table",
+__all__ = ["on_page_content", "flag_rows", "options_table", "bench_results_table", "bench_fixed_cost_table",
            "bench_scale_table", "on_page_markdown"]
 
 
@@ -193,6 +193,14 @@ _MARKERS = {
     "<!-- generated: bench-fixed-cost -->": bench_fixed_cost_table,
     "<!-- generated: bench-scale -->": bench_scale_table,
 }
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data):<code>~?([\w.]+)</code>")
+
+
+def on_page_content(html_text: str, **kwargs: Any) -> str:
+    """mkdocs hook: docstrings use Sphinx roles (:class:`~beam_zdl.X`); show just the name."""
+    return _ROLE.sub(lambda m: f"<code>{m.group(1)}</code>", html_text)
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
