@@ -1,7 +1,7 @@
 """mkdocs hooks (``hooks:`` in mkdocs.yml): the pages whose content comes from the code or
 from the benchmark's JSON are filled in at build time, so they cannot drift.
 
-* ``<!-- generated: options -->`` (docs/reference/options.md) becomes the table of every
+* ``<!-- generated: options -->`` (docs/reference/options.md) becomes a section for each
   flag, read from the flag definitions themselves (:func:`beam_zdl.config.add_zdl_arguments`,
   plus Beam's ``--bootstrap_servers``): name, default, help text.
 * ``<!-- generated: cli -->`` (docs/reference/cli.md) becomes ``beam-zdl --help`` and
@@ -62,7 +62,7 @@ def flag_rows() -> list[tuple[str, str, str]]:
 
 
 def _cell(text: str) -> str:
-    """Help text as a table cell: shown as written (<epoch ms>, *, _ and | are not markup)."""
+    """Help text as Markdown that shows it as written (<epoch ms>, *, _ and | are not markup)."""
     text = html.escape(text, quote=False)
     for char in "\\`*_|[]":
         text = text.replace(char, "\\" + char)
@@ -70,10 +70,11 @@ def _cell(text: str) -> str:
 
 
 def options_table() -> str:
-    lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    """One section per flag (an anchor each): its default, then its help text."""
+    parts = []
     for flag, default, help_text in flag_rows():
-        lines.append(f"| `{flag}` | `{default}` | {_cell(help_text)} |")
-    return "\n".join(lines)
+        parts.append(f"### `{flag}`\n\nDefault: `{default}`\n\n{_cell(help_text)}\n")
+    return "\n".join(parts)
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -104,8 +105,8 @@ def bench_results_table() -> str:
     res = data["results"]
     bare = res["bare_consumer"]["records_per_s"]
     lines = [f"{data['records']:,} records of {data['value_bytes']} B in {data['partitions']} "
-             f"partitions, {data['cores']} cores, Python {data['python']} "
-             f"({data.get('rounds', 'one run').split(';')[0]}).", "",
+             f"partitions, {data['cores']} cores, Python {data['python']}; "
+             f"{data.get('rounds', 'one run').split(';')[0]}.", "",
              "| reader | version | records/s | × bare loop | tree peak RSS | durable progress |",
              "| --- | --- | ---: | ---: | ---: | --- |"]
     for key, label in _PEERS:
