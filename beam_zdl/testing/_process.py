@@ -14,7 +14,7 @@ from typing import Callable, Sequence, TypeVar
 
 from beam_zdl.errors import ZdlError
 
-__all__ = ["free_port", "wait_until", "ServerProcess", "LocalServer"]
+__all__ = ["free_port", "port_answers", "wait_until", "ServerProcess", "LocalServer"]
 
 _Server = TypeVar("_Server", bound="LocalServer")
 
@@ -25,6 +25,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_answers(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str,

@@ -41,7 +41,7 @@ import requests
 
 from beam_zdl.errors import ZdlError
 import beam_zdl.testing.jars as jars
-from beam_zdl.testing._process import ServerProcess, free_port, wait_until
+from beam_zdl.testing._process import ServerProcess, free_port, port_answers, wait_until
 
 __all__ = ["LocalFlink"]
 
@@ -170,6 +170,9 @@ class LocalFlink:
         for i in range(self.taskmanager_count):
             if (tm := self._taskmanagers[i]) is None or not tm.alive():
                 self._start_taskmanager(i)
+        wait_until(lambda: port_answers(self.rest_port), self.start_timeout_s,
+                   f"Flink REST API on port {self.rest_port}", log=self.log_file("jobmanager"),
+                   alive=lambda: self._jobmanager is not None and self._jobmanager.alive())
         self.wait_for_taskmanagers(self.taskmanager_count)
         return self
 
@@ -225,8 +228,12 @@ class LocalFlink:
         return found
 
     def wait_for_taskmanagers(self, count: int, timeout_s: float | None = None) -> None:
-        """Wait until ``count`` TaskManagers are registered with the JobManager."""
-        wait_until(lambda: len(self.taskmanagers()) >= count,
+        """Wait until ``count`` TaskManagers are registered with the JobManager, with
+        their slots (what a job needs to be scheduled)."""
+        def registered() -> bool:
+            found = self.taskmanagers()
+            return len(found) >= count and sum(tm["slotsNumber"] for tm in found) >= count * self.slots
+        wait_until(registered,
                    timeout_s or self.start_timeout_s,
                    f"Flink session cluster at {self.rest_url} with {count} TaskManagers",
                    log=self.log_file("jobmanager"),
@@ -312,7 +319,10 @@ class LocalFlink:
              f"--service_port={self.worker_pool_port}"],
             self.log_file("worker-pool"), env=env)
         pool.start()
-        wait_until(lambda: "Started worker pool" in self.log_file("worker-pool").read_text(),
+        # Wait on the port, not on Beam's "Started worker pool" log line: worker_pool_main
+        # only sets the root logger's level, and whether anything then configures a
+        # handler depends on which of Beam's optional dependencies are installed.
+        wait_until(lambda: port_answers(self.worker_pool_port),
                    60, f"Beam worker pool on port {self.worker_pool_port}",
                    log=self.log_file("worker-pool"), alive=pool.alive)
         return pool
