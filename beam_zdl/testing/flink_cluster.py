@@ -9,7 +9,8 @@ jars :mod:`beam_zdl.testing.flink` resolves), so the cluster runs exactly the
 Flink version the job server was built against.
 
 Python SDK workers run outside Flink, as on a real cluster: the harness also
-starts Beam's worker pool (``apache_beam.runners.worker.worker_pool_main``),
+starts a worker pool (:mod:`beam_zdl.external_pool`, which answers like Beam's
+``apache_beam.runners.worker.worker_pool_main`` and keeps workers started ahead),
 and jobs use ``--environment_type=EXTERNAL --environment_config=<pool>``
 (:meth:`LocalFlink.runner_args`). Each TaskManager asks the pool for its SDK
 workers, which the pool starts as child processes. This is the Beam-on-Flink
@@ -289,7 +290,7 @@ class LocalFlink:
 
     def _task_heap_mb(self) -> int:
         """What is left for task heap once the fixed parts (see _write_config) are out."""
-        return max(128, self.taskmanager_mb - 64 - 64 - 32 - 64 - 192 - 64)
+        return max(128, self.taskmanager_mb - 64 - 128 - 64 - 32 - 64 - 192 - 64)
 
     def _jvm(self, heap_mb: int, direct_mb: int | None = None) -> list[str]:
         direct = [f"-XX:MaxDirectMemorySize={direct_mb}m"] if direct_mb else []
@@ -302,7 +303,9 @@ class LocalFlink:
 
     def _start_taskmanager(self, i: int) -> None:
         proc = ServerProcess(
-            self._jvm(64 + self._task_heap_mb(), direct_mb=64 + 64) + [
+            # Direct memory: framework off-heap + task off-heap + network, as Flink's
+            # own scripts compute -XX:MaxDirectMemorySize.
+            self._jvm(64 + self._task_heap_mb(), direct_mb=128 + 64 + 64) + [
                 _TASKMANAGER, "--configDir", str(self._conf),
                 "-D", f"taskmanager.resource-id=tm-{i}-{int(time.time() * 1000)}"],
             self.log_file(f"taskmanager-{i}"))
@@ -310,18 +313,15 @@ class LocalFlink:
         self._taskmanagers[i] = proc
 
     def _start_worker_pool(self) -> ServerProcess:
-        # The pool starts each SDK worker as `python -c ...` found on PATH: put this
-        # interpreter's folder first so workers import the same Beam and beam_zdl.
-        env = dict(os.environ)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        # beam_zdl's pool, not Beam's worker_pool_main: Beam's files workers by id alone,
+        # and both TaskManagers number theirs from 1 (see beam_zdl.external_pool). Its
+        # spares (SDK workers started and imported ahead) serve one job's slots at once.
         pool = ServerProcess(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-             f"--service_port={self.worker_pool_port}"],
-            self.log_file("worker-pool"), env=env)
+            [sys.executable, "-m", "beam_zdl.external_pool",
+             f"--service_port={self.worker_pool_port}",
+             f"--spares={self.taskmanager_count * self.slots}"],
+            self.log_file("worker-pool"))
         pool.start()
-        # Wait on the port, not on Beam's "Started worker pool" log line: worker_pool_main
-        # only sets the root logger's level, and whether anything then configures a
-        # handler depends on which of Beam's optional dependencies are installed.
         wait_until(lambda: port_answers(self.worker_pool_port),
                    60, f"Beam worker pool on port {self.worker_pool_port}",
                    log=self.log_file("worker-pool"), alive=pool.alive)
@@ -344,8 +344,15 @@ class LocalFlink:
             "taskmanager.cpu.cores": self.slots,
             "taskmanager.memory.framework.heap.size": "64m",
             "taskmanager.memory.task.heap.size": f"{self._task_heap_mb()}m",
-            "taskmanager.memory.framework.off-heap.size": "64m",
-            "taskmanager.memory.task.off-heap.size": "0m",
+            # A bounded job's shuffle (a GroupByKey: WriteToText, Count.PerElement) is a
+            # blocking sort-merge shuffle whose read buffers (batch-shuffle.size, 64m by
+            # default) come out of framework off-heap memory: Flink's default of 128m
+            # leaves room for them and for Netty; 64m failed with "Can't allocate enough
+            # direct buffer for batch shuffle read buffer pool". Task off-heap: Beam's
+            # gRPC (vendored Netty) to the SDK workers allocates direct buffers.
+            "taskmanager.memory.framework.off-heap.size": "128m",
+            "taskmanager.memory.framework.off-heap.batch-shuffle.size": "64m",
+            "taskmanager.memory.task.off-heap.size": "64m",
             "taskmanager.memory.managed.size": "32m",
             "taskmanager.memory.network.min": "64m",
             "taskmanager.memory.network.max": "64m",
