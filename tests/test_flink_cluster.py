@@ -285,3 +285,78 @@ def test_micro_batches_on_the_cluster_survive_a_driver_sigkill_exactly_once(
     assert coord.pending() == []
     if mode == "direct":
         assert kafka.committed(group, topic) == kafka.end_offsets(topic)
+
+
+# --- bounded jobs with a shuffle, and a batch job that fails ------------------------------------
+
+def _micro_batch_flags(kafka, cluster, tmp_path, topic: str) -> list[str]:
+    return [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+            f"--checkpoint_dir={tmp_path / 'ckpt'}", f"--consumer_group=g-{topic}",
+            "--starting_offsets=earliest",
+            *cluster.runner_args(parallelism=2, checkpointing_interval_ms=None)]
+
+
+def test_a_micro_batch_writing_with_write_to_text_finishes_on_the_cluster(
+        kafka, cluster, tmp_path):
+    """WriteToText has a GroupByKey inside (a blocking shuffle on Flink's batch runtime)."""
+    import apache_beam as beam
+
+    import beam_zdl
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, f"v{i}".encode(), i % 2) for i in range(500)))
+    out = tmp_path / "out"
+
+    def build(records, batch):
+        (records | beam.Map(lambda r: f"{r.partition},{r.offset},{r.value.decode()}")
+         | beam.io.WriteToText(str(out / f"batch-{batch.batch_id:06d}"), shard_name_template=""))
+
+    started = time.monotonic()
+    summary = beam_zdl.run_micro_batches(
+        build, beam_zdl.ZdlOptions(_micro_batch_flags(kafka, cluster, tmp_path, topic)))
+    took = time.monotonic() - started
+    lines = [line for path in out.glob("batch-*") for line in path.read_text().splitlines()]
+    assert summary.batches == 1 and summary.records == 500
+    assert sorted(lines) == sorted(f"{i % 2},{i // 2},v{i}" for i in range(500))
+    assert kafka.committed(f"g-{topic}", topic) == kafka.end_offsets(topic)
+    print(f"\n[flink cluster] WriteToText micro-batch of 500 records in {took:.1f} s")
+
+
+def test_readmes_word_count_runs_on_the_cluster(kafka, cluster, tmp_path):
+    """examples/wordcount_exactly_once.py: Count.PerElement (a shuffle) per batch."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import wordcount_exactly_once
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    topic = kafka.create_topic(partitions=2)
+    words = ["zdl", "beam", "flink", "kafka", "beam", "zdl", "zdl"]
+    kafka.produce(topic, ((None, " ".join(words).encode(), i % 2) for i in range(40)))
+    summary = wordcount_exactly_once.main(
+        [*_micro_batch_flags(kafka, cluster, tmp_path, topic),
+         f"--output_dir={tmp_path / 'wc'}"])
+    assert summary.batches == 1 and summary.records == 40
+    [result] = [json.loads(p.read_text()) for p in (tmp_path / "wc").glob("batch-*.json")]
+    assert result["counts"] == {"beam": 80, "flink": 40, "kafka": 40, "zdl": 120}
+
+
+def test_a_failing_batch_job_fails_the_batch_within_the_restart_bound(kafka, cluster, tmp_path):
+    """LocalFlink restarts a failed job a bounded number of times (restart-strategy), so
+    the driver gets the job's failure, with the worker's reason, instead of waiting forever;
+    the batch stays pending."""
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, b"poison", i % 2) for i in range(10)))
+    flags = _micro_batch_flags(kafka, cluster, tmp_path, topic)
+    started = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tests.flink_failing_batch", *flags],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "poison record at offset" in proc.stderr, proc.stderr[-4000:]
+    bound = cluster.restart_attempts * 60 + 120
+    assert took < bound, f"the failing batch took {took:.0f} s to fail (bound {bound} s)"
+    coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
+    assert [p.batch_id for p in coord.pending()] == [0]
+    assert all(o <= 0 for o in kafka.committed(f"g-{topic}", topic).values())
+    print(f"\n[flink cluster] a failing batch job failed the driver after {took:.0f} s "
+          f"({cluster.restart_attempts} restarts)")

@@ -13,6 +13,7 @@ from beam_zdl.microbatch.direct_mode import DirectDriver
 from beam_zdl.microbatch.loop import BuildFn, RunSummary
 from beam_zdl.microbatch.wal_mode import WalDriver
 from beam_zdl.options import ZdlConfig
+from beam_zdl.runners import flink_job_server
 from beam_zdl.worker_pool import warm_workers
 
 __all__ = ["run_micro_batches"]
@@ -56,5 +57,6 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     loop = WalDriver if config.mode == "wal" else DirectDriver
     # Worker processes live for the run, not per batch; with 2 or more, the driver is one of
     # them (WAL mode's receiver is a process of its own: it does not share the driver's GIL).
-    with warm_workers(options):
+    # On Flink, one job server for the run (not one JVM per batch).
+    with warm_workers(options), flink_job_server(options):
         return loop(build_fn, options, config).run()

@@ -23,8 +23,12 @@ connection and exit; the pool survives and serves the restarted job.
 Cluster settings chosen for tests: 2 slots per TaskManager with slots spread
 evenly (a parallelism-2 job runs on both TaskManagers, and after one is
 killed the job fits on the other), 1 s heartbeats with a 5 s timeout (a
-SIGKILLed TaskManager is noticed in seconds), restarts every 2 s without
-limit.
+SIGKILLed TaskManager is noticed in seconds), a failed job restarted after
+2 s at most ``restart_attempts`` times (3) and then failed. Unbounded restarts
+(what Flink uses when checkpointing is on) would keep a micro-batch whose job
+cannot succeed, and so its driver, waiting forever; a bounded number makes
+the job fail, and the driver fail the batch with the job's reason (the batch
+stays pending).
 """
 
 from __future__ import annotations
@@ -88,11 +92,14 @@ class LocalFlink:
             ``stop``) when None.
         jobmanager_mb / taskmanager_mb: each JVM's process memory.
         start_timeout_s: how long to wait for the REST API and the TaskManagers.
+        restart_attempts: how often a failed job is restarted (after 2 s) before it
+            fails for good.
     """
 
     def __init__(self, taskmanagers: int = 2, slots: int = 2,
                  workdir: str | os.PathLike[str] | None = None, jobmanager_mb: int = 768,
-                 taskmanager_mb: int = 1024, start_timeout_s: float = 120.0) -> None:
+                 taskmanager_mb: int = 1024, start_timeout_s: float = 120.0,
+                 restart_attempts: int = 3) -> None:
         self.taskmanager_count = taskmanagers
         self.slots = slots
         self._own_dir = workdir is None
@@ -100,6 +107,7 @@ class LocalFlink:
         self.jobmanager_mb = jobmanager_mb
         self.taskmanager_mb = taskmanager_mb
         self.start_timeout_s = start_timeout_s
+        self.restart_attempts = restart_attempts
         self.rest_port = free_port()
         self.worker_pool_port = free_port()
         self._rpc_port = free_port()
@@ -367,7 +375,7 @@ class LocalFlink:
             "heartbeat.interval": "1000",
             "heartbeat.timeout": "5000",
             "restart-strategy.type": "fixed-delay",
-            "restart-strategy.fixed-delay.attempts": "2147483647",
+            "restart-strategy.fixed-delay.attempts": self.restart_attempts,
             "restart-strategy.fixed-delay.delay": "2 s",
             "state.backend.type": "hashmap",
             "state.checkpoints.dir": self.checkpoint_dir.as_uri(),
