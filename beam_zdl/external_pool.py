@@ -102,6 +102,12 @@ class ExternalWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
 
     # -- processes -----------------------------------------------------------
 
+    def workers(self) -> dict[tuple[str, str], int]:
+        """The running workers: (caller, worker id) -> process id."""
+        with self._lock:
+            return {key: proc.pid for key, proc in self._workers.items()
+                    if proc.poll() is None}
+
     def close(self) -> None:
         """Stop every worker and spare."""
         with self._lock:

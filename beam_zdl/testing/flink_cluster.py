@@ -241,7 +241,8 @@ class LocalFlink:
         their slots (what a job needs to be scheduled)."""
         def registered() -> bool:
             found = self.taskmanagers()
-            return len(found) >= count and sum(tm["slotsNumber"] for tm in found) >= count * self.slots
+            slots = sum(tm["slotsNumber"] for tm in found)
+            return len(found) >= count and slots >= count * self.slots
         wait_until(registered,
                    timeout_s or self.start_timeout_s,
                    f"Flink session cluster at {self.rest_url} with {count} TaskManagers",
