@@ -68,6 +68,7 @@ class ExternalWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         self._idle: list[subprocess.Popen[bytes]] = []
         self._workers: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self._closed = False
+        self._spawning = 0  # spares being started by _refill
         self._refill()
 
     # -- the gRPC service ----------------------------------------------------
@@ -134,11 +135,20 @@ class ExternalWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         while True:
             with self._lock:
                 self._idle = [p for p in self._idle if p.poll() is None]
-                if self._closed or len(self._idle) >= self.spares:
+                if self._closed or len(self._idle) + self._spawning >= self.spares:
                     return
-            proc = self._spawn()
+                self._spawning += 1
+            try:
+                proc = self._spawn()
+            finally:
+                with self._lock:
+                    self._spawning -= 1
             with self._lock:
-                self._idle.append(proc)
+                if not self._closed:
+                    self._idle.append(proc)
+                    continue
+            self._terminate(proc)  # the pool closed meanwhile
+            return
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None:
