@@ -68,6 +68,13 @@ class FlinkOptions(PipelineOptions):
                  "buffering its output. beam_zdl sets it to true for streaming reads "
                  "on Flink unless given (buffered Impulse output is never flushed, "
                  "apache/beam PR #12345).")
+        parser.add_argument(
+            "--pipeline_resources_detector_factory_class", default=None,
+            help="Job server: the Java class (a PipelineResourcesDetector.Factory) that "
+                 "finds the jars a job stages. By default the job server's whole "
+                 "classpath (about 150 MB) is uploaded for every job; a factory that "
+                 "finds none suits a cluster with the runner on its classpath (see the "
+                 "Flink guide).")
 
 
 def is_flink(options: PipelineOptions, runner: object = None) -> bool:

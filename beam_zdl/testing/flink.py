@@ -16,18 +16,50 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
 import beam_zdl.testing.jars as jars
+from beam_zdl.errors import ZdlError
 from beam_zdl.runners import FlinkOptions
 
-__all__ = ["MAIN_CLASS", "FlinkCheckpointOptions", "job_server_jar", "flink_runner_args"]
+__all__ = ["MAIN_CLASS", "NO_STAGING", "FlinkCheckpointOptions", "job_server_jar",
+           "no_staging_jar", "no_staging_job_server_jar", "flink_runner_args"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _LAUNCHER = "beam-zdl-flink-job-server.jar"
+
+# A PipelineResourcesDetector.Factory that detects nothing: with
+# --pipeline_resources_detector_factory_class=<it>, the job server submits a job with no
+# jars to stage, instead of its whole classpath (about 150 MB, uploaded to the cluster's
+# blob server for every job: most of a micro-batch's submission time). The cluster then
+# needs the runner on its own classpath (LocalFlink's TaskManagers have it), and, since
+# Flink's operators carry the pipeline options, this class too.
+NO_STAGING = "beam_zdl.flink.NoStagingDetectorFactory"
+_NO_STAGING_JAR = "beam-zdl-flink-no-staging.jar"
+_NO_STAGING_SRC = """package beam_zdl.flink;
+
+import java.util.Collections;
+import org.apache.beam.sdk.util.construction.resources.PipelineResourcesDetector;
+
+/** Detects no resources: a job stages no jars (the cluster has the runner on its classpath). */
+public class NoStagingDetectorFactory implements PipelineResourcesDetector.Factory {
+  public static NoStagingDetectorFactory create() {
+    return new NoStagingDetectorFactory();
+  }
+
+  @Override
+  public PipelineResourcesDetector getPipelineResourcesDetector() {
+    return (PipelineResourcesDetector) classLoader -> Collections.<String>emptyList();
+  }
+}
+"""
 
 
 # Declared in beam_zdl.runners (declaring a flag twice breaks every PipelineOptions);
@@ -66,6 +98,59 @@ def job_server_jar() -> Path:
         jar.writestr("META-INF/MANIFEST.MF", manifest)
     tmp.replace(launcher)
     _LOGGER.info("wrote the Flink job server launcher %s", launcher)
+    return launcher
+
+
+def no_staging_jar() -> Path:
+    """A jar holding :data:`NO_STAGING` (compiled with ``javac`` the first time), in a
+    folder of its own beside the runner's jars (their folder is the job server's
+    classpath, see :func:`job_server_jar`)."""
+    folder = jars.resolve("flink")
+    out_dir = folder.parent / "flink-extra"
+    jar = out_dir / _NO_STAGING_JAR
+    marker = out_dir / (_NO_STAGING_JAR + ".src")
+    if jar.exists() and marker.exists() and marker.read_text() == _NO_STAGING_SRC:
+        return jar
+    javac = shutil.which("javac") or str(Path(jars.java_binary()).with_name("javac"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "beam_zdl" / "flink" / "NoStagingDetectorFactory.java"
+        src.parent.mkdir(parents=True)
+        src.write_text(_NO_STAGING_SRC)
+        core = [str(p) for p in folder.glob("beam-sdks-java-core-*.jar")]
+        proc = subprocess.run([javac, "--release", "11", "-cp", os.pathsep.join(core),
+                               "-d", str(Path(tmp) / "classes"), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ZdlError(f"javac could not compile {NO_STAGING} with {javac}: "
+                           f"{proc.stderr[-2000:]}; a JDK 17 (javac) is needed")
+        tmp_jar = jar.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp_jar, "w") as out:
+            for cls in (Path(tmp) / "classes").rglob("*.class"):
+                out.write(cls, str(cls.relative_to(Path(tmp) / "classes")))
+        tmp_jar.replace(jar)
+    marker.write_text(_NO_STAGING_SRC)
+    _LOGGER.info("compiled %s into %s", NO_STAGING, jar)
+    return jar
+
+
+def no_staging_job_server_jar() -> Path:
+    """A job server launcher like :func:`job_server_jar` whose classpath also holds
+    :data:`NO_STAGING` (in the folder of :func:`no_staging_jar`)."""
+    folder = jars.resolve("flink")
+    extra = no_staging_jar()
+    class_path = [f"../{folder.name}/{name}" for name in
+                  sorted(p.name for p in folder.glob("*.jar") if p.name != _LAUNCHER)]
+    launcher = extra.parent / _LAUNCHER
+    manifest = _manifest([*class_path, extra.name])
+    if launcher.exists():
+        with zipfile.ZipFile(launcher) as existing:
+            if existing.read("META-INF/MANIFEST.MF") == manifest:
+                return launcher
+    tmp = launcher.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", manifest)
+    tmp.replace(launcher)
     return launcher
 
 

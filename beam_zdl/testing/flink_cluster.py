@@ -145,9 +145,12 @@ class LocalFlink:
                 need it: offsets are committed on completed checkpoints); None
                 for bounded jobs (micro-batches).
         """
-        from beam_zdl.testing.flink import job_server_jar
+        from beam_zdl.testing.flink import NO_STAGING, no_staging_job_server_jar
+        # The TaskManagers have the runner on their classpath: jobs stage no jars (the
+        # job server's classpath, about 150 MB, would be uploaded for every job).
         args = ["--runner=FlinkRunner", f"--flink_master={self.flink_master}",
-                f"--flink_job_server_jar={job_server_jar()}",
+                f"--flink_job_server_jar={no_staging_job_server_jar()}",
+                f"--pipeline_resources_detector_factory_class={NO_STAGING}",
                 "--environment_type=EXTERNAL",
                 f"--environment_config=localhost:{self.worker_pool_port}",
                 f"--parallelism={parallelism}"]
@@ -308,7 +311,12 @@ class LocalFlink:
                 "-Djava.net.preferIPv4Stack=true",
                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
                 "-Dorg.slf4j.simpleLogger.showDateTime=true",
-                *_JAVA17_OPENS, "-cp", jars.classpath("flink")]
+                *_JAVA17_OPENS, "-cp", self._classpath()]
+
+    def _classpath(self) -> str:
+        # The runner's jars, and the class jobs name in their options (runner_args).
+        from beam_zdl.testing.flink import no_staging_jar
+        return os.pathsep.join([jars.classpath("flink"), str(no_staging_jar())])
 
     def _start_taskmanager(self, i: int) -> None:
         proc = ServerProcess(
