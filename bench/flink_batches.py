@@ -8,6 +8,9 @@ per partition, 2 partitions) run twice on the one cluster:
   (a job server JVM started for every batch; beam_zdl before it started one per run);
 * ``one_job_server``: ``run_micro_batches`` as it is (one job server for the run).
 
+Both stage no jars (``LocalFlink.runner_args``). The committed JSON also holds the runs
+from before that change ("jars staged"), measured with this script at that commit.
+
 Each batch's cycle is the time between the starts of two consecutive batch pipelines
 (plan, submit, run, complete, commit); the first batch of a run is left out (it pays the
 run's one-time start-up). Writes ``bench/flink_batches.json``.
