@@ -268,6 +268,8 @@ class BatchLoop(abc.ABC):
     def run(self) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
+        kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
+                            cfg.kafka_connect_timeout_s)
         self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
                                            cfg.consumer_config)
         try:
