@@ -242,13 +242,16 @@ def new_admin(bootstrap_servers: str,
 
 def unreachable_error(bootstrap_servers: str, timeout_s: float, reasons: list[str],
                       cause: object = None, flag: str = "--bootstrap_servers",
-                      timeout_flag: str = "--kafka_connect_timeout_s") -> KafkaUnavailableError:
-    """The error of an entry point that got no answer from the cluster in time."""
+                      timeout_flag: str = "--kafka_connect_timeout_s",
+                      default: str | None = DEFAULT_BOOTSTRAP_SERVERS) -> KafkaUnavailableError:
+    """The error of an entry point that got no answer from the cluster in time.
+
+    ``default`` is the servers' value when nobody gave one (named as such), or None."""
     said = [re.sub(r" \(after \d+ms in state \w+\)", "", r) for r in reasons]
     specific = [r for r in said if "brokers are down" not in r]
     reason = (specific or said or [str(cause or "no answer")])[-1]
     default = (f" (the default of {flag}; pass {flag}=host:port)"
-               if bootstrap_servers.strip() == DEFAULT_BOOTSTRAP_SERVERS else "")
+               if default is not None and bootstrap_servers.strip() == default else "")
     return KafkaUnavailableError(
         f"Kafka did not answer at {flag}={bootstrap_servers}{default} within "
         f"{timeout_s:g} s: {reason}. Check the host names and ports, that the brokers run, "

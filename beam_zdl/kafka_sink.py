@@ -682,7 +682,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
                 raise kafka.unreachable_error(
                     self._bootstrap_servers, wait_s, reasons, exc.args[0],
                     flag="WriteToKafka: bootstrap_servers",
-                    timeout_flag="WriteToKafka(connect_timeout_s=...)") from None
+                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from None
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error if info is not None and info.error else "no partitions"
                 raise ZdlError(
