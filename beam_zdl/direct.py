@@ -80,7 +80,7 @@ import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
 from beam_zdl.errors import ZdlError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, check_gap, lost_offsets
+from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
 from beam_zdl.ranges import PartitionRange
 
 __all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -286,7 +286,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() not in OUT_OF_RANGE_CODES:
+                        if not is_out_of_range(err):
                             raise KafkaException(err)
                         low, high = consumer.get_watermark_offsets(
                             TopicPartition(topic, partition), timeout=30, cached=False)

@@ -2,9 +2,10 @@
 
 Inside :func:`beam_zdl.run_micro_batches` the driver hands ``ReadFromKafka``
 the batch's planned ranges. Used on its own in a bounded pipeline it plans
-ranges when the pipeline is built: from ``--starting_offsets`` to ``--ending_offsets``
-(default: the end offsets seen
-then, so the pipeline reads a fixed, repeatable set of records.
+ranges when the pipeline is built, from ``--starting_offsets`` to
+``--ending_offsets`` (default: the end offsets seen then), so the pipeline reads
+a fixed, repeatable set of records. With ``--streaming`` it is the unbounded
+read of :mod:`beam_zdl.streaming`.
 """
 
 from __future__ import annotations

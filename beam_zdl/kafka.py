@@ -56,7 +56,10 @@ __all__ = [
     "check_brokers",
     "unreachable_error",
     "check_gap",
+    "serve_events",
     "OUT_OF_RANGE_CODES",
+    "is_out_of_range",
+    "committed",
     "lost_offsets",
     "consumer_settings",
     "new_consumer",
@@ -283,6 +286,13 @@ def check_brokers(bootstrap_servers: str, extra: Mapping[str, object] | None = N
         del admin
 
 
+def serve_events(consumer: Any) -> None:
+    """Serve the queued log lines and errors of a consumer that is never assigned (the
+    driver's: it only asks for offsets and commits), so they do not pile up."""
+    if not consumer.assignment():
+        consumer.poll(0)
+
+
 def check_gap(consumer: Any, topic: str, partition: int, expected: int, got: int,
               fail_on_data_loss: bool) -> int:
     """A read asked for ``expected`` and its next record is at ``got`` > ``expected``:
@@ -459,6 +469,34 @@ def end_offsets(consumer: Any, topics: Iterable[str],
                                                      bootstrap_servers).items()}
 
 
+def is_out_of_range(err: Any) -> bool:
+    """Whether a consumed message's error says its position is outside the log."""
+    return bool(err.code() in OUT_OF_RANGE_CODES)
+
+
+def committed(consumer: Any, tps: list[Any], timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
+    """``consumer.committed(tps)``, asked again while the group coordinator is moving or
+    loading (a broker that just restarted answers NOT_COORDINATOR or
+    COORDINATOR_LOAD_IN_PROGRESS for a while) or the error is retriable, up to
+    ``timeout_s``.
+
+    Raises:
+        KafkaException: the last error, once the time is up or it is not one to retry.
+    """
+    from confluent_kafka import KafkaException
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.committed(tps, timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if (err.code() in _COORDINATOR_MOVING or err.retriable()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise
+
+
 def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
                       bootstrap_servers: str) -> dict[tuple[str, int], int | None]:
     """The group's committed offset of each partition, None where it has none."""
@@ -466,22 +504,12 @@ def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
     tps = [TopicPartition(t, p) for t, p in partitions]
     if not tps:
         return {}
-    deadline = time.monotonic() + _METADATA_TIMEOUT_S
-    while True:
-        try:
-            found = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
-            break
-        except KafkaException as exc:
-            # A broker that just (re)started answers NOT_COORDINATOR or
-            # COORDINATOR_LOAD_IN_PROGRESS until the group coordinator is loaded.
-            err = exc.args[0]
-            if (getattr(err, "code", lambda: None)() in _COORDINATOR_MOVING
-                    and time.monotonic() < deadline):
-                time.sleep(0.5)
-                continue
-            raise KafkaUnavailableError(
-                f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
-                f"({err})") from None
+    try:
+        found = committed(consumer, tps)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
+            f"({exc.args[0]})") from None
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 

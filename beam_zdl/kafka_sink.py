@@ -178,10 +178,6 @@ def _check_size(record: OutputRecord, limit: int, topic: str) -> OutputRecord:
     return record
 
 
-_COORDINATOR_MOVING = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS",
-                       "COORDINATOR_NOT_AVAILABLE")
-
-
 def read_progress(consumer: Any, progress_topic: str,
                   timeout_s: float = _TIMEOUT_S) -> tuple[Optional[int], str]:
     """The batch id the shard's progress record says was last committed (None if none),
@@ -191,23 +187,13 @@ def read_progress(consumer: Any, progress_topic: str,
     ``isolation.level=read_committed`` librdkafka asks for stable offsets, so a
     transaction still completing is waited for, never missed.
     """
-    import time
     from confluent_kafka import KafkaException, TopicPartition
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            found = consumer.committed([TopicPartition(progress_topic, 0)], timeout=timeout_s)
-            break
-        except KafkaException as exc:
-            # A group coordinator that is moving or still loading answers NOT_COORDINATOR /
-            # COORDINATOR_LOAD_IN_PROGRESS for a while: retriable.
-            if exc.args[0].retriable() or exc.args[0].name() in _COORDINATOR_MOVING:
-                if time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-            raise KafkaUnavailableError(
-                f"could not read the sink's progress record (group offsets on "
-                f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
+    try:
+        found = kafka.committed(consumer, [TopicPartition(progress_topic, 0)], timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read the sink's progress record (group offsets on "
+            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
     offset = found[0].offset
     return (offset - 1 if offset > 0 else None), (found[0].metadata or "")
 

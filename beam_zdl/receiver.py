@@ -3,8 +3,9 @@
 A :class:`Receiver` is a member of the consumer group (``--consumer_group``,
 auto-commit off). It appends every record it receives to a
 :class:`~beam_zdl.wal.WalWriter` and commits a partition's offset to Kafka
-only after a sealed segment holds the record below it. It runs as a thread
-of the micro-batch driver (``--zdl_mode=wal``) or alone (``beam-zdl receive``).
+only after a sealed segment holds the record below it. It runs in a child
+process of the micro-batch driver (``--zdl_mode=wal``,
+:mod:`beam_zdl.receiver_process`) or alone (``beam-zdl receive``).
 
 Commit protocol (:meth:`Receiver._seal_and_commit`)
     1. Seal the buffered records into one create-once segment; it is durable
@@ -285,13 +286,13 @@ class Receiver:
         return self.stats
 
     def _append(self, messages: list[Any]) -> None:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
         assert self._writer is not None  # run() makes it before consuming
         assigned, next_offsets = self._assigned, self._next  # updated in place, never replaced
         for index, msg in enumerate(messages):
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                if kafka.is_out_of_range(err):
                     raise DataLossError(
                         f"{msg.topic()}[{msg.partition()}]: the receiver's position is no longer "
                         f"in the log ({err.str()}); retention removed records before they were "

@@ -79,7 +79,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import beam_zdl.metrics as metrics
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, check_gap, lost_offsets
+from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
 import beam_zdl.records as records
 from beam_zdl.records import KafkaRecord, payload_bytes
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
@@ -429,7 +429,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() not in OUT_OF_RANGE_CODES:
+                        if not is_out_of_range(err):
                             raise KafkaException(err)
                         entry[1] = None  # re-seek next call
                         first_missing = start if last_claimed is None else last_claimed + 1

@@ -288,6 +288,7 @@ class BatchLoop(abc.ABC):
                 # Step 1
                 for plan in self.coordinator.pending():
                     self._check()
+                    kafka.serve_events(self.consumer)
                     if stop.stopped or self._reached_max():
                         return self._finish(started)
                     batch = self._batch_of(plan, replay=True)
@@ -298,6 +299,7 @@ class BatchLoop(abc.ABC):
                 batch_id = self.coordinator.next_batch_id()
                 while not stop.stopped and not self._reached_max():
                     self._check()
+                    kafka.serve_events(self.consumer)
                     next_started = time.monotonic()
                     plan = self._next_plan(batch_id)
                     if plan is None:
