@@ -12,12 +12,20 @@ Sub-commands::
     beam-zdl verify <wal_uri> [--allow_empty] [--json]
         checks every frame of every segment of a WAL directory (or one segment);
         exits 1 naming the segment and byte of each corruption found.
+    beam-zdl report <checkpoint_dir> [-o report.html]
+        one self-contained HTML file charting the progress history (rows/s,
+        batch duration by step, records per batch, lag per partition) with the
+        slowest batches and the replays; needs the ``report`` extra (matplotlib).
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
         runs a WAL-mode receiver (the same one run_micro_batches starts in a
         child process) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
         --drain_to_end (or an explicit --trigger=available_now) stops once the
         group has committed every partition up to the end offsets seen at start
-        (sealed here or by another receiver).
+        (sealed here or by another receiver). --metrics_port serves /metrics and
+        /healthz (docs/monitoring.md).
+
+Every command takes ``--log_format=text|json`` (json: one JSON object per log
+line on stderr).
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -54,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every sub-command takes --log_format (after its name, where users write it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log_format", choices=("text", "json"), default="text",
+                        help="text: plain log lines; json: one JSON object per log line on "
+                             "stderr")
 
     inspect = sub.add_parser(
-        "inspect", help="show a checkpoint: config, epoch, completed and pending batches, WAL",
+        "inspect", parents=[common], help="show a checkpoint: config, epoch, completed and pending batches, WAL",
         description="Check every file of a checkpoint directory (magic, format version, "
                     "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
                     "current epoch, last completed batch, pending batches (their offset ranges "
@@ -77,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=_inspect)
 
     migrate = sub.add_parser(
-        "migrate", help="copy a format-1 checkpoint into a new directory in the current format",
+        "migrate", parents=[common], help="copy a format-1 checkpoint into a new directory in the current format",
         description="Copy a checkpoint written by a beam_zdl older than checksummed checkpoint "
                     "files (format 1, unframed) into a new directory in the current format "
                     "(magic, version, CRC32C per file). Stop every driver and receiver on the "
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     verify = sub.add_parser(
-        "verify", help="check every frame of every WAL segment",
+        "verify", parents=[common], help="check every frame of every WAL segment",
         description="Check the magic, CRCs, frame order and footer of every segment in a WAL "
                     "directory (or of one segment URI). Exits 1 naming segment and byte of "
                     "every corruption found.")
@@ -100,8 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify.set_defaults(func=_verify)
 
+    report = sub.add_parser(
+        "report", parents=[common], help="write an HTML report with charts of a run's batches",
+        description="Chart the progress history kept in a checkpoint directory (the last "
+                    "--retain_batches batches): input and processed rows per second, batch "
+                    "duration stacked by step, records per batch and lag per partition, with "
+                    "the slowest batches and the replays. One self-contained HTML file (images "
+                    "inline; opens without network). Needs matplotlib: pip install "
+                    "'beam_zdl[report]'.")
+    report.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
+    report.add_argument("-o", "--output", default="report.html",
+                        help="the HTML file to write (default: report.html)")
+    report.set_defaults(func=_report)
+
     receive = sub.add_parser(
-        "receive", help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
+        "receive", parents=[common], help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
         description="Consume --topics as a member of --consumer_group, append the records to "
                     "WAL segments under --wal_dir, and commit offsets only after a segment is "
                     "sealed. Takes the ZdlOptions flags of the pipeline (--bootstrap_servers, "
@@ -126,12 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: 0 fine, 1 corruption found, 2 usage or storage error.
     """
+    from beam_zdl.logs import configure_logging
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         if args.command != "receive":
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.flags = unknown
+    if args.log_format == "json" or not logging.getLogger().handlers:
+        configure_logging(args.log_format)  # else the caller (a test, an app) set logging up
     try:
         code: int = args.func(args, sys.stdout)
         return code
@@ -248,6 +277,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     segments: list[SegmentInfo] = list_segments(wal_dir) if wal_dir else []
 
     partitions = _partition_rows(coord, config, args)
+    from beam_zdl.progress_history import read_history
+    history = read_history(args.checkpoint_dir)
     if args.json:
         doc = {
             "checkpoint_dir": args.checkpoint_dir,
@@ -264,6 +295,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             "next_batch_id": coord.next_batch_id(),
             "pending": [_plan_dict(p) for p in pending],
             "partitions": partitions,
+            "progress": [p.to_dict() for p in history.progress],
+            "damaged_progress": [{"uri": d.uri, "reason": d.reason} for d in history.damaged],
             "wal": None if wal_dir is None else {
                 "dir": wal_dir, "total_bytes": sum(s.size_bytes for s in segments),
                 "segments": [{"name": s.name, "uri": s.uri, "size_bytes": s.size_bytes,
@@ -312,6 +345,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             rows.extend(["", "", "", "", more] for more in inputs[1:])
         _table(rows, out)
 
+    _print_history(history, out)
+
     if wal_dir is None:
         print("\nWAL: none (direct mode; pass --wal_dir to list one)", file=out)
     else:
@@ -322,6 +357,34 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             rows.extend([s.name, str(s.epoch), str(s.seq), _size(s.size_bytes), str(s.size_bytes)]
                         for s in segments)
             _table(rows, out)
+    return EXIT_OK
+
+
+def _print_history(history: Any, out: TextIO) -> None:
+    """The progress records kept in the checkpoint (last ``--retain_batches`` batches)."""
+    print(f"\nrecent batches (progress records): {len(history.progress)}", file=out)
+    if history.progress:
+        rows = [["BATCH", "TRIGGERED", "RECORDS", "ROWS/S IN", "ROWS/S DONE", "PLAN S", "RUN S",
+                 "COMPLETE S", "COMMIT S", "TOTAL S", "LAG", "DEAD", "LOST", "REPLAY"]]
+        for p in history.progress:
+            d = p.durations_s
+            rows.append([str(p.batch_id), _ms(p.trigger_ms), str(p.records),
+                         f"{p.input_rows_per_s:.0f}", f"{p.processed_rows_per_s:.0f}",
+                         *(f"{d.get(k, 0.0):.3f}" for k in ("plan", "run", "complete",
+                                                             "commit", "total")),
+                         "-" if p.lag is None else str(p.lag), str(p.dead_letter_records),
+                         str(p.data_loss_records), "yes" if p.replay else ""])
+        _table(rows, out)
+    for d in history.damaged:
+        print(f"DAMAGED progress record {d.uri} (skipped): {d.reason}", file=out)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from beam_zdl.report import write_report
+    path, batches = write_report(args.checkpoint_dir, args.output)
+    print(f"wrote {path}: {batches} batches from {args.checkpoint_dir}", file=out)
     return EXIT_OK
 
 
@@ -389,9 +452,6 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import threading
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
     # Parsed without Beam: the receiver needs none, and importing it costs ~140 MB RSS.
     from beam_zdl.config import ZdlConfig
     from beam_zdl.receiver import Receiver
@@ -414,7 +474,22 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=drain_to_end)
+    receiver = Receiver(config, name="beam-zdl-receive")
+    server = None
+    if config.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from beam_zdl.monitoring import MetricsServer, ReceiverCollector
+        registry = CollectorRegistry()
+        registry.register(ReceiverCollector(lambda: receiver.stats,
+                                            lambda: receiver.buffered_bytes))
+        server = MetricsServer(config.metrics_port, registry, receiver.heartbeat,
+                               config.health_timeout_s).start()
+    try:
+        stats = receiver.run(stop, drain_to_end=drain_to_end)
+    finally:
+        if server is not None:
+            server.stop()
     print(json.dumps(dataclasses.asdict(stats)), file=out)
     return EXIT_OK
 

@@ -29,12 +29,13 @@ from beam_zdl.secrets import literal_secrets
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["ZdlConfig", "add_zdl_arguments", "MODES", "TRIGGERS", "parse_bool"]
+__all__ = ["ZdlConfig", "add_zdl_arguments", "MODES", "TRIGGERS", "LOG_FORMATS", "parse_bool"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("direct", "wal")
 TRIGGERS = ("available_now", "continuous")
+LOG_FORMATS = ("text", "json")
 # Beam registers --bootstrap_servers (KafkaStreamsRunnerOptions) with this default;
 # from_flags, which parses without Beam, gives it the same.
 _BEAM_BOOTSTRAP_DEFAULT = "localhost:9092"
@@ -81,6 +82,9 @@ class ZdlConfig:
     drain_timeout_s: float = 300.0
     partition_discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
+    metrics_port: int | None = None
+    health_timeout_s: float = 300.0
+    log_format: str = "text"
 
     @classmethod
     def from_options(cls, options: "PipelineOptions", *, need_checkpoint: bool = False,
@@ -189,6 +193,12 @@ class ZdlConfig:
         for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
             if o[name] <= 0:
                 raise ConfigError(f"--{name} must be > 0, got {o[name]}")
+        port = o.get("metrics_port")
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"--metrics_port must be a TCP port (0 picks a free one), got {port}")
+        if not o.get("health_timeout_s", 1.0) > 0:
+            raise ConfigError(f"--health_timeout_s must be > 0 seconds, got {o['health_timeout_s']}")
+        _choice(o, "log_format", LOG_FORMATS)
         if need_checkpoint and not o.get("checkpoint_dir"):
             raise ConfigError("--checkpoint_dir is required: where batch plans and "
                               "completions are recorded (local path, gs:// or hdfs://)")
@@ -222,6 +232,9 @@ class ZdlConfig:
             drain_timeout_s=o["drain_timeout_s"],
             partition_discovery_interval_s=o["partition_discovery_interval_s"],
             idle_watermark_delay_s=o["idle_watermark_delay_s"],
+            metrics_port=port,
+            health_timeout_s=o.get("health_timeout_s", _DEFAULTS["health_timeout_s"]),
+            log_format=o.get("log_format") or "text",
         )
 
     def fingerprint(self) -> str:
@@ -332,6 +345,22 @@ def add_zdl_arguments(parser: argparse.ArgumentParser) -> None:
         help="Streaming: a partition that is caught up holds the watermark at "
              "now minus this many seconds; records older than that arriving "
              "later are late data.")
+
+
+    parser.add_argument(
+        "--metrics_port", type=int, default=_DEFAULTS["metrics_port"],
+        help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+             "port (run_micro_batches' driver, beam-zdl receive); 0 picks a free port. "
+             "Default: none (no server). See docs/monitoring.md.")
+    parser.add_argument(
+        "--health_timeout_s", type=float, default=_DEFAULTS["health_timeout_s"],
+        help="/healthz answers 503 once the driver's loop (a plan, a batch, an idle check) "
+             "or the receiver's (a poll that reached the broker, a seal) has not turned for "
+             "this many seconds; make it longer than your slowest batch.")
+    parser.add_argument(
+        "--log_format", default=_DEFAULTS["log_format"],
+        help="text: plain log lines; json: one JSON object per line on stderr (with "
+             "batch_id and partition fields where they apply), for log collectors.")
 
 
 _WARNED_SECRETS: set[tuple[str, ...]] = set()

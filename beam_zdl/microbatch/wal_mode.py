@@ -41,7 +41,7 @@ at least one segment).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -51,6 +51,7 @@ from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import StorageError, ZdlError
 from beam_zdl.io import ReadFromWal
+from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
@@ -75,8 +76,9 @@ class WalDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_WAL
 
-    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
-        super().__init__(build_fn, options, config)
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
+                 listeners: Sequence[ProgressListener] = ()) -> None:
+        super().__init__(build_fn, options, config, listeners)
         self._receiver: Optional[ReceiverProcess] = None
         self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
         self._receiver_done_before_listing = False
