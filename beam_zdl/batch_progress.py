@@ -31,6 +31,12 @@ Field names (also in ``docs/monitoring.md``):
 ``dead_letter_records``    ``beam_zdl/dead_letter_records`` (0 when no DecodeRecords)
 ``data_loss_records``      ``beam_zdl/data_loss_records``
 ``wal_segments``           WAL mode: segments the batch read; 0 in direct mode
+``receiver_buffered_bytes`` WAL mode: bytes the driver's receiver held unsealed when the
+                           batch completed (its last status, at most 1 s old); None in
+                           direct mode
+``receiver_lag``           WAL mode: offsets the receiver had not yet appended, up to the
+                           latest end offsets known, over the partitions it held; None in
+                           direct mode
 ``lag``                    sum of the partitions' lags (None when no latest is known)
 =========================  ================================================================
 
@@ -95,6 +101,8 @@ class BatchProgress:
     data_loss_records: int = 0
     wal_segments: int = 0
     lag: Optional[int] = None
+    receiver_buffered_bytes: Optional[int] = None
+    receiver_lag: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of JSON types (partitions as a list of dicts)."""

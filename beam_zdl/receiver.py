@@ -194,6 +194,10 @@ class Receiver:
         """Bytes appended to the open segment, not yet sealed."""
         return self._writer.buffered_bytes if self._writer is not None else 0
 
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to append, per partition held now (a copy)."""
+        return {tp: o for tp, o in dict(self._next).items() if tp in self._assigned}
+
     @property
     def assigned(self) -> frozenset[tuple[str, int]]:
         """The partitions this member holds now."""

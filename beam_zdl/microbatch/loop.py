@@ -263,6 +263,10 @@ class BatchLoop(abc.ABC):
         """Where this run starts reading each partition (for the progress report)."""
         return {}
 
+    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+        """WAL mode: the receiver's buffered bytes and lag (see BatchProgress)."""
+        return None, None
+
     def _done_when_idle(self) -> bool:
         """With nothing to plan: True ends the run, False waits for more."""
         return self.config.trigger == "available_now"
@@ -457,6 +461,7 @@ class BatchLoop(abc.ABC):
                 latest_offset=end, records=r.stop - r.start,
                 lag=None if end is None else max(0, end - r.stop)))
         lags = [p.lag for p in partitions]
+        buffered, receiver_lag = self._receiver_status()
         return BatchProgress(
             batch_id=batch.batch_id, mode=checkpoint_pb2.Mode.Name(self.mode)
             .removeprefix("MODE_").lower(), replay=batch.replay,
@@ -470,6 +475,7 @@ class BatchLoop(abc.ABC):
             dead_letter_records=ours.get(metrics.DEAD_LETTER_RECORDS, 0),
             data_loss_records=ours.get(metrics.DATA_LOSS_RECORDS, 0),
             wal_segments=len(batch.segments),
+            receiver_buffered_bytes=buffered, receiver_lag=receiver_lag,
             lag=None if not lags or any(x is None for x in lags)
             else sum(x for x in lags if x is not None))
 

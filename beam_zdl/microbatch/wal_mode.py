@@ -104,6 +104,15 @@ class WalDriver(BatchLoop):
         if error is not None:
             raise error
 
+    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+        receiver = self._receiver
+        if receiver is None or receiver.buffered_bytes is None:
+            return None, None
+        ends = self.progress.ends()
+        positions = receiver.positions
+        lag = sum(max(0, ends[tp] - o) for tp, o in positions.items() if tp in ends)
+        return receiver.buffered_bytes, lag
+
     def _receiver_running(self) -> bool:
         return self._receiver is not None and self._receiver.running
 
