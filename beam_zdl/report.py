@@ -74,8 +74,10 @@ def _figure(progress: Sequence[BatchProgress]) -> Any:
     ax.set_xlabel("batch")
     ax.legend()
     ax = axes[1][0]
-    ax.bar(ids, [p.records for p in progress], color="tab:green")
-    ax.set_title("Records per batch")
+    ax.bar(ids, [p.records for p in progress],
+           color=["tab:purple" if p.replay else "tab:green" for p in progress])
+    ax.set_title("Records per batch" + (" (replays in purple)"
+                                        if any(p.replay for p in progress) else ""))
     ax.set_xlabel("batch")
     ax = axes[1][1]
     series: dict[str, list[tuple[int, int]]] = {}
