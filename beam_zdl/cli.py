@@ -481,7 +481,7 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
 
         from beam_zdl.monitoring import MetricsServer, ReceiverCollector
         registry = CollectorRegistry()
-        registry.register(ReceiverCollector(lambda: receiver.stats,
+        registry.register(ReceiverCollector(lambda: dataclasses.asdict(receiver.stats),
                                             lambda: receiver.buffered_bytes))
         server = MetricsServer(config.metrics_port, registry, receiver.heartbeat,
                                config.health_timeout_s).start()

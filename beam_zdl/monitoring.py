@@ -24,7 +24,7 @@ import logging
 import socketserver
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
@@ -32,6 +32,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Metric,
                                     SummaryMetricFamily)
 from prometheus_client.registry import Collector
+
+from beam_zdl.errors import ConfigError
 
 __all__ = ["Heartbeat", "MetricsServer", "DriverMetrics", "ReceiverCollector"]
 
@@ -125,14 +127,14 @@ class MetricsServer:
         """Listen and serve in a daemon thread.
 
         Raises:
-            OSError: the port is taken (the message names it).
+            ConfigError: the port cannot be listened on (taken), naming it.
         """
         try:
             self._server = make_server("", self._requested_port, self._app,
                                        server_class=_Server, handler_class=_QuietHandler)
         except OSError as exc:
-            raise OSError(exc.errno, f"--metrics_port={self._requested_port}: cannot listen "
-                          f"({exc.strerror}); pick a free port, or 0 for any") from None
+            raise ConfigError(f"--metrics_port={self._requested_port}: cannot listen there "
+                              f"({exc.strerror}); pick a free port, or 0 for any") from None
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="beam-zdl-metrics", daemon=True)
         self._thread.start()
@@ -231,33 +233,39 @@ class ReceiverCollector(Collector):
     """The receiver's metrics, read from its stats at scrape time.
 
     Args:
-        stats: a callable returning the receiver's :class:`~beam_zdl.receiver.ReceiverStats`.
+        stats: a callable returning the receiver's stats as a mapping (the fields of
+            :class:`~beam_zdl.receiver.ReceiverStats`; missing ones count 0).
         buffered_bytes: a callable returning the bytes buffered, not yet sealed.
     """
 
-    def __init__(self, stats: Callable[[], Any], buffered_bytes: Callable[[], int]) -> None:
+    def __init__(self, stats: Callable[[], Mapping[str, float]],
+                 buffered_bytes: Callable[[], int]) -> None:
         self._stats = stats
         self._buffered = buffered_bytes
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
-        for name, doc, value in (
-                ("records", "Records received and sealed into WAL segments.", s.records),
-                ("bytes", "Bytes sealed into WAL segments.", s.sealed_bytes),
-                ("segments_sealed", "WAL segments sealed.", s.segments),
-                ("commits", "Offset commits after a seal.", s.commits),
+
+        def get(name: str) -> float:
+            return float(s.get(name, 0) or 0)
+
+        for name, doc, key in (
+                ("records", "Records received and sealed into WAL segments.", "records"),
+                ("bytes", "Bytes sealed into WAL segments.", "sealed_bytes"),
+                ("segments_sealed", "WAL segments sealed.", "segments"),
+                ("commits", "Offset commits after a seal.", "commits"),
                 ("commit_failures", "Offset commits that failed after every retry.",
-                 s.failed_commits),
-                ("rebalances", "Partition assignments and revocations.", s.rebalances),
+                 "failed_commits"),
+                ("rebalances", "Partition assignments and revocations.", "rebalances"),
                 ("lost_records", "Records lost before they were received "
-                 "(--fail_on_data_loss=false).", s.lost_records)):
-            yield CounterMetricFamily(f"beam_zdl_receiver_{name}", doc, value=value)
+                 "(--fail_on_data_loss=false).", "lost_records")):
+            yield CounterMetricFamily(f"beam_zdl_receiver_{name}", doc, value=get(key))
         yield GaugeMetricFamily("beam_zdl_receiver_buffered_bytes",
                                 "Bytes buffered, not yet sealed.", value=self._buffered())
         yield SummaryMetricFamily("beam_zdl_receiver_seal_seconds",
                                   "Seconds to seal a WAL segment (durable when done).",
-                                  count_value=s.segments, sum_value=s.seal_seconds)
+                                  count_value=int(get("segments")), sum_value=get("seal_seconds"))
         yield SummaryMetricFamily("beam_zdl_receiver_commit_seconds",
                                   "Seconds to commit offsets after a seal.",
-                                  count_value=s.commits + s.failed_commits,
-                                  sum_value=s.commit_seconds)
+                                  count_value=int(get("commits") + get("failed_commits")),
+                                  sum_value=get("commit_seconds"))

@@ -96,7 +96,7 @@ class ReceiverProcess:
         self._exited = threading.Event()
         self._error: Optional[BaseException] = None
         self.drained = False
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, float] = {}  # ReceiverStats' fields: every second, and at exit
         # The child's last status (every _STATUS_EVERY_S): buffered bytes, next offsets.
         self.buffered_bytes: Optional[int] = None
         self.positions: dict[tuple[str, int], int] = {}
@@ -157,6 +157,7 @@ class ReceiverProcess:
                 status = message["status"]
                 self.buffered_bytes = int(status["buffered_bytes"])
                 self.positions = {(t, int(p)): int(o) for t, p, o in status["next"]}
+                self.stats = status["stats"]
             elif "done" in message:
                 self.drained = bool(message["done"]["drained"])
                 self.stats = message["done"]["stats"]
@@ -280,7 +281,8 @@ def _main() -> int:
 
         def status() -> None:  # for the driver's BatchProgress
             send({"status": {"buffered_bytes": receiver.buffered_bytes, "next": [
-                [t, p, o] for (t, p), o in sorted(receiver.positions().items())]}})
+                [t, p, o] for (t, p), o in sorted(receiver.positions().items())],
+                "stats": dataclasses.asdict(receiver.stats)}})
 
         def report_status() -> None:
             while True:

@@ -76,6 +76,7 @@ class Recorder(beam_zdl.ProgressListener):
 
     def on_end(self, summary: Any, error: Optional[BaseException]) -> None:
         self.events.append(("end", (summary, error)))
+        self.end_scrape = _get(f"http://127.0.0.1:{self.port}/metrics")[1]
 
 
 class Raiser(beam_zdl.ProgressListener):
@@ -298,3 +299,27 @@ def test_no_secret_in_progress_metrics_logs_or_report(run):
     everything += [p.read_text() for p in Path(run["tmp"]).glob("*.html")]
     assert len(everything) > 10
     assert not [text for text in everything if SECRET in text]
+
+
+def test_wal_mode_driver_serves_the_receiver_metrics_too(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=2)
+    kafka.produce(topic, ((None, json.dumps({"n": i}).encode(), i % 2) for i in range(200)))
+    port = free_port()
+    recorder = Recorder(port)
+    flags = [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+             f"--checkpoint_dir={tmp_path / 'ckpt'}", f"--wal_dir={tmp_path / 'wal'}",
+             "--zdl_mode=wal", f"--consumer_group=g-{topic}", "--starting_offsets=earliest",
+             "--wal_segment_records=50", "--wal_segment_age_s=0.5", f"--metrics_port={port}"]
+    summary = beam_zdl.run_micro_batches(_build, beam_zdl.ZdlOptions(flags),
+                                         listeners=[recorder])
+    assert summary.records == 200 and summary.counters["user"]["decoded"] == 200
+    progress = summary.recent_progress
+    assert sum(p.wal_segments for p in progress) >= 4 and all(p.mode == "wal" for p in progress)
+    last = recorder.scrapes[-1][1]
+    assert _sample(last, "beam_zdl_records_total") == 200
+    assert _sample(last, "beam_zdl_batches_total", mode="wal", replay="false") == len(progress)
+    end = recorder.end_scrape  # the server serves until the listeners heard on_end
+    assert _sample(end, "beam_zdl_receiver_records_total") == 200
+    assert (_sample(end, "beam_zdl_receiver_segments_sealed_total") or 0) >= 4
+    assert _sample(end, "beam_zdl_receiver_seal_seconds_count") == _sample(
+        end, "beam_zdl_receiver_segments_sealed_total")

@@ -263,6 +263,9 @@ class BatchLoop(abc.ABC):
         """Where this run starts reading each partition (for the progress report)."""
         return {}
 
+    def _register_metrics(self, registry: CollectorRegistry) -> None:
+        """Add a mode's own metrics to the driver's /metrics (WAL mode: the receiver's)."""
+
     def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
         """WAL mode: the receiver's buffered bytes and lag (see BatchProgress)."""
         return None, None
@@ -312,13 +315,13 @@ class BatchLoop(abc.ABC):
     def run(self) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
-        bus = ListenerBus(self.listeners)
-        server = self._start_metrics_server()
+        bus = self._bus = ListenerBus(self.listeners)
+        server: Optional[MetricsServer] = None
         error: Optional[BaseException] = None
-        self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
-                                           cfg.consumer_config)
-        self._bus = bus
         try:
+            server = self._start_metrics_server()
+            self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
+                                               cfg.consumer_config)
             with StopFlag() as stop:
                 # Step 0
                 self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
@@ -380,9 +383,11 @@ class BatchLoop(abc.ABC):
         finally:
             self.progress.close()
             try:
-                self._stop()
+                if self.consumer is not None:
+                    self._stop()
             finally:
-                self.consumer.close()
+                if self.consumer is not None:
+                    self.consumer.close()
                 if error is not None:
                     self.summary.seconds = time.monotonic() - started
                 bus.post("on_end", self.summary, error)
@@ -397,6 +402,7 @@ class BatchLoop(abc.ABC):
             return None
         registry = CollectorRegistry()
         self._metrics = DriverMetrics(registry, lambda: self.commit_failures)
+        self._register_metrics(registry)
         server = MetricsServer(port, registry, self.heartbeat, self.config.health_timeout_s)
         self.metrics_server = server.start()
         return server

@@ -45,13 +45,15 @@ from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from prometheus_client import CollectorRegistry
 
 import beam_zdl.positions as positions
 from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import StorageError, ZdlError
-from beam_zdl.io import ReadFromWal
 from beam_zdl.batch_progress import ProgressListener
+from beam_zdl.io import ReadFromWal
+from beam_zdl.monitoring import ReceiverCollector
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
@@ -103,6 +105,12 @@ class WalDriver(BatchLoop):
         error = self._receiver.error() if self._receiver is not None else None
         if error is not None:
             raise error
+
+    def _register_metrics(self, registry: CollectorRegistry) -> None:
+        # The receiver process' stats, as beam-zdl receive serves them (its last status).
+        registry.register(ReceiverCollector(
+            lambda: self._receiver.stats if self._receiver is not None else {},
+            lambda: (self._receiver.buffered_bytes or 0) if self._receiver is not None else 0))
 
     def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
         receiver = self._receiver
