@@ -52,10 +52,7 @@ import logging
 import queue
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
-
-if TYPE_CHECKING:
-    from beam_zdl.microbatch.loop import RunSummary
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 __all__ = ["BatchProgress", "PartitionProgress", "ProgressListener", "ListenerBus",
            "pipeline_metrics", "merge_counters", "merge_distributions"]
@@ -140,8 +137,9 @@ class ProgressListener:
     def on_idle(self) -> None:
         """A check for new input found nothing (a continuous run waits, then checks again)."""
 
-    def on_end(self, summary: "RunSummary", error: Optional[BaseException]) -> None:
-        """The run ended: ``error`` is what it raised, None when it ended cleanly."""
+    def on_end(self, summary: Any, error: Optional[BaseException]) -> None:
+        """The run ended: ``summary`` is its :class:`~beam_zdl.RunSummary` (so far, when it
+        failed), ``error`` what it raised, None when it ended cleanly."""
 
 
 class ListenerBus:
