@@ -615,23 +615,20 @@ class CheckpointCoordinator:
         """Where ``batch_id``'s progress record is (or would be) stored."""
         return self.storage.uri(_progress_name(batch_id))
 
-    def write_progress(self, batch_id: int, progress_json: str, keep_last: int) -> None:
-        """Store a completed batch's progress record, then delete all but the last
-        ``keep_last`` records.
+    def write_progress(self, batch_id: int, progress_json: str) -> None:
+        """Store a completed batch's progress record.
 
-        A record already stored for ``batch_id`` (a batch completed twice, by a fenced
-        driver and its successor) is replaced.
+        No fence check: the batch's completion was just written under one, and a record is
+        diagnostics. A record already stored for ``batch_id`` (a batch completed twice, by
+        a fenced driver and its successor) is replaced.
 
         Args:
             batch_id: the batch the record describes.
             progress_json: its :meth:`BatchProgress.to_json`.
-            keep_last: records to keep (``--retain_batches``).
 
         Raises:
-            CheckpointConflictError: fenced by a newer epoch.
             StorageError: the storage failed (the caller logs it: progress is diagnostics).
         """
-        self.check_fence()
         name = _progress_name(batch_id)
         data = encode_checkpoint_file(KIND_PROGRESS, progress_json.encode())
         try:
@@ -639,8 +636,11 @@ class CheckpointCoordinator:
         except ObjectExistsError:
             self.storage.delete(name)
             self.storage.create(name, data)
-        for old in self.progress_ids()[:-keep_last]:
-            self.storage.delete(_progress_name(old))
+
+    def delete_progress(self, batch_ids: list[int]) -> None:
+        """Delete the progress records of ``batch_ids`` (retention); missing ones are fine."""
+        for batch_id in batch_ids:
+            self.storage.delete(_progress_name(batch_id))
 
     def read_progress(self, batch_id: int) -> dict[str, Any]:
         """The stored progress record of ``batch_id``, checked, as a JSON object.

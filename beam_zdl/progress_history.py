@@ -14,7 +14,7 @@ import logging
 from typing import NamedTuple
 
 from beam_zdl.coordinator import CheckpointCoordinator
-from beam_zdl.errors import CheckpointConflictError, CheckpointCorruptionError, StorageError
+from beam_zdl.errors import CheckpointCorruptionError, StorageError
 from beam_zdl.batch_progress import BatchProgress
 
 __all__ = ["ProgressHistory", "History", "read_history"]
@@ -33,17 +33,23 @@ class ProgressHistory:
     def __init__(self, coordinator: CheckpointCoordinator, keep_last: int) -> None:
         self._coordinator = coordinator
         self._keep_last = keep_last
+        self._ids: list[int] | None = None  # the stored records' ids, listed once
 
     def write(self, progress: BatchProgress) -> bool:
-        """Store ``progress``; log and return False when that fails (never raises, except
-        when this driver is fenced: :class:`CheckpointConflictError`)."""
+        """Store ``progress``, then delete all but the last ``keep_last`` records; log and
+        return False when that fails (never raises)."""
         try:
-            self._coordinator.write_progress(progress.batch_id, progress.to_json(),
-                                             self._keep_last)
+            if self._ids is None:
+                self._ids = self._coordinator.progress_ids()
+            self._coordinator.write_progress(progress.batch_id, progress.to_json())
+            if progress.batch_id not in self._ids:
+                self._ids.append(progress.batch_id)
+                self._ids.sort()
+            old, self._ids = self._ids[:-self._keep_last], self._ids[-self._keep_last:]
+            self._coordinator.delete_progress(old)
             return True
-        except CheckpointConflictError:
-            raise
         except (StorageError, OSError) as exc:
+            self._ids = None  # list again next time
             _LOGGER.warning("could not store the progress record of batch %d in %s (the "
                             "batch is complete; only its diagnostics are missing): %s",
                             progress.batch_id, self._coordinator.checkpoint_dir, exc)

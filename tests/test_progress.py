@@ -9,6 +9,7 @@ a secret in ``--consumer_config`` that must appear nowhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from apache_beam.metrics import Metrics
 import beam_zdl
 from beam_zdl.cli import main as cli_main
 from beam_zdl.coordinator import CheckpointCoordinator
-from beam_zdl.progress_history import read_history
+from beam_zdl.progress_history import ProgressHistory, read_history
 from beam_zdl.testing._process import free_port
 
 SECRET = "hunter2-progress-secret"
@@ -236,8 +237,8 @@ def test_history_is_kept_checked_and_shown_by_inspect(run, capsys):
 
     # Only the last --retain_batches records are kept.
     coord = CheckpointCoordinator(str(damaged_copy))
-    coord.open(coord.read_config())
-    coord.write_progress(3, json.dumps({"batch_id": 3}), keep_last=3)
+    ProgressHistory(coord, keep_last=3).write(dataclasses.replace(history.progress[-1],
+                                                                  batch_id=3))
     assert coord.progress_ids() == [1, 2, 3]
 
 
