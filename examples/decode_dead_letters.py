@@ -18,7 +18,6 @@ next run: an outage never turns good records into dead letters.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 

@@ -18,7 +18,6 @@ Consumers of the output must read with ``isolation.level=read_committed``.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import apache_beam as beam

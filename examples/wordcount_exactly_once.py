@@ -14,7 +14,6 @@ twice.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
