@@ -4,7 +4,8 @@ Sub-commands::
 
     beam-zdl inspect <checkpoint_dir> [--wal_dir URI] [--json]
         config, current epoch, last completed batch, pending batches with their
-        offset ranges or WAL segments, and the WAL segments with their sizes;
+        offset ranges or WAL segments, the recent batches' progress records, and
+        the WAL segments with their sizes;
         first checks every checkpoint file and exits 1 naming the damaged ones.
     beam-zdl migrate <old_checkpoint_dir> <new_checkpoint_dir> [--json]
         copies a format-1 (unframed) checkpoint into a new directory in the
@@ -75,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "current epoch, last completed batch, pending batches (their offset ranges "
                     "or WAL segments), per partition the planned and completed offsets (with "
                     "--bootstrap_servers also the group's committed offset, the end offset and "
-                    "the lag) and the WAL segments with their sizes. Reads only; safe while a "
-                    "driver runs.")
+                    "the lag), the progress records of the last --retain_batches batches (a "
+                    "damaged one is listed and skipped) and the WAL segments with their sizes. "
+                    "Reads only; safe while a driver runs.")
     inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
     inspect.add_argument("--wal_dir", default=None,
                          help="WAL directory to list (default: the one in the checkpoint config)")
