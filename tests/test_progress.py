@@ -13,6 +13,8 @@ import dataclasses
 import json
 import logging
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -324,3 +326,27 @@ def test_wal_mode_driver_serves_the_receiver_metrics_too(kafka, tmp_path):
     assert (_sample(end, "beam_zdl_receiver_segments_sealed_total") or 0) >= 4
     assert _sample(end, "beam_zdl_receiver_seal_seconds_count") == _sample(
         end, "beam_zdl_receiver_segments_sealed_total")
+
+
+def test_a_stuck_listener_stalls_nothing(caplog):
+    """Listeners run on their own thread: posting never waits for them, and closing waits
+    a bounded time (no broker needed: this is the bus alone)."""
+    from beam_zdl.batch_progress import ListenerBus
+    release = threading.Event()
+    heard: list[int] = []
+
+    class Stuck(beam_zdl.ProgressListener):
+        def on_idle(self) -> None:
+            heard.append(1)
+            release.wait(60)
+
+    bus = ListenerBus([Stuck()])
+    started = time.monotonic()
+    for _ in range(100):
+        bus.post("on_idle")
+    assert time.monotonic() - started < 0.5
+    with caplog.at_level(logging.WARNING, logger="beam_zdl.batch_progress"):
+        bus.close(timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    assert heard == [1] and "still busy" in caplog.text
+    release.set()
