@@ -23,7 +23,9 @@ Field names (also in ``docs/monitoring.md``):
 ``input_rows_per_s``       records over the time from the previous batch's trigger to this
                            one's (over ``durations_s.total`` for a run's first batch)
 ``processed_rows_per_s``   records over the run Step
-``durations_s``            seconds per Step: ``plan``, ``run``, ``complete``, ``commit``,
+``durations_s``            seconds per Step: ``plan`` (0 for a replay), ``run``, ``complete``,
+                           ``commit`` (Step 5 as the loop waits for it: direct mode's Kafka
+                           commit runs beside the next batch, so this is mostly retention),
                            and ``total``
 ``counters``               ``{namespace: {name: int}}``, every counter of the pipeline
 ``distributions``          ``{namespace: {name: {count, sum, min, max}}}``

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "stderr")
 
     inspect = sub.add_parser(
-        "inspect", parents=[common], help="show a checkpoint: config, epoch, completed and pending batches, WAL",
+        "inspect", parents=[common],
+        help="show a checkpoint: config, epoch, completed and pending batches, WAL",
         description="Check every file of a checkpoint directory (magic, format version, "
                     "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
                     "current epoch, last completed batch, pending batches (their offset ranges "
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=_inspect)
 
     migrate = sub.add_parser(
-        "migrate", parents=[common], help="copy a format-1 checkpoint into a new directory in the current format",
+        "migrate", parents=[common],
+        help="copy a format-1 checkpoint into a new directory in the current format",
         description="Copy a checkpoint written by a beam_zdl older than checksummed checkpoint "
                     "files (format 1, unframed) into a new directory in the current format "
                     "(magic, version, CRC32C per file). Stop every driver and receiver on the "
@@ -129,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     receive = sub.add_parser(
-        "receive", parents=[common], help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
+        "receive", parents=[common],
+        help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
         description="Consume --topics as a member of --consumer_group, append the records to "
                     "WAL segments under --wal_dir, and commit offsets only after a segment is "
                     "sealed. Takes the ZdlOptions flags of the pipeline (--bootstrap_servers, "

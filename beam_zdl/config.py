@@ -195,9 +195,11 @@ class ZdlConfig:
                 raise ConfigError(f"--{name} must be > 0, got {o[name]}")
         port = o.get("metrics_port")
         if port is not None and not 0 <= port <= 65535:
-            raise ConfigError(f"--metrics_port must be a TCP port (0 picks a free one), got {port}")
+            raise ConfigError(f"--metrics_port must be a TCP port (0 picks a free one), "
+                              f"got {port}")
         if not o.get("health_timeout_s", 1.0) > 0:
-            raise ConfigError(f"--health_timeout_s must be > 0 seconds, got {o['health_timeout_s']}")
+            raise ConfigError("--health_timeout_s must be > 0 seconds, got "
+                              f"{o['health_timeout_s']}")
         _choice(o, "log_format", LOG_FORMATS)
         if need_checkpoint and not o.get("checkpoint_dir"):
             raise ConfigError("--checkpoint_dir is required: where batch plans and "
@@ -345,8 +347,6 @@ def add_zdl_arguments(parser: argparse.ArgumentParser) -> None:
         help="Streaming: a partition that is caught up holds the watermark at "
              "now minus this many seconds; records older than that arriving "
              "later are late data.")
-
-
     parser.add_argument(
         "--metrics_port", type=int, default=_DEFAULTS["metrics_port"],
         help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "

@@ -419,8 +419,11 @@ class Receiver:
 
     def _idle_check(self) -> None:
         """Beat the heartbeat when the broker answers a metadata request: an idle receiver
-        with nothing to read is healthy, one whose broker does not answer is not."""
+        with nothing to read is healthy, one whose broker does not answer is not, nor one
+        whose seals fail (it is paused, not idle)."""
         from confluent_kafka import KafkaException
+        if self._seal_failed:
+            return
         try:
             self._consumer.list_topics(self.config.topics[0], timeout=_HEALTH_CHECK_TIMEOUT_S)
         except KafkaException:

@@ -143,7 +143,8 @@ def test_batch_progress_matches_each_plan_and_carries_user_metrics(run):
     coord = CheckpointCoordinator(run["ckpt"])
     assert [p.batch_id for p in progress] == summary.batch_ids == [0, 1, 2]
     for p in progress:
-        plan = {(r.topic, r.partition): (r.start, r.stop) for r in coord.read_plan(p.batch_id).ranges}
+        plan = {(r.topic, r.partition): (r.start, r.stop)
+                for r in coord.read_plan(p.batch_id).ranges}
         assert {(x.topic, x.partition): (x.start_offset, x.end_offset)
                 for x in p.partitions} == plan
         assert p.records == sum(x.records for x in p.partitions) <= CAP  # the cap held

@@ -47,17 +47,16 @@ from prometheus_client import CollectorRegistry
 import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 from beam_zdl.batch_options import batch_options
+from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions, ListenerBus,
+                                     PartitionProgress, ProgressListener, merge_counters,
+                                     merge_distributions, pipeline_metrics)
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.errors import ZdlError
-from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions,
-                                                ListenerBus, PartitionProgress,
-                                                ProgressListener, merge_counters,
-                                                merge_distributions, pipeline_metrics)
-from beam_zdl.progress_history import ProgressHistory
 from beam_zdl.microbatch.progress import Progress
 from beam_zdl.monitoring import DriverMetrics, Heartbeat, MetricsServer
+from beam_zdl.progress_history import ProgressHistory
 from beam_zdl.options import ZdlConfig
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
