@@ -10,16 +10,17 @@ PYTEST_ARGS ?=
 # `make bench SCALE_ARGS=--quick`: the scale series (bench/scale.py) at 1M records only
 SCALE_ARGS ?=
 
-.PHONY: setup jars prism flink-jar test test-all demo bench protos clean check-tools
+.PHONY: setup jars prism flink-jar test test-all demo bench protos dist docs clean check-tools
 
 check-tools:
 	@command -v java >/dev/null || { echo "error: java not found. beam_zdl's tests run real Kafka and HDFS from their jars: install a JDK 17 (apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "error: mvn not found. Maven resolves the Kafka/Hadoop jars: install Maven 3.8+ (apt-get install maven)." >&2; exit 1; }
 
-$(BIN)/.installed: pyproject.toml
+# __init__.py holds the version, which the installed metadata copies
+$(BIN)/.installed: pyproject.toml beam_zdl/__init__.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,docs]'
 	@touch $@
 
 setup: check-tools $(BIN)/.installed jars
@@ -62,5 +63,18 @@ bench: setup
 protos: $(BIN)/.installed
 	$(BIN)/python scripts/gen_protos.py
 
+# The sdist and the wheel in dist/ (README's install line: pip install dist/beam_zdl-*.whl).
+# The wheel is built from the sdist; both carry the generated beam_zdl/v1/*_pb2.py, so
+# building needs no protoc. tests/test_wheel.py builds the same way and installs the wheel.
+dist: $(BIN)/.installed
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a
+# warning. The options reference and the performance tables are generated at build time
+# (scripts/docs_hooks.py). tests/test_docs.py runs the same build in `make test`.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(CACHE) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CACHE) .pytest_cache .hypothesis dist site

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from beam_zdl.options import ZdlOptions
     from beam_zdl.records import KafkaHeader, KafkaRecord
 
+# The one version: pyproject.toml reads it (setuptools dynamic `attr`, parsed without
+# importing), so the package metadata, `beam-zdl --version` and CHANGELOG.md agree.
 __version__ = "0.1.0"
 
 _PUBLIC = {

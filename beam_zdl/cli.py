@@ -43,6 +43,7 @@ import logging
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
+import beam_zdl
 import beam_zdl.kafka as kafka
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
 from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {beam_zdl.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Every sub-command takes --log_format (after its name, where users write it).
     common = argparse.ArgumentParser(add_help=False)

@@ -367,7 +367,7 @@ def test_bad_arguments_are_named_at_construction(kwargs, message):
 
 def test_the_readme_example_decodes_and_sends_dead_letters_to_a_topic(
         kafka, schema_registry, tmp_path):
-    """examples/decode_dead_letters.py, which the README's section shows, as it is."""
+    """examples/decode_dead_letters.py, which docs/decoding.md shows, as it is."""
     import importlib.util
     from confluent_kafka.schema_registry.avro import AvroSerializer
     spec = importlib.util.spec_from_file_location(

@@ -4,7 +4,7 @@ Each test runs ``tests/streaming_proc.py`` as a subprocess (its own process
 group: the runner, the job server and the SDK worker die together on
 SIGKILL) while records are being produced, and checks the real output files.
 
-Guarantee checked by the kill tests (stated in the README): after a SIGKILL
+Guarantee checked by the kill tests (stated in docs/modes/streaming.md): after a SIGKILL
 and a restart as a *fresh job* (no runner state), every produced record is in
 the combined output at least once; a record is output twice only if its
 offset is at or above the group's committed offset at the time of the kill
