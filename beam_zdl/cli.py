@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 import beam_zdl
 import beam_zdl.kafka as kafka
+from beam_zdl.config import add_zdl_arguments
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
 from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {beam_zdl.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubParser)
     # Every sub-command takes --log_format (after its name, where users write it).
-    common = argparse.ArgumentParser(add_help=False)
+    common = _SubParser(add_help=False)
     common.add_argument("--log_format", choices=("text", "json"), default="text",
                         help="text: plain log lines; json: one JSON object per log line on "
                              "stderr")
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--consumer_config", default=None,
                          help="extra confluent-kafka settings as JSON (security; secrets as "
                               "${env:NAME} / ${file:PATH})")
+    inspect.add_argument("--kafka_connect_timeout_s", type=float,
+                         default=kafka.CONNECT_TIMEOUT_S,
+                         help="how long to wait for the brokers' first answer before failing")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=_inspect)
 
@@ -133,19 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     receive = sub.add_parser(
-        "receive", parents=[common],
+        "receive",  # --log_format comes with the ZdlOptions flags
         help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
         description="Consume --topics as a member of --consumer_group, append the records to "
                     "WAL segments under --wal_dir, and commit offsets only after a segment is "
                     "sealed. Takes the ZdlOptions flags of the pipeline (--bootstrap_servers, "
                     "--wal_dir, --wal_segment_*, --max_buffered_bytes, --checkpoint_dir, ...). "
                     "Runs until Ctrl-C or SIGTERM, then seals, commits and leaves the group.")
+    receive.add_argument("--bootstrap_servers", default=kafka.DEFAULT_BOOTSTRAP_SERVERS,
+                         help="Kafka brokers, host:port,... (Beam's flag in a pipeline)")
+    add_zdl_arguments(receive)
+    # The stand-alone receiver runs until stopped unless --trigger=available_now is given;
+    # its mode is always wal.
+    receive.set_defaults(trigger=None, zdl_mode="wal")
     receive.add_argument("--drain_to_end", action="store_true",
                          help="stop once the group has committed every partition of --topics "
                               "up to the end offsets seen at start (sealed by this receiver or "
                               "another; waits up to --drain_timeout_s for partitions other "
                               "members hold); an explicit --trigger=available_now means the same")
-    receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
     receive.set_defaults(func=_receive)
     return parser
 
@@ -163,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        if args.command != "receive":
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.flags = unknown
+        args.parser.error(_unknown_flags(args.parser, unknown))
     if args.log_format == "json" or not logging.getLogger().handlers:
         configure_logging(args.log_format)  # else the caller (a test, an app) set logging up
     try:
@@ -174,6 +182,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZdlError as exc:
         print(f"beam-zdl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+class _SubParser(argparse.ArgumentParser):
+    """A sub-command's parser: its help shows every flag's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parser=self)
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments" with, per flag, the closest one it knows."""
+    import difflib
+    import re
+    known = sorted(set(re.findall(r"--\w+", parser.format_help())))
+    said = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1) if name.startswith("--") else []
+        said.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return "unrecognized arguments: " + " ".join(said)
 
 
 # --- inspect ---------------------------------------------------------------------------------
@@ -224,6 +255,7 @@ def _partition_rows(coord: CheckpointCoordinator, config: checkpoint_pb2.Checkpo
             extra = json.loads(args.consumer_config) if args.consumer_config else {}
         except json.JSONDecodeError as exc:  # the value is not echoed: it may hold a secret
             raise ZdlError(f"--consumer_config is not valid JSON ({exc})") from None
+        kafka.check_brokers(args.bootstrap_servers, extra, args.kafka_connect_timeout_s)
         consumer = kafka.new_consumer(args.bootstrap_servers, config.consumer_group, extra)
         try:
             partitions = kafka.partitions_of(consumer, config.topics, args.bootstrap_servers)
@@ -462,13 +494,12 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     # Parsed without Beam: the receiver needs none, and importing it costs ~140 MB RSS.
     from beam_zdl.config import ZdlConfig
     from beam_zdl.receiver import Receiver
-    flags = list(args.flags)
-    if not any(f.startswith("--zdl_mode") for f in flags):
-        flags.append("--zdl_mode=wal")
-    config = ZdlConfig.from_flags(flags, prog="beam-zdl receive")
     # The pipeline's default trigger (available_now) is no reason to stop a stand-alone
     # receiver; a trigger the user wrote out is.
-    explicit_trigger = any(f == "--trigger" or f.startswith("--trigger=") for f in flags)
+    explicit_trigger = args.trigger is not None
+    values = vars(args)
+    values["trigger"] = args.trigger or "available_now"
+    config = ZdlConfig.from_values(values)
     if explicit_trigger and config.trigger == "continuous" and args.drain_to_end:
         raise ConfigError("--drain_to_end contradicts --trigger=continuous; "
                           "pass one of them")

@@ -43,7 +43,12 @@ Data loss
     with ``auto.offset.reset=error``); the reader then raises
     :class:`~beam_zdl.errors.DataLossError` naming the topic, partition and
     missing offsets. With ``fail_on_data_loss=False`` the gap is skipped,
-    counted in the ``beam_zdl/data_loss_records`` counter and logged.
+    counted in the ``beam_zdl/data_loss_records`` counter and logged. Belt and
+    braces: whenever a record comes above the offset asked for, the gap is
+    compared with the partition's log start (from the fetch response,
+    :func:`~beam_zdl.kafka.check_gap`), so no consumer setting can turn a
+    retention gap into a silent skip; a gap above the log start (markers,
+    compaction) is fine.
 
 Progress and Size
     ``restriction_size`` is the number of offsets left; the tracker reports
@@ -75,7 +80,7 @@ import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
 from beam_zdl.errors import ZdlError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, check_gap, lost_offsets
 from beam_zdl.ranges import PartitionRange
 
 __all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -297,6 +302,10 @@ class ReadOffsetRangesFn(beam.DoFn):
                         consumer.assign([TopicPartition(topic, partition, next_offset)])
                         break
                     offset = msg.offset()
+                    if offset > next_offset:  # markers, compaction, or lost records
+                        self._lost.inc(check_gap(consumer, topic, partition, next_offset,
+                                                 min(offset, stop),
+                                                 self._settings.fail_on_data_loss))
                     if offset > claimed:
                         if offset >= stop:
                             next_offset = stop

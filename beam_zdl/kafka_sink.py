@@ -76,11 +76,12 @@ from __future__ import annotations
 import logging
 import zlib
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
-                    Tuple, cast)
+                    Tuple)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
@@ -95,6 +96,7 @@ __all__ = ["WriteToKafka", "ShardWriter", "OutputRecord", "shard_of", "progress_
 _LOGGER = logging.getLogger(__name__)
 
 _TIMEOUT_S = 60.0
+_BYTES_SERIALIZER = "org.apache.kafka.common.serialization.ByteArraySerializer"
 _DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 # Bytes a record adds beyond key, value and headers, and a record batch's own header:
 # enough that a record passing the check also fits a batch the broker accepts.
@@ -251,11 +253,8 @@ class ShardWriter:
         self.progress_topic = progress_topic
         self.timeout_s = timeout_s
         self.transactional_id = transactional_id(sink_id, shard)
-        self._settings = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5,
-                          "acks": "all", "enable.idempotence": True,
-                          "delivery.report.only.error": True,
-                          **dict(producer_config),
-                          "transactional.id": self.transactional_id}
+        self._settings = {"linger.ms": 5, "delivery.report.only.error": True,
+                          **kafka.check_producer_config(producer_config)}
         self._producer: Any = None
         self._consumer: Any = None
         self._failures: list[str] = []
@@ -265,8 +264,8 @@ class ShardWriter:
     def open(self) -> None:
         """Fence every older writer of this shard and end the transaction it left open."""
         from confluent_kafka import Consumer, KafkaException, Producer
-        settings = secrets.resolve(self._settings)
-        self._producer = Producer(settings)
+        self._producer = Producer(kafka.producer_settings(
+            self.bootstrap_servers, self._settings, **{"transactional.id": self.transactional_id}))
         try:
             self._producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
@@ -277,12 +276,11 @@ class ShardWriter:
                 "(transaction.state.log.replication.factor and min.isr no larger than the "
                 "live brokers) and this principal needs WRITE on the transactional id. "
                 "Nothing was written; the batch stays pending.") from None
-        self._consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
+        self._consumer = Consumer({**kafka.connection_settings(self.bootstrap_servers,
+                                                               self._settings),
                                    "group.id": progress_group(self.sink_id, self.shard),
                                    "enable.auto.commit": False,
-                                   "isolation.level": "read_committed",
-                                   **{k: v for k, v in settings.items()
-                                      if k.startswith(("security.", "sasl.", "ssl."))}})
+                                   "isolation.level": "read_committed"})
 
     # Step 4
     def last_batch(self) -> tuple[Optional[int], str]:
@@ -459,7 +457,8 @@ class _WriteAtLeastOnceFn(beam.DoFn):
 
     def setup(self) -> None:
         from confluent_kafka import Producer
-        self._producer: Any = Producer(secrets.resolve(self._settings))
+        self._producer: Any = Producer(kafka.producer_settings(
+            self._settings["bootstrap.servers"], self._settings))
         self._failures: list[str] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -498,13 +497,21 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
     ``key_fn``/``value_fn`` turn into bytes or str. The output partition is
     chosen by the producer's partitioner from the key.
 
+    Beam's shape works too: ``WriteToKafka(producer_config, topic)`` with the brokers
+    in ``producer_config["bootstrap.servers"]``; Beam's ``key_serializer`` /
+    ``value_serializer`` are accepted as ByteArraySerializer (records are bytes or
+    str; use ``key_fn``/``value_fn`` to convert), ``with_headers=False`` drops the
+    elements' headers.
+
     Args:
         topic: the output topic (must exist).
-        bootstrap_servers: Kafka brokers.
+        bootstrap_servers: Kafka brokers (or ``producer_config["bootstrap.servers"]``).
         producer_config: extra confluent-kafka producer settings (security,
             ``compression.type``, ``message.max.bytes``, ...); values may be
             ``${env:NAME}`` / ``${file:PATH}`` references, resolved where the
-            producer is created (see :mod:`beam_zdl.secrets`).
+            producer is created (see :mod:`beam_zdl.secrets`). ``transactional.id``,
+            ``enable.idempotence=false`` and ``acks`` other than ``all`` are refused
+            (see ``beam_zdl.kafka.GUARDED_PRODUCER``).
         key_fn: element → key (bytes, str or None).
         value_fn: element → value (bytes, str or None).
         batch: the :class:`~beam_zdl.Batch` (or its id) ``build_fn`` was given;
@@ -520,24 +527,61 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         progress_topic: an existing topic whose partition 0 carries the progress
             offsets; defaults to ``topic``.
         timeout_s: how long each Kafka call may take.
+        connect_timeout_s: when the pipeline is built, how long to wait for the brokers'
+            first answer before failing with the reason (0: ``timeout_s``).
+        with_headers: as Beam's: ``False`` writes no headers (default: the elements'
+            headers, if they have any).
 
     Raises:
         ConfigError: ``exactly_once`` without ``batch``, or with ``--streaming``;
-            a bad argument.
+            a bad argument or a guarded producer setting.
         ZdlError: (when the pipeline is built) the topic does not exist.
     """
 
-    def __init__(self, topic: str, bootstrap_servers: str, *,
+    def __init__(self, topic: Any = None, bootstrap_servers: Optional[str] = None, *,
                  producer_config: Optional[Mapping[str, Any]] = None,
                  key_fn: Optional[Callable[[Any], Any]] = None,
                  value_fn: Optional[Callable[[Any], Any]] = None,
                  batch: Any = None, exactly_once: Optional[bool] = None,
                  sink_id: Optional[str] = None, shards: int = 4,
-                 progress_topic: Optional[str] = None, timeout_s: float = _TIMEOUT_S) -> None:
+                 progress_topic: Optional[str] = None, timeout_s: float = _TIMEOUT_S,
+                 connect_timeout_s: float = kafka.CONNECT_TIMEOUT_S,
+                 with_headers: Optional[bool] = None,
+                 key_serializer: str = _BYTES_SERIALIZER,
+                 value_serializer: str = _BYTES_SERIALIZER,
+                 expansion_service: Any = None) -> None:
         super().__init__()
+        if isinstance(topic, Mapping):  # Beam's WriteToKafka(producer_config, topic)
+            if producer_config is not None:
+                raise ConfigError("WriteToKafka: producer_config given twice (first "
+                                  "argument and producer_config=)")
+            producer_config, topic, bootstrap_servers = topic, bootstrap_servers, None
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"WriteToKafka needs topic= (an existing topic's name), got "
+                              f"{topic!r}")
+        for name, value in (("key_serializer", key_serializer),
+                            ("value_serializer", value_serializer)):
+            if value != _BYTES_SERIALIZER:
+                raise ConfigError(f"WriteToKafka({name}={value!r}): beam_zdl writes bytes "
+                                  "(str is encoded as UTF-8); convert elements with key_fn= / "
+                                  "value_fn=")
+        if expansion_service is not None:
+            raise ConfigError("WriteToKafka(expansion_service=...): beam_zdl writes Kafka in "
+                              "Python; there is no expansion service")
+        config = dict(producer_config or {})
+        servers = config.pop("bootstrap.servers", None)
+        if servers is not None and bootstrap_servers is not None and servers != bootstrap_servers:
+            raise ConfigError(f"WriteToKafka: producer_config['bootstrap.servers']={servers!r} "
+                              f"and bootstrap_servers={bootstrap_servers!r} disagree; give one")
+        bootstrap_servers = bootstrap_servers or servers
+        if not bootstrap_servers:
+            raise ConfigError("WriteToKafka needs the brokers: bootstrap_servers='host:port' "
+                              "or producer_config={'bootstrap.servers': 'host:port'}")
         self._topic = topic
-        self._bootstrap_servers = bootstrap_servers
-        self._producer_config = dict(producer_config or {})
+        self._bootstrap_servers = str(bootstrap_servers)
+        self._producer_config = kafka.check_producer_config(config)
+        self._connect_timeout_s = float(connect_timeout_s)
+        self._with_headers = with_headers is not False
         self._key_fn, self._value_fn = key_fn, value_fn
         if batch is None:
             from beam_zdl.microbatch.loop import current_batch
@@ -561,9 +605,6 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
             _LOGGER.warning("WriteToKafka: producer_config[%r] holds a literal secret, which "
                             "runners keep in job descriptions; use ${env:NAME} or "
                             "${file:PATH} instead", key)
-        if "transactional.id" in self._producer_config:
-            raise ConfigError("WriteToKafka: producer_config must not set transactional.id; "
-                              "it is derived from sink_id and the shard (pass sink_id=)")
 
     @classmethod
     def from_options(cls, options: PipelineOptions, topic: str,
@@ -572,7 +613,11 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         return cls(topic, options.get_all_options()["bootstrap_servers"], **kwargs)
 
     def display_data(self) -> dict[str, Any]:
-        return {"topic": self._topic, "sink_id": self._sink_id, "shards": self._shards,
+        import json
+        return {"topic": self._topic, "bootstrap_servers": self._bootstrap_servers,
+                "producer_config": json.dumps(secrets.redact(self._producer_config),
+                                              sort_keys=True),
+                "sink_id": self._sink_id, "shards": self._shards,
                 "exactly_once": self._exactly_once,
                 "batch_id": -1 if self._batch_id is None else self._batch_id}
 
@@ -587,6 +632,12 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
                 "or exactly_once=False (at-least-once) in streaming")
         limit = self._size_limit()
         topic, key_fn, value_fn = self._topic, self._key_fn, self._value_fn
+        headers = self._with_headers
+
+        def as_record(element: Any) -> OutputRecord:
+            record = to_record(element, key_fn, value_fn)
+            return _check_size(record if headers else (record[0], record[1], []), limit, topic)
+
         # Only failed deliveries call back into Python: one call per record costs throughput.
         settings = {"bootstrap.servers": self._bootstrap_servers, "linger.ms": 5,
                     "delivery.report.only.error": True,
@@ -595,8 +646,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
             settings.update({"enable.idempotence": True, "acks": "all"})
             written: beam.PCollection[Any] = (
                 pcoll
-                | "ToRecord" >> beam.Map(
-                    lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
+                | "ToRecord" >> beam.Map(as_record)
                 | "Write" >> beam.ParDo(_WriteAtLeastOnceFn(topic, settings, self._timeout_s)))
             return written
         settings.pop("bootstrap.servers")
@@ -604,7 +654,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         assert self._batch_id is not None  # __init__ refuses exactly_once without a batch
 
         def keyed(element: Any) -> tuple[int, OutputRecord]:
-            record = _check_size(to_record(element, key_fn, value_fn), limit, topic)
+            record = as_record(element)
             return shard_of(record, shards), record
 
         committed: beam.PCollection[Any] = (
@@ -621,20 +671,18 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         """The smaller of the topic's max.message.bytes and the producer's message.max.bytes;
         also checks that the topic (and the progress topic) exist."""
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, ConfigResource
-        settings = {"bootstrap.servers": self._bootstrap_servers}
-        settings.update({k: v for k, v in self._producer_config.items()
-                         if k.startswith(("security.", "sasl.", "ssl.", "socket.", "client."))})
-        # Settings are JSON scalars, which is what AdminClient's stub asks for.
-        resolved = cast("dict[str, str | int | float | bool]", secrets.resolve(settings))
-        admin = AdminClient(resolved)  # held until futures resolve (DESIGN.md)
+        from confluent_kafka.admin import ConfigResource
+        admin, reasons = kafka.new_admin(self._bootstrap_servers, self._producer_config)
+        wait_s = self._connect_timeout_s if self._connect_timeout_s > 0 else self._timeout_s
         for name in {self._topic, self._progress_topic}:
             try:
-                info = admin.list_topics(name, timeout=self._timeout_s).topics.get(name)
+                info = admin.list_topics(name, timeout=wait_s).topics.get(name)
             except KafkaException as exc:
-                raise KafkaUnavailableError(
-                    f"WriteToKafka could not read metadata of topic {name!r} from "
-                    f"bootstrap_servers={self._bootstrap_servers}: {exc.args[0]}") from None
+                admin.poll(0)  # serves the error callbacks: the reason
+                raise kafka.unreachable_error(
+                    self._bootstrap_servers, wait_s, reasons, exc.args[0],
+                    flag="WriteToKafka: bootstrap_servers",
+                    timeout_flag="WriteToKafka(connect_timeout_s=...)") from None
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error if info is not None and info.error else "no partitions"
                 raise ZdlError(

@@ -222,6 +222,8 @@ class Receiver:
                 fatal error.
         """
         cfg = self.config
+        kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
+                            cfg.kafka_connect_timeout_s)
         self.epoch = wal.claim_writer_epoch(self.wal_dir, self.owner)
         half = max(1, cfg.max_buffered_bytes // 2)
         self._writer = WalWriter(self.wal_dir, writer_id=self.owner, epoch=self.epoch,
@@ -325,8 +327,15 @@ class Receiver:
                 continue
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
-            if tp not in assigned or offset < next_offsets.get(tp, 0):
-                continue  # fetched before a revocation or a seek: not ours to write
+            expected = next_offsets.get(tp, 0)
+            if offset != expected:
+                if tp not in assigned or offset < expected:
+                    continue  # fetched before a revocation or a seek: not ours to write
+                # A gap: markers or compaction, unless it reaches below the log start.
+                self.stats.lost_records += kafka.check_gap(
+                    self._consumer, tp[0], tp[1], expected, offset, self.config.fail_on_data_loss)
+            elif tp not in assigned:
+                continue
             if self._seal_failed:
                 # The buffer could not be sealed: hand the rest back to Kafka (seek) rather
                 # than hold it in memory; backpressure pauses the partitions next.

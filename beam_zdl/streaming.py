@@ -79,7 +79,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import beam_zdl.metrics as metrics
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, check_gap, lost_offsets
 import beam_zdl.records as records
 from beam_zdl.records import KafkaRecord, payload_bytes
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
@@ -444,6 +444,10 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                         tracker.defer_remainder(Duration.of(0))
                         return
                     offset = msg.offset()
+                    expected = start if last_claimed is None else last_claimed + 1
+                    if offset > expected:  # markers, compaction, or lost records
+                        self._lost.inc(check_gap(consumer, tp[0], tp[1], expected, offset,
+                                                 self._settings.fail_on_data_loss))
                     if not tracker.try_claim(offset):
                         entry[1] = None  # split off: the consumer is ahead; re-seek next call
                         return

@@ -314,6 +314,8 @@ class BatchLoop(abc.ABC):
     def run(self) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
+        kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
+                            cfg.kafka_connect_timeout_s)
         bus = self._bus = ListenerBus(self.listeners)
         server: Optional[MetricsServer] = None
         error: Optional[BaseException] = None

@@ -16,7 +16,7 @@ from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.microbatch.direct_mode import DirectDriver
 from beam_zdl.microbatch.loop import BuildFn, RunSummary
 from beam_zdl.microbatch.wal_mode import WalDriver
-from beam_zdl.options import ZdlConfig
+from beam_zdl.options import ZdlConfig, warn_near_misses
 from beam_zdl.worker_pool import warm_workers
 
 __all__ = ["run_micro_batches"]
@@ -60,6 +60,7 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions,
         to another configuration. CheckpointConflictError: a newer driver
         took over. DataLossError: planned records no longer exist.
     """
+    warn_near_misses(options)
     config = ZdlConfig.from_options(options, need_checkpoint=True)
     loop = WalDriver if config.mode == "wal" else DirectDriver
     # Worker processes live for the run, not per batch; with 2 or more, the driver is one of
