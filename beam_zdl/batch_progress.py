@@ -8,39 +8,39 @@ sink's — by namespace and name, summed over the steps that reported it.
 
 Field names (also in ``docs/monitoring.md``):
 
-=========================  ================================================================
-``batch_id``               the batch's id (a replay keeps it)
-``mode``                   ``direct`` or ``wal``
-``replay``                 True when the batch re-ran a plan made before a crash
-``trigger_ms``             wall-clock time (epoch ms) when the batch's Step 2 (plan) began
-``partitions``             per partition: ``topic``, ``partition``, ``start_offset``,
-                           ``end_offset`` (exclusive), ``latest_offset`` (the end offset the
-                           run knew of, None if unknown), ``records`` (offsets in
-                           ``[start, end)``; transaction markers count), ``lag`` (latest minus
-                           end; None if latest is unknown)
-``records``                records the batch's read counted (``beam_zdl/records``)
-``bytes``                  key and value bytes read (``beam_zdl/bytes``)
-``input_rows_per_s``       records over the time from the previous batch's trigger to this
-                           one's (over ``durations_s.total`` for a run's first batch)
-``processed_rows_per_s``   records over the run Step
-``durations_s``            seconds per Step: ``plan`` (0 for a replay), ``run``, ``complete``,
-                           ``commit`` (Step 5 as the loop waits for it: direct mode's Kafka
-                           commit runs beside the next batch, so this is mostly retention),
-                           and ``total``
-``counters``               ``{namespace: {name: int}}``, every counter of the pipeline
-``distributions``          ``{namespace: {name: {count, sum, min, max}}}``
-``gauges``                 ``{namespace: {name: int}}`` (the newest value of each)
-``dead_letter_records``    ``beam_zdl/dead_letter_records`` (0 when no DecodeRecords)
-``data_loss_records``      ``beam_zdl/data_loss_records``
-``wal_segments``           WAL mode: segments the batch read; 0 in direct mode
-``receiver_buffered_bytes`` WAL mode: bytes the driver's receiver held unsealed when the
-                           batch completed (its last status, at most 1 s old); None in
-                           direct mode
-``receiver_lag``           WAL mode: offsets the receiver had not yet appended, up to the
-                           latest end offsets known, over the partitions it held; None in
-                           direct mode
-``lag``                    sum of the partitions' lags (None when no latest is known)
-=========================  ================================================================
+===========================  ================================================================
+``batch_id``                 the batch's id (a replay keeps it)
+``mode``                     ``direct`` or ``wal``
+``replay``                   True when the batch re-ran a plan made before a crash
+``trigger_ms``               wall-clock time (epoch ms) when the batch's Step 2 (plan) began
+``partitions``               per partition: ``topic``, ``partition``, ``start_offset``,
+                             ``end_offset`` (exclusive), ``latest_offset`` (the end offset the
+                             run knew of, None if unknown), ``records`` (offsets in
+                             ``[start, end)``; transaction markers count), ``lag`` (latest minus
+                             end; None if latest is unknown)
+``records``                  records the batch's read counted (``beam_zdl/records``)
+``bytes``                    key and value bytes read (``beam_zdl/bytes``)
+``input_rows_per_s``         records over the time from the previous batch's trigger to this
+                             one's (over ``durations_s.total`` for a run's first batch)
+``processed_rows_per_s``     records over the run Step
+``durations_s``              seconds per Step: ``plan`` (0 for a replay), ``run``, ``complete``,
+                             ``commit`` (Step 5 as the loop waits for it: direct mode's Kafka
+                             commit runs beside the next batch, so this is mostly retention),
+                             and ``total``
+``counters``                 ``{namespace: {name: int}}``, every counter of the pipeline
+``distributions``            ``{namespace: {name: {count, sum, min, max}}}``
+``gauges``                   ``{namespace: {name: int}}`` (the newest value of each)
+``dead_letter_records``      ``beam_zdl/dead_letter_records`` (0 when no DecodeRecords)
+``data_loss_records``        ``beam_zdl/data_loss_records``
+``wal_segments``             WAL mode: segments the batch read; 0 in direct mode
+``receiver_buffered_bytes``  WAL mode: bytes the driver's receiver held unsealed when the
+                             batch completed (its last status, at most 1 s old); None in
+                             direct mode
+``receiver_lag``             WAL mode: offsets the receiver had not yet appended, up to the
+                             latest end offsets known, over the partitions it held; None in
+                             direct mode
+``lag``                      sum of the partitions' lags (None when no latest is known)
+===========================  ================================================================
 
 Listeners (:class:`ProgressListener`) run on a thread of their own, in order: one
 that raises is logged and the run goes on; a slow one delays no batch (the run
