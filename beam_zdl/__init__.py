@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
     from beam_zdl.decode import DeadLetter, DecodedRecord, DecodeRecords
+    from beam_zdl.batch_progress import (BatchProgress, PartitionProgress,
+                                                    ProgressListener)
     from beam_zdl.microbatch.loop import Batch, RunSummary
     from beam_zdl.microbatch.run import run_micro_batches
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
@@ -33,6 +35,9 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Batch": "beam_zdl.microbatch.loop",
     "RunSummary": "beam_zdl.microbatch.loop",
+    "BatchProgress": "beam_zdl.batch_progress",
+    "PartitionProgress": "beam_zdl.batch_progress",
+    "ProgressListener": "beam_zdl.batch_progress",
     "run_micro_batches": "beam_zdl.microbatch.run",
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",

@@ -31,12 +31,13 @@ if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
 __all__ = ["ZdlConfig", "add_zdl_arguments", "map_client_keys", "MODES", "TRIGGERS",
-           "parse_bool", "flag_names", "near_misses"]
+           "LOG_FORMATS", "parse_bool", "flag_names", "near_misses"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("direct", "wal")
 TRIGGERS = ("available_now", "continuous")
+LOG_FORMATS = ("text", "json")
 # Beam registers --bootstrap_servers (KafkaStreamsRunnerOptions) with this default;
 # from_flags, which parses without Beam, gives it the same.
 _BEAM_BOOTSTRAP_DEFAULT = kafka.DEFAULT_BOOTSTRAP_SERVERS
@@ -141,6 +142,9 @@ class ZdlConfig:
     partition_discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
     kafka_connect_timeout_s: float = kafka.CONNECT_TIMEOUT_S
+    metrics_port: int | None = None
+    health_timeout_s: float = 300.0
+    log_format: str = "text"
 
     @classmethod
     def from_options(cls, options: "PipelineOptions", *, need_checkpoint: bool = False,
@@ -257,6 +261,14 @@ class ZdlConfig:
         for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
             if o[name] <= 0:
                 raise ConfigError(f"--{name} must be > 0, got {o[name]}")
+        port = o.get("metrics_port")
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"--metrics_port must be a TCP port (0 picks a free one), "
+                              f"got {port}")
+        if not o.get("health_timeout_s", 1.0) > 0:
+            raise ConfigError("--health_timeout_s must be > 0 seconds, got "
+                              f"{o['health_timeout_s']}")
+        _choice(o, "log_format", LOG_FORMATS)
         if need_checkpoint and not o.get("checkpoint_dir"):
             raise ConfigError("--checkpoint_dir is required: where batch plans and "
                               "completions are recorded (local path, gs:// or hdfs://)")
@@ -291,6 +303,9 @@ class ZdlConfig:
             partition_discovery_interval_s=o["partition_discovery_interval_s"],
             idle_watermark_delay_s=o["idle_watermark_delay_s"],
             kafka_connect_timeout_s=o["kafka_connect_timeout_s"],
+            metrics_port=port,
+            health_timeout_s=o.get("health_timeout_s", _DEFAULTS["health_timeout_s"]),
+            log_format=o.get("log_format") or "text",
         )
 
     def fingerprint(self) -> str:
@@ -407,6 +422,20 @@ def add_zdl_arguments(parser: argparse.ArgumentParser) -> None:
         help="At start, how long to wait for a first answer from --bootstrap_servers "
              "before failing with the reason; 0 skips the check (a launcher outside the "
              "brokers' network). Once running, an outage is retried.")
+    parser.add_argument(
+        "--metrics_port", type=int, default=_DEFAULTS["metrics_port"],
+        help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+             "port (run_micro_batches' driver, beam-zdl receive); 0 picks a free port. "
+             "Default: none (no server). See docs/monitoring.md.")
+    parser.add_argument(
+        "--health_timeout_s", type=float, default=_DEFAULTS["health_timeout_s"],
+        help="/healthz answers 503 once the driver's loop (a plan, a batch, an idle check) "
+             "or the receiver's (a poll that reached the broker, a seal) has not turned for "
+             "this many seconds; make it longer than your slowest batch.")
+    parser.add_argument(
+        "--log_format", default=_DEFAULTS["log_format"],
+        help="text: plain log lines; json: one JSON object per line on stderr (with "
+             "batch_id and partition fields where they apply), for log collectors.")
 
 
 def flag_names() -> list[str]:

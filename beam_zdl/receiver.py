@@ -79,6 +79,7 @@ from beam_zdl.errors import (DataLossError, KafkaUnavailableError,
                              PartitionsUnavailableError, StorageError,
                              ZdlError)
 from beam_zdl.config import ZdlConfig
+from beam_zdl.monitoring import Heartbeat
 from beam_zdl.v1 import checkpoint_pb2
 import beam_zdl.wal as wal
 from beam_zdl.wal import WalWriter
@@ -95,6 +96,8 @@ _SEAL_RETRY_FOR_S = 120.0
 _POSITION_COMMIT_EVERY_S = 1.0
 _DRAIN_CHECK_EVERY_S = 1.0
 _DRAIN_REPORT_EVERY_S = 10.0
+_HEALTH_CHECK_EVERY_S = 10.0  # an idle receiver asks the broker this often (at most)
+_HEALTH_CHECK_TIMEOUT_S = 2.0
 
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
@@ -135,6 +138,8 @@ class ReceiverStats:
     rebalances: int = 0
     peak_buffered_bytes: int = 0
     lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
+    seal_seconds: float = 0.0  # summed over the segments sealed
+    commit_seconds: float = 0.0  # summed over the commits after seals
 
 
 class Receiver:
@@ -178,8 +183,21 @@ class Receiver:
         self._waiting_for: tuple[tuple[tuple[str, int], int | None], ...] = ()
         self.assigned_ever: set[tuple[str, int]] = set()
         self.drained = False
+        # When the loop last made progress (a poll that got records, a seal, an idle poll
+        # the broker answered): /healthz (beam-zdl receive --metrics_port) reads it.
+        self.heartbeat = Heartbeat()
+        self._health_check_every_s = min(_HEALTH_CHECK_EVERY_S, config.health_timeout_s / 3)
 
     # --- the loop -------------------------------------------------------------------------
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes appended to the open segment, not yet sealed."""
+        return self._writer.buffered_bytes if self._writer is not None else 0
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to append, per partition held now (a copy)."""
+        return {tp: o for tp, o in dict(self._next).items() if tp in self._assigned}
 
     @property
     def assigned(self) -> frozenset[tuple[str, int]]:
@@ -247,6 +265,9 @@ class Receiver:
                 messages = consumer.consume(_POLL_BATCH, _POLL_TIMEOUT_S)
                 if messages:
                     self._append(messages)
+                    self.heartbeat.beat("records")
+                elif self.heartbeat.age_s() >= self._health_check_every_s:
+                    self._idle_check()
                 self.stats.peak_buffered_bytes = max(self.stats.peak_buffered_bytes,
                                                      self._writer.buffered_bytes)
                 if self._writer.should_seal() or (
@@ -406,6 +427,19 @@ class Receiver:
                         "(%s; giving up in %.0f s)", self.owner, len(short), "; ".join(lines),
                         why, self._drain_deadline - now)
 
+    def _idle_check(self) -> None:
+        """Beat the heartbeat when the broker answers a metadata request: an idle receiver
+        with nothing to read is healthy, one whose broker does not answer is not, nor one
+        whose seals fail (it is paused, not idle)."""
+        from confluent_kafka import KafkaException
+        if self._seal_failed:
+            return
+        try:
+            self._consumer.list_topics(self.config.topics[0], timeout=_HEALTH_CHECK_TIMEOUT_S)
+        except KafkaException:
+            return
+        self.heartbeat.beat("idle")
+
     def _advance_past_gaps(self, tps: Iterable[tuple[str, int]]) -> None:
         """Move the next offset of ``tps`` up to the consumer's position, which passes
         transaction markers, aborted and compacted records that are never delivered."""
@@ -483,6 +517,7 @@ class Receiver:
             try:
                 self._last_seal_try = time.monotonic()
                 ref = self._writer.seal()
+                sealed_in = time.monotonic() - self._last_seal_try
                 self._seal_failed = False
                 break
             except StorageError as exc:
@@ -497,6 +532,8 @@ class Receiver:
         if ref is None:
             return None
         wal.remember_segment(ref)
+        self.heartbeat.beat("seal")
+        self.stats.seal_seconds += sealed_in
         self.stats.segments += 1
         self.stats.records += ref.record_count
         self.stats.sealed_bytes += ref.size_bytes
@@ -505,7 +542,10 @@ class Receiver:
         offsets = {(s.topic, s.partition): s.last_offset + 1 for s in ref.spans
                    if (s.topic, s.partition) in self._assigned}
         if offsets:
-            if kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5):
+            commit_started = time.monotonic()
+            committed = kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5)
+            self.stats.commit_seconds += time.monotonic() - commit_started
+            if committed:
                 self.stats.commits += 1
                 self._committed.update(offsets)
             else:

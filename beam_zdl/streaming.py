@@ -315,7 +315,8 @@ class DiscoverPartitionsFn(beam.DoFn):
             if not tracker.try_claim(partition):
                 return
             if not first_round:
-                _LOGGER.info("discovered new partition %s[%d]", topic, partition)
+                _LOGGER.info("discovered new partition %s[%d]", topic, partition,
+                             extra={"topic": topic, "partition": partition})
             yield TimestampedValue(StreamPartition(topic, partition, not first_round), now)
         if watermark.current_watermark() is None or watermark.current_watermark() < now:
             watermark.set_watermark(now)
@@ -332,7 +333,8 @@ class _PartitionProvider(RestrictionProvider):
 
     def initial_restriction(self, sp: StreamPartition) -> PartitionOffsets:
         start = _SharedClient.of(self._settings).start_offset(sp)
-        _LOGGER.info("reading %s[%d] from offset %d", sp.topic, sp.partition, start)
+        _LOGGER.info("reading %s[%d] from offset %d", sp.topic, sp.partition, start,
+                     extra={"topic": sp.topic, "partition": sp.partition})
         return PartitionOffsets(sp.topic, sp.partition, start, OPEN_END)
 
     def create_tracker(self, restriction: PartitionOffsets) -> GrowableOffsetRangeTracker:

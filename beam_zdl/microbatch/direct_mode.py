@@ -107,7 +107,8 @@ class DirectDriver(BatchLoop):
 
         def commit() -> None:
             try:
-                kafka.commit_offsets(self.consumer, stops)
+                if not kafka.commit_offsets(self.consumer, stops):
+                    self.commit_failures += 1  # logged; the next commit carries it
             except BaseException as exc:  # raised in the driver's thread by _join_commit
                 self._commit_error = exc
 

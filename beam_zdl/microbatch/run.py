@@ -7,7 +7,11 @@ Steps 2, 3 and 5 in :mod:`~beam_zdl.microbatch.direct_mode` and
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_zdl.batch_progress import ProgressListener
 
 from beam_zdl.microbatch.direct_mode import DirectDriver
 from beam_zdl.microbatch.loop import BuildFn, RunSummary
@@ -18,7 +22,8 @@ from beam_zdl.worker_pool import warm_workers
 __all__ = ["run_micro_batches"]
 
 
-def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary:
+def run_micro_batches(build_fn: BuildFn, options: PipelineOptions,
+                      listeners: Sequence[ProgressListener] = ()) -> RunSummary:
     """Run batches until the trigger says stop; return what was done.
 
     Steps, each durable before the next begins:
@@ -43,6 +48,9 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
         build_fn: adds the user's transforms and sink to ``records``, the
             PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``.
         options: pipeline options with the ZdlOptions flags.
+        listeners: :class:`~beam_zdl.ProgressListener` s told of the run's start, each
+            batch's :class:`~beam_zdl.BatchProgress`, idle checks and the end, on a
+            thread of their own (one that raises is logged; the run goes on).
 
     Returns:
         A :class:`RunSummary`.
@@ -58,4 +66,4 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions) -> RunSummary
     # Worker processes live for the run, not per batch; with 2 or more, the driver is one of
     # them (WAL mode's receiver is a process of its own: it does not share the driver's GIL).
     with warm_workers(options):
-        return loop(build_fn, options, config).run()
+        return loop(build_fn, options, config, listeners).run()

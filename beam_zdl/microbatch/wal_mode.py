@@ -41,16 +41,19 @@ at least one segment).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from prometheus_client import CollectorRegistry
 
 import beam_zdl.positions as positions
 from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import StorageError, ZdlError
+from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.io import ReadFromWal
+from beam_zdl.monitoring import ReceiverCollector
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
@@ -75,8 +78,9 @@ class WalDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_WAL
 
-    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
-        super().__init__(build_fn, options, config)
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
+                 listeners: Sequence[ProgressListener] = ()) -> None:
+        super().__init__(build_fn, options, config, listeners)
         self._receiver: Optional[ReceiverProcess] = None
         self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
         self._receiver_done_before_listing = False
@@ -101,6 +105,21 @@ class WalDriver(BatchLoop):
         error = self._receiver.error() if self._receiver is not None else None
         if error is not None:
             raise error
+
+    def _register_metrics(self, registry: CollectorRegistry) -> None:
+        # The receiver process' stats, as beam-zdl receive serves them (its last status).
+        registry.register(ReceiverCollector(
+            lambda: self._receiver.stats if self._receiver is not None else {},
+            lambda: (self._receiver.buffered_bytes or 0) if self._receiver is not None else 0))
+
+    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+        receiver = self._receiver
+        if receiver is None or receiver.buffered_bytes is None:
+            return None, None
+        ends = self.progress.ends()
+        positions = receiver.positions
+        lag = sum(max(0, ends[tp] - o) for tp, o in positions.items() if tp in ends)
+        return receiver.buffered_bytes, lag
 
     def _receiver_running(self) -> bool:
         return self._receiver is not None and self._receiver.running
