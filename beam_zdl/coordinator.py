@@ -387,15 +387,8 @@ class CheckpointCoordinator:
             CheckpointCorruptionError: its file is damaged.
         """
         name = _epoch_name(epoch)
-        payload = self._read(name, KIND_EPOCH)
-        try:
-            claim = json.loads(payload)
-            if not isinstance(claim, dict):
-                raise ValueError(f"a JSON {type(claim).__name__}, not an object")
-        except ValueError as exc:  # the CRC held, so only a writer bug gets here
-            raise CheckpointCorruptionError(
-                self.storage.uri(name), f"its CRC holds but the epoch claim is not a JSON "
-                f"object ({exc})", _damaged_advice(self.checkpoint_dir)) from None
+        claim = self._read_object(name, KIND_EPOCH, "epoch claim",
+                                  _damaged_advice(self.checkpoint_dir))
         self._check_id(name, "epoch claim", claim.get("epoch", epoch), epoch)
         return EpochClaim(claim)
 
@@ -642,6 +635,19 @@ class CheckpointCoordinator:
         for batch_id in batch_ids:
             self.storage.delete(_progress_name(batch_id))
 
+    def _read_object(self, name: str, kind: int, what: str, advice: str) -> dict[str, Any]:
+        """A checked file whose payload is a JSON object (epoch claims, progress records)."""
+        payload = self._read(name, kind)
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+        except ValueError as exc:  # the CRC held, so only a writer bug gets here
+            raise CheckpointCorruptionError(
+                self.storage.uri(name), f"its CRC holds but the {what} is not a JSON object "
+                f"({exc})", advice) from None
+        return doc
+
     def read_progress(self, batch_id: int) -> dict[str, Any]:
         """The stored progress record of ``batch_id``, checked, as a JSON object.
 
@@ -651,16 +657,8 @@ class CheckpointCoordinator:
                 records are diagnostics).
         """
         name = _progress_name(batch_id)
-        payload = self._read(name, KIND_PROGRESS)
-        try:
-            doc = json.loads(payload)
-            if not isinstance(doc, dict):
-                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
-        except ValueError as exc:  # the CRC held, so only a writer bug gets here
-            raise CheckpointCorruptionError(
-                self.storage.uri(name), f"its CRC holds but the progress record is not a JSON "
-                f"object ({exc})", "It is skipped; progress records are diagnostics only.") \
-                from None
+        doc = self._read_object(name, KIND_PROGRESS, "progress record",
+                                "It is skipped; progress records are diagnostics only.")
         self._check_id(name, "progress record", doc.get("batch_id", batch_id), batch_id)
         return doc
 
