@@ -377,3 +377,36 @@ def test_zdl_options_coexist_with_beams_and_a_users_common_flag_names():
     assert ZdlConfig.from_options(options).topics == ("ours",)
     everything = options.get_all_options()
     assert everything["runner"] == "DirectRunner" and everything["streaming"] is True
+
+
+# --- the issue's own reproduction: a retention gap with Kafka's earliest ------------------------
+
+@pytest.mark.parametrize("mode", ["direct", "wal"])
+def test_retention_gap_with_kafkas_earliest_stops_the_run(kafka, tmp_path, mode):
+    """auto.offset.reset=earliest (mapped to --starting_offsets=committed) over a group
+    committed at 0 whose offsets 0-39 retention deleted: DataLossError, never an exit
+    with the gap skipped."""
+    from confluent_kafka import Consumer
+    topic = kafka.create_topic(partitions=1)
+    kafka.produce(topic, ((None, f"v{i}".encode()) for i in range(100)))
+    group = f"g-{topic}"
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group,
+                          "enable.auto.commit": False})
+    committer.commit(offsets=[_tp(topic, 0, 0)], asynchronous=False)
+    committer.close()
+    admin = kafka.admin()  # must outlive the futures
+    for future in admin.delete_records([_tp(topic, 0, 40)]).values():
+        future.result(timeout=30)
+    seen: list[int] = []
+
+    def build(records, batch):
+        _ = records | beam.Map(lambda r: seen.append(r.offset))
+
+    options = ZdlOptions([f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+                          f"--consumer_group={group}", f"--checkpoint_dir={tmp_path / 'c'}",
+                          f"--zdl_mode={mode}", f"--wal_dir={tmp_path / 'w'}",
+                          '--consumer_config={"auto.offset.reset": "earliest", '
+                          '"session.timeout.ms": 6000}'])
+    with pytest.raises(DataLossError, match=rf"{topic}\[0\] offsets \[0, 40\)"):
+        beam_zdl.run_micro_batches(build, options)
+    assert kafka.committed(group, topic)[0] == 0  # nothing acknowledged past the gap
