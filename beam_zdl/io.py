@@ -10,6 +10,7 @@ read of :mod:`beam_zdl.streaming`.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
@@ -25,9 +26,8 @@ from beam_zdl.ranges import PartitionRange
 from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import apply_runner_defaults, is_flink
 from beam_zdl.wal_read import ReadSegmentsFn
-from beam_zdl.worker_pool import PayloadImpulse, feeds_payload_impulses
 
-__all__ = ["ReadFromKafka", "ReadFromWal"]
+__all__ = ["ReadFromKafka", "ReadFromWal", "RangesInput", "CreateRanges"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,7 +67,37 @@ _BEAM_KEYWORDS: dict[str, tuple[tuple[Any, ...], str]] = {
 _OWN_KEYWORDS = ("consumer_config", "topics", "bootstrap_servers", "consumer_group",
                  "starting_offsets", "ending_offsets", "start_read_time", "stop_read_time",
                  "max_records_per_partition", "fail_on_data_loss", "with_metadata",
-                 "commit_offset_in_finalize", "redistribute", "ranges", "options")
+                 "commit_offset_in_finalize", "redistribute", "ranges", "ranges_input",
+                 "options")
+
+
+class RangesInput(abc.ABC):
+    """How a bounded read's offset ranges (chunks of the initial split) become the
+    PCollection its splittable DoFn reads: the read itself knows no runner.
+
+    :class:`CreateRanges` suits every runner; ``run_micro_batches`` passes its own,
+    which hands the ranges to its warm runner as data
+    (:mod:`beam_zdl.microbatch.batch_ranges`).
+    """
+
+    @abc.abstractmethod
+    def expand(self, pbegin: beam.pvalue.PBegin,
+               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
+        """The chunks as elements, spread so that a runner can hand them to all its
+        workers."""
+
+
+class CreateRanges(RangesInput):
+    """The chunks as a ``Create``, spread by a shuffle when there are several (one Create
+    element list would keep them on one worker)."""
+
+    def expand(self, pbegin: beam.pvalue.PBegin,
+               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
+        created: beam.PCollection[PartitionRange] = (
+            pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False))
+        if len(chunks) > 1:
+            created = created | "Spread" >> beam.Reshuffle()
+        return created
 
 
 def _check_beam_keywords(source: str, given: Mapping[str, Any],
@@ -160,6 +190,7 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
                  fail_on_data_loss: Optional[bool] = None,
                  ranges: Optional[Iterable[PartitionRange]] = None,
                  options: Optional[PipelineOptions] = None,
+                 ranges_input: Optional[RangesInput] = None,
                  stop_read_time: Optional[int] = None,
                  with_metadata: Optional[bool] = None,
                  commit_offset_in_finalize: Optional[bool] = None,
@@ -186,6 +217,7 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         self._redistribute = bool(redistribute)
         self._commit_in_finalize = commit_offset_in_finalize
         self._ranges = None if ranges is None else [PartitionRange(*r) for r in ranges]
+        self._ranges_input = ranges_input or CreateRanges()
         self._config: Optional[ZdlConfig] = None
 
     @classmethod
@@ -253,52 +285,15 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             ranges = _plan_bounded(config)
             _LOGGER.info("ReadFromKafka planned %d ranges, %d records", len(ranges),
                          sum(r.stop - r.start for r in ranges))
-        # Chunks of the initial split as elements, spread by a shuffle: a runner then hands
-        # them to all its workers (one Create element would keep them on one).
+        # Chunks of the initial split as elements, for the runner to spread over workers.
         chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
-        chunked: beam.PCollection[PartitionRange]
-        if feeds_payload_impulses(pbegin.pipeline.runner):
-            # The run's warm runner hands them to the stage as data: the stage is then the
-            # same in every batch, and its bundle processors are reused (worker_pool).
-            chunked = (pbegin | "Ranges" >> PayloadImpulse(_encode_chunks(chunks))
-                       | "Chunks" >> beam.FlatMap(_decode_chunks)
-                       .with_output_types(PartitionRange))
-        else:
-            chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
-        if len(chunks) > 1 and not _splits_sdf_input(pbegin.pipeline.runner):
-            chunked = chunked | "Spread" >> beam.Reshuffle()
+        chunked = self._ranges_input.expand(pbegin, chunks)
         read: beam.PCollection[KafkaRecord] = (
             chunked
             | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
             .with_output_types(Poll)
             | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
         return read
-
-
-_CHUNKS_FORMAT = 1
-
-
-def _encode_chunks(chunks: list[PartitionRange]) -> bytes:
-    """The ranges of a read as the payload of its PayloadImpulse (see :func:`_decode_chunks`)."""
-    return json.dumps([_CHUNKS_FORMAT, [list(c) for c in chunks]]).encode()
-
-
-def _decode_chunks(payload: bytes) -> list[PartitionRange]:
-    """The ranges :func:`_encode_chunks` encoded.
-
-    Raises:
-        ZdlError: the runner did not hand the read its ranges (an empty payload): reading
-            nothing would lose a batch, so the batch fails and is replayed.
-    """
-    if not payload:
-        raise ZdlError("ReadFromKafka: the runner did not hand this read its ranges (an empty "
-                       "Impulse element): only beam_zdl's warm runner does; the batch fails "
-                       "and is replayed from its recorded plan. Please report this as a bug.")
-    version, chunks = json.loads(payload)
-    if version != _CHUNKS_FORMAT:
-        raise ZdlError(f"ReadFromKafka: ranges of format {version}, this version reads "
-                       f"{_CHUNKS_FORMAT}: driver and workers run different beam_zdl versions")
-    return [PartitionRange(str(t), int(p), int(a), int(b)) for t, p, a, b in chunks]
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
@@ -333,18 +328,6 @@ def _time_position(name: str, position: Optional[str], time_name: str,
         raise ConfigError(f"ReadFromKafka({time_name}=...) must be epoch milliseconds "
                           f"(an int >= 0), got {epoch_ms!r}")
     return f"timestamp:{epoch_ms}"
-
-
-def _splits_sdf_input(runner: Any) -> bool:
-    """Whether ``runner`` spreads a splittable DoFn's input over its workers by itself.
-
-    The FnApiRunner runs an SDF's processing in a stage of its own, fed by the runner,
-    and hands each worker a share of that stage's input: a Reshuffle before it would
-    only add a stage (about 0.1 s per batch, a batch's largest fixed cost after pipeline
-    construction).
-    """
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    return isinstance(runner, FnApiRunner)
 
 
 def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],

@@ -4,6 +4,8 @@ expand; errors naming the argument; a typed package."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -197,3 +199,15 @@ def test_import_graph_has_no_cycle():
     for module in sorted(graph):
         if module not in seen:
             visit(module, [module])
+
+
+def test_the_public_read_knows_no_runner():
+    """ReadFromKafka is runner-agnostic: importing it loads neither the micro-batch warm
+    runner nor Beam's FnApiRunner (the micro-batch driver chooses how ranges are fed)."""
+    proc = subprocess.run([sys.executable, "-c", (
+        "import sys, beam_zdl.io\n"
+        "print(sorted(m for m in sys.modules if m == 'beam_zdl.worker_pool' "
+        "or m.endswith('fn_api_runner.fn_runner')))")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -30,6 +30,7 @@ import beam_zdl.kafka as kafka
 from beam_zdl.batch_options import batch_options
 import beam_zdl.ranges as ranges
 from beam_zdl.io import ReadFromKafka
+from beam_zdl.microbatch.batch_ranges import BatchRanges
 from beam_zdl.microbatch.loop import Batch, BatchLoop, StopFlag
 from beam_zdl.ranges import Offsets, PartitionRange
 from beam_zdl.v1 import checkpoint_pb2
@@ -95,7 +96,8 @@ class DirectDriver(BatchLoop):
             epoch=self.epoch)
 
     def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
-        return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options))
+        return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options),
+                             ranges_input=BatchRanges())
 
     def _after_complete(self, batch: Batch) -> None:
         # Step 5. The commit (a broker round trip, ~10 ms) runs beside the next batch's
