@@ -60,7 +60,7 @@ from beam_zdl.ranges import PartitionRange
 from beam_zdl.receiver_process import ReceiverProcess
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
-from beam_zdl.wal import forget_segments, list_segments, segment_refs
+from beam_zdl.wal import SegmentIndex, list_segments
 
 __all__ = ["WalDriver"]
 
@@ -87,6 +87,7 @@ class WalDriver(BatchLoop):
         assert config.wal_dir is not None  # ZdlConfig requires it with --zdl_mode=wal
         self._wal_dir: str = config.wal_dir
         self._wal_storage = open_storage(self._wal_dir)
+        self._segments = SegmentIndex()  # refs of the segments it plans; forgets deleted ones
 
     # --- the receiver process -------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class WalDriver(BatchLoop):
         unplanned = [s for s in list_segments(self._wal_dir) if s.name not in planned]
         if not unplanned:
             return None
-        refs = segment_refs(unplanned)
+        refs = self._segments.refs(unplanned)
         self._check_no_overlap(refs, [seg for i in self.coordinator.planned_ids()
                                       for seg in self._plan(i).segments])
         cap = self.config.max_records_per_partition
@@ -250,7 +251,7 @@ class WalDriver(BatchLoop):
                 self._wal_storage.delete(_name(seg.uri))
                 deleted.append(seg.uri)
         if deleted:
-            forget_segments(deleted)
+            self._segments.forget(deleted)
             _LOGGER.info("deleted %d WAL segments of completed batches %d..%d", len(deleted),
                          old[0], old[-1])
         crash_point("after_segment_delete")
