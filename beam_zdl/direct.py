@@ -79,7 +79,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
-from beam_zdl.errors import ZdlError
+from beam_zdl.errors import DataLossError, ZdlError
 from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
 from beam_zdl.ranges import PartitionRange
 
@@ -291,7 +291,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                         low, high = consumer.get_watermark_offsets(
                             TopicPartition(topic, partition), timeout=30, cached=False)
                         if low <= next_offset:
-                            raise ZdlError(
+                            raise DataLossError(
                                 f"{topic}[{partition}] offset {next_offset} is out of range "
                                 f"but the log holds [{low}, {high}): the partition was "
                                 f"truncated below the planned range [{rng.start}, {stop})")

@@ -85,7 +85,8 @@ import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
+from beam_zdl.errors import (ConfigError, KafkaUnavailableError, SinkConflictError, SinkFencedError,
+                             TopicNotFoundError, ZdlError)
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -193,7 +194,7 @@ def read_progress(consumer: Any, progress_topic: str,
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not read the sink's progress record (group offsets on "
-            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
+            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from exc
     offset = found[0].offset
     return (offset - 1 if offset > 0 else None), (found[0].metadata or "")
 
@@ -261,7 +262,7 @@ class ShardWriter:
                 f"{exc.args[0]}. The brokers need a working transaction state log "
                 "(transaction.state.log.replication.factor and min.isr no larger than the "
                 "live brokers) and this principal needs WRITE on the transactional id. "
-                "Nothing was written; the batch stays pending.") from None
+                "Nothing was written; the batch stays pending.") from exc
         self._consumer = Consumer({**kafka.connection_settings(self.bootstrap_servers,
                                                                self._settings),
                                    "group.id": progress_group(self.sink_id, self.shard),
@@ -350,12 +351,12 @@ class ShardWriter:
                     f"committing shard {self.shard} of sink {self.sink_id!r} (batch "
                     f"{batch_id}) ended undecided: {err}. The next writer of this shard "
                     "completes or aborts it (init_transactions), and the batch, which stays "
-                    "pending, then skips the shard if it committed.") from None
+                    "pending, then skips the shard if it committed.") from exc
 
     def _check_fenced(self, err: Any) -> None:
         if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
                                           "INVALID_PRODUCER_EPOCH"):
-            raise ZdlError(
+            raise SinkFencedError(
                 f"shard {self.shard} of sink {self.sink_id!r} (transactional.id "
                 f"{self.transactional_id}) was fenced by a newer writer: another driver took "
                 "over this sink, so this one is a zombie. Its transaction did not commit; "
@@ -366,7 +367,7 @@ class ShardWriter:
         """Steps 4-7 for one batch: records written, or None when already committed.
 
         Raises:
-            ZdlError: the progress record is past this batch, or holds this batch for
+            SinkConflictError: the progress record is past this batch, or holds this batch for
                 another input: a zombie driver, or another pipeline (or a new
                 ``--checkpoint_dir``) writing with this ``sink_id``. Nothing is written.
         """
@@ -374,7 +375,7 @@ class ShardWriter:
         theirs = _field(metadata, "input")
         if last is not None and (last > batch_id or (
                 last == batch_id and fingerprint and theirs not in ("", "-", fingerprint))):
-            raise ZdlError(
+            raise SinkConflictError(
                 f"shard {self.shard} of sink {self.sink_id!r} already committed batch {last} "
                 f"({metadata!r}), so it cannot write batch {batch_id}"
                 + (f" (input {fingerprint})" if fingerprint else "") + ". A run's batches "
@@ -521,7 +522,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
     Raises:
         ConfigError: ``exactly_once`` without ``batch``, or with ``--streaming``;
             a bad argument or a guarded producer setting.
-        ZdlError: (when the pipeline is built) the topic does not exist.
+        TopicNotFoundError: (when the pipeline is built) the topic does not exist.
     """
 
     def __init__(self, topic: Any = None, bootstrap_servers: Optional[str] = None, *,
@@ -668,10 +669,10 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
                 raise kafka.unreachable_error(
                     self._bootstrap_servers, wait_s, reasons, exc.args[0],
                     flag="WriteToKafka: bootstrap_servers",
-                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from None
+                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from exc
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error if info is not None and info.error else "no partitions"
-                raise ZdlError(
+                raise TopicNotFoundError(
                     f"WriteToKafka: topic {name!r} does not exist or cannot be written on "
                     f"{self._bootstrap_servers} ({reason}); create it first. Nothing was "
                     "written; in run_micro_batches the batch stays pending.")

@@ -197,3 +197,23 @@ def test_import_graph_has_no_cycle():
     for module in sorted(graph):
         if module not in seen:
             visit(module, [module])
+
+
+def test_every_error_is_a_zdl_error_and_public() -> None:
+    """Users catch ZdlError for all of them, or a subclass for one actionable case."""
+    from beam_zdl import errors
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.ZdlError), name
+    assert {"TopicNotFoundError", "WalOverlapError", "SinkFencedError",
+            "SinkConflictError"} <= set(beam_zdl.__all__)
+
+
+def test_a_missing_topic_to_read_is_a_topic_not_found_error(kafka):
+    from beam_zdl import kafka as kafka_
+    from beam_zdl.errors import TopicNotFoundError
+    consumer = kafka_.new_consumer(kafka.bootstrap_servers, "g-missing-topic")
+    try:
+        with pytest.raises(TopicNotFoundError, match="topic 'no-such-topic-y' is not readable"):
+            kafka_.partitions_of(consumer, ["no-such-topic-y"], kafka.bootstrap_servers)
+    finally:
+        consumer.close()

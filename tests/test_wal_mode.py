@@ -572,7 +572,7 @@ def test_overlapping_segments_are_refused_not_duplicated(kafka, tmp_path):
                            if r.offset == offset))
     zombie.seal()
 
-    with pytest.raises(beam_zdl.ZdlError, match=r"both hold .*offsets \[250, 251\]"):
+    with pytest.raises(beam_zdl.WalOverlapError, match=r"both hold .*offsets \[250, 251\]"):
         beam_zdl.run_micro_batches(lambda r, b: None, ZdlOptions(_flags(kafka, topic, ckpt, wal)))
     assert CheckpointCoordinator(str(ckpt)).planned_ids() == []
 

@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry
 import beam_zdl.positions as positions
 from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import StorageError, ZdlError
+from beam_zdl.errors import StorageError, WalOverlapError, ZdlError
 from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.io import ReadFromWal
 from beam_zdl.monitoring import ReceiverCollector
@@ -188,7 +188,7 @@ class WalDriver(BatchLoop):
             items.sort()
             for (a_first, a_last, a_uri), (b_first, b_last, b_uri) in zip(items, items[1:]):
                 if b_first <= a_last:
-                    raise ZdlError(
+                    raise WalOverlapError(
                         f"WAL segments {a_uri} and {b_uri} both hold {topic}[{partition}] "
                         f"offsets [{b_first}, {min(a_last, b_last)}]: a receiver wrote after "
                         "losing its partitions. Nothing was planned. Check the two segments "
