@@ -13,7 +13,7 @@ gauges to what is left after each segment.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,11 +21,20 @@ from apache_beam.metrics import Metrics
 import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
-from beam_zdl.wal import ReadReport, read_segment_blocks
+from beam_zdl.records import KafkaRecord
+from beam_zdl.wal import ReadReport, block_columns, read_segment_blocks
 
-__all__ = ["ReadSegmentsFn"]
+__all__ = ["ReadSegmentsFn", "from_block"]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def from_block(block: Any) -> List[KafkaRecord]:
+    """The records of a verified :class:`beam_zdl.v1.wal_pb2.RecordBlock` (see wal.proto:
+    empty key/value columns mean all null, ``null_keys``/``null_values`` list the others)."""
+    keys, values, headers = block_columns(block)
+    return records.from_columns(block.topic, block.partition, block.offsets,
+                                block.timestamps_ms, keys, values, headers)
 
 
 class ReadSegmentsFn(beam.DoFn):
@@ -61,7 +70,7 @@ class ReadSegmentsFn(beam.DoFn):
         windowed = compat.windowed_value_maker()
         last: dict[tuple[str, int], int] = {}
         for block in blocks:
-            batch = records.from_block(block)
+            batch = from_block(block)
             count += len(batch)
             # null keys/values are stored as b"" (or not at all): they add 0
             nbytes += sum(map(len, block.keys)) + sum(map(len, block.values))

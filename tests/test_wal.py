@@ -218,7 +218,8 @@ def test_blocks_close_at_partition_changes_and_size_and_keep_the_order(tmp_path:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_record_fields, min_size=1, max_size=20))
 def test_kafka_records_of_blocks_match_the_wal_records(fields: list[tuple]) -> None:
-    from beam_zdl.records import KafkaRecord, from_block
+    from beam_zdl.records import KafkaRecord
+    from beam_zdl.wal_read import from_block
 
     records = _records(fields)
     got = [r for block in _blocks_of(_segment_bytes(records)) for r in from_block(block)]
@@ -255,7 +256,7 @@ def _format_1_segment(records: list[wal_pb2.WalRecord]) -> bytes:
 
 def test_format_1_segments_are_still_read_and_checked(tmp_path: Path) -> None:
     from beam_zdl import wal
-    from beam_zdl.records import from_block
+    from beam_zdl.wal_read import from_block
 
     records = _records([("t", 0, None, b"v0", 1, 1, []),
                         ("t", 1, b"", None, 2, 2, [("h", None), ("h", b"x")]),
