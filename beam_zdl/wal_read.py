@@ -45,11 +45,9 @@ class ReadSegmentsFn(beam.DoFn):
         self._fail_on_data_loss = fail_on_data_loss
         self._end_offsets = dict(end_offsets or {})
         ns = metrics.NAMESPACE
-        self._records = Metrics.counter(ns, metrics.RECORDS)
-        self._bytes = Metrics.counter(ns, metrics.BYTES)
+        self._metrics = metrics.ReadMetrics()
         self._segments = Metrics.counter(ns, metrics.WAL_SEGMENTS)
         self._lost_frames = Metrics.counter(ns, metrics.WAL_LOST_FRAMES)
-        self._lost_records = Metrics.counter(ns, metrics.DATA_LOSS_RECORDS)
 
     def display_data(self) -> dict[str, Any]:
         return {"fail_on_data_loss": self._fail_on_data_loss}
@@ -60,7 +58,7 @@ class ReadSegmentsFn(beam.DoFn):
                                      report=report)
         if report.lost:
             self._lost_frames.inc(len(report.lost))
-            self._lost_records.inc(report.lost_records)
+            self._metrics.lost(report.lost_records)
             _LOGGER.error("WAL segment %s: skipped %d damaged byte ranges (%d records known "
                           "lost%s), --fail_on_data_loss=false", uri, len(report.lost),
                           report.lost_records,
@@ -77,11 +75,10 @@ class ReadSegmentsFn(beam.DoFn):
             last[(block.topic, block.partition)] = block.offsets[-1]
             for record in batch:
                 yield windowed(record, record.timestamp_ms * 1000, windows)
-        self._records.inc(count)
-        self._bytes.inc(nbytes)
+        self._metrics.read(count, nbytes)
         self._segments.inc()
         for (topic, partition), offset in last.items():
             end = self._end_offsets.get((topic, partition))
             if end is not None:
-                Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(topic, partition)).set(
+                self._metrics.lag(topic, partition).set(
                     max(0, end - offset - 1))
