@@ -24,41 +24,45 @@ reads it back. Batches of one sink complete in order, so an offset
 Protocol of one batch (``exactly_once``)
 ---------------------------------------
 
-* Step 1 — in the pipeline, every element becomes an output record
+The sink's steps are named, not numbered: the numbers Step 0–5 belong to the batch
+loop (:mod:`beam_zdl.microbatch.loop`), and all of these happen inside its Step 3 (run),
+except *complete*, which is its Step 4.
+
+* **shard** — in the pipeline, every element becomes an output record
   ``(key, value, headers)``, is checked against the size limit (the topic's
   ``max.message.bytes`` and the producer's ``message.max.bytes``) and is
   assigned to shard ``crc32(key, value) % shards`` — the same shard on every
   replay of the same input.
-* Step 2 — a ``GroupByKey`` on the shard: a barrier, so no shard writes
-  anything before every record of the batch passed Step 1 (a record too large
+* **barrier** — a ``GroupByKey`` on the shard, so no shard writes
+  anything before every record of the batch was sharded (a record too large
   fails the batch before any transaction starts).
-* Step 3 — per shard, a producer with the fixed ``transactional.id``
+* **fence** — per shard, a producer with the fixed ``transactional.id``
   ``beam-zdl-sink-<sink_id>-<shard>`` calls ``init_transactions()``: this
   fences every earlier producer with that id (a zombie driver's writer: its
   later commit fails) and completes or aborts the transaction it left open.
-* Step 4 — read the shard's progress record (after Step 3, so no older
+* **check progress** — read the shard's progress record (after *fence*, so no older
   writer can still commit). ``batch_id + 1`` (for the same input
   fingerprint): the shard is already in Kafka; skip it. Past it, or this
   batch for another input: the batch fails, writing nothing — a run's batches
   reach a shard in order, so only a zombie driver or a second pipeline with
   the same ``sink_id`` (or a new ``--checkpoint_dir``) gets there.
-* Step 5 — ``begin_transaction()``; produce the shard's records; ``flush()``.
+* **produce** — ``begin_transaction()``; produce the shard's records; ``flush()``.
   A record that fails (too large for the broker, topic gone, ...) aborts
   the transaction and fails the batch naming topic and partition.
-* Step 6 — ``send_offsets_to_transaction()``: the progress record, offset
+* **record progress** — ``send_offsets_to_transaction()``: the progress record, offset
   ``batch_id + 1``, in the same transaction.
-* Step 7 — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
+* **commit** — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
   transaction with records in flight: fatal ``INVALID_TXN_STATE``), then
   ``commit_transaction()``. Crash point ``after_shard_commit``.
-* Step 8 — the driver writes the batch's completion only after the runner
+* **complete** — the driver writes the batch's completion only after the runner
   reports DONE, i.e. after every shard committed or was skipped.
 
-A crash before Step 7 leaves an open transaction: its records are invisible to
-``read_committed`` consumers, and the replay's Step 3 aborts it. A crash after
-Step 7 of some shards and before Step 8: the batch is replayed and Step 4 skips
-those shards. Shards are separate transactions, so a reader can see the output
-of some shards of a batch before the others (never part of one shard); each
-record still appears once.
+A crash before *commit* leaves an open transaction: its records are invisible to
+``read_committed`` consumers, and the replay's *fence* aborts it. A crash after
+*commit* of some shards and before *complete*: the batch is replayed and *check
+progress* skips those shards. Shards are separate transactions, so a reader can see
+the output of some shards of a batch before the others (never part of one shard);
+each record still appears once.
 
 Without ``exactly_once`` (no ``batch``), records go through an idempotent
 producer (``enable.idempotence``, ``acks=all``) flushed at the end of every
@@ -108,12 +112,12 @@ OutputRecord = Tuple[Optional[bytes], Optional[bytes], List[Tuple[str, Optional[
 
 
 def transactional_id(sink_id: str, shard: int) -> str:
-    """The fixed ``transactional.id`` of one shard of a sink (Step 3)."""
+    """The fixed ``transactional.id`` of one shard of a sink (*fence*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
 def progress_group(sink_id: str, shard: int) -> str:
-    """The consumer group whose offset is the shard's progress record (Step 6)."""
+    """The consumer group whose offset is the shard's progress record (*record progress*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
@@ -220,7 +224,7 @@ def _field(metadata: str, name: str) -> str:
 
 
 class ShardWriter:
-    """Writes one shard of a sink in Kafka transactions (Steps 3-7 of the module doc).
+    """Writes one shard of a sink in Kafka transactions (*fence* to *commit* in the module doc).
 
     Args:
         topic: the output topic.
@@ -247,7 +251,7 @@ class ShardWriter:
         self._failures: list[str] = []
         self._written = 0
 
-    # Step 3
+    # fence
     def open(self) -> None:
         """Fence every older writer of this shard and end the transaction it left open."""
         from confluent_kafka import Consumer, KafkaException, Producer
@@ -269,13 +273,13 @@ class ShardWriter:
                                    "enable.auto.commit": False,
                                    "isolation.level": "read_committed"})
 
-    # Step 4
+    # check progress
     def last_batch(self) -> tuple[Optional[int], str]:
         """The last batch id this shard committed (read after :meth:`open`), or None, and
         its progress record's metadata."""
         return read_progress(self._consumer, self.progress_topic, self.timeout_s)
 
-    # Step 5
+    # produce
     def begin(self) -> None:
         self._failures, self._written = [], 0
         self._producer.begin_transaction()
@@ -322,7 +326,7 @@ class ShardWriter:
             f"of this shard is visible to read_committed consumers ({outcome}); the batch "
             "stays pending and is replayed on the next start.")
 
-    # Steps 6-7
+    # record progress, commit
     def commit(self, batch_id: int, fingerprint: str = "") -> None:
         """Add the progress record to the transaction and commit both."""
         from confluent_kafka import KafkaException, TopicPartition
@@ -364,7 +368,8 @@ class ShardWriter:
 
     def write_batch(self, batch_id: int, records: Iterable[OutputRecord],
                     fingerprint: str = "") -> Optional[int]:
-        """Steps 4-7 for one batch: records written, or None when already committed.
+        """*check progress* to *commit* for one batch: records written, or None when already
+        committed.
 
         Raises:
             SinkConflictError: the progress record is past this batch, or holds this batch for
