@@ -65,7 +65,6 @@ increasing) can only come from a writer bug; it is reported like a damaged
 frame.
 """
 
-
 from __future__ import annotations
 
 import itertools
