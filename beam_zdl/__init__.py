@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
                                  ConfigError, ConfigMismatchError, DataLossError,
                                  PartitionsUnavailableError, SchemaRegistryUnavailableError,
-                                 WalCorruptionError, ZdlError)
+                                 SinkConflictError, SinkFencedError, TopicNotFoundError,
+                                 WalCorruptionError, WalOverlapError, ZdlError)
     from beam_zdl.io import ReadFromKafka, ReadFromWal
     from beam_zdl.kafka_sink import WriteToKafka
     from beam_zdl.options import ZdlOptions
@@ -57,6 +58,10 @@ _PUBLIC = {
     "CheckpointCorruptionError": "beam_zdl.errors",
     "PartitionsUnavailableError": "beam_zdl.errors",
     "SchemaRegistryUnavailableError": "beam_zdl.errors",
+    "TopicNotFoundError": "beam_zdl.errors",
+    "WalOverlapError": "beam_zdl.errors",
+    "SinkFencedError": "beam_zdl.errors",
+    "SinkConflictError": "beam_zdl.errors",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, TypeVar
 
-from beam_zdl.errors import ConfigError, DataLossError, KafkaUnavailableError, ZdlError
+from beam_zdl.errors import ConfigError, DataLossError, KafkaUnavailableError, TopicNotFoundError
 from beam_zdl.secrets import is_secret, redact, resolve
 
 __all__ = [
@@ -281,7 +281,7 @@ def check_brokers(bootstrap_servers: str, extra: Mapping[str, object] | None = N
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         admin.poll(0)  # serves the error callbacks: the reason
-        raise unreachable_error(bootstrap_servers, timeout_s, reasons, exc.args[0]) from None
+        raise unreachable_error(bootstrap_servers, timeout_s, reasons, exc.args[0]) from exc
     finally:
         del admin
 
@@ -414,11 +414,11 @@ def partitions_of(consumer: Any, topics: Iterable[str],
             raise KafkaUnavailableError(
                 f"could not read metadata of topic {topic!r} from --bootstrap_servers="
                 f"{bootstrap_servers} within {_METADATA_TIMEOUT_S:.0f} s ({exc.args[0]}); "
-                "check that the brokers are reachable from here") from None
+                "check that the brokers are reachable from here") from exc
         info = meta.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             reason = info.error if info is not None and info.error else "no partitions"
-            raise ZdlError(f"topic {topic!r} is not readable on --bootstrap_servers="
+            raise TopicNotFoundError(f"topic {topic!r} is not readable on --bootstrap_servers="
                            f"{bootstrap_servers}: {reason}; create it or fix --topics")
         out.extend((topic, p) for p in sorted(info.partitions))
     return out
@@ -449,7 +449,7 @@ def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]],
             raise KafkaUnavailableError(
                 f"could not read the offsets of {len(tps)} partitions of "
                 f"{sorted({t for t, _ in tps})} from --bootstrap_servers={bootstrap_servers} "
-                f"({exc.args[0]})") from None
+                f"({exc.args[0]})") from exc
         failed = [tp for tp in answer if tp.error is not None or tp.offset < 0]
         if failed:
             raise KafkaUnavailableError(
@@ -509,7 +509,7 @@ def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
-            f"({exc.args[0]})") from None
+            f"({exc.args[0]})") from exc
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 
@@ -554,7 +554,7 @@ def offsets_for_time(consumer: Any, partitions: Iterable[tuple[str, int]], times
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not look up offsets by time from --bootstrap_servers={bootstrap_servers} "
-            f"({exc.args[0]})") from None
+            f"({exc.args[0]})") from exc
     return {(tp.topic, tp.partition): tp.offset for tp in found}
 
 

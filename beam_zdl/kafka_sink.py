@@ -24,41 +24,45 @@ reads it back. Batches of one sink complete in order, so an offset
 Protocol of one batch (``exactly_once``)
 ---------------------------------------
 
-* Step 1 — in the pipeline, every element becomes an output record
+The sink's steps are named, not numbered: the numbers Step 0–5 belong to the batch
+loop (:mod:`beam_zdl.microbatch.loop`), and all of these happen inside its Step 3 (run),
+except *complete*, which is its Step 4.
+
+* **shard** — in the pipeline, every element becomes an output record
   ``(key, value, headers)``, is checked against the size limit (the topic's
   ``max.message.bytes`` and the producer's ``message.max.bytes``) and is
   assigned to shard ``crc32(key, value) % shards`` — the same shard on every
   replay of the same input.
-* Step 2 — a ``GroupByKey`` on the shard: a barrier, so no shard writes
-  anything before every record of the batch passed Step 1 (a record too large
+* **barrier** — a ``GroupByKey`` on the shard, so no shard writes
+  anything before every record of the batch was sharded (a record too large
   fails the batch before any transaction starts).
-* Step 3 — per shard, a producer with the fixed ``transactional.id``
+* **fence** — per shard, a producer with the fixed ``transactional.id``
   ``beam-zdl-sink-<sink_id>-<shard>`` calls ``init_transactions()``: this
   fences every earlier producer with that id (a zombie driver's writer: its
   later commit fails) and completes or aborts the transaction it left open.
-* Step 4 — read the shard's progress record (after Step 3, so no older
+* **check progress** — read the shard's progress record (after *fence*, so no older
   writer can still commit). ``batch_id + 1`` (for the same input
   fingerprint): the shard is already in Kafka; skip it. Past it, or this
   batch for another input: the batch fails, writing nothing — a run's batches
   reach a shard in order, so only a zombie driver or a second pipeline with
   the same ``sink_id`` (or a new ``--checkpoint_dir``) gets there.
-* Step 5 — ``begin_transaction()``; produce the shard's records; ``flush()``.
+* **produce** — ``begin_transaction()``; produce the shard's records; ``flush()``.
   A record that fails (too large for the broker, topic gone, ...) aborts
   the transaction and fails the batch naming topic and partition.
-* Step 6 — ``send_offsets_to_transaction()``: the progress record, offset
+* **record progress** — ``send_offsets_to_transaction()``: the progress record, offset
   ``batch_id + 1``, in the same transaction.
-* Step 7 — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
+* **commit** — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
   transaction with records in flight: fatal ``INVALID_TXN_STATE``), then
   ``commit_transaction()``. Crash point ``after_shard_commit``.
-* Step 8 — the driver writes the batch's completion only after the runner
+* **complete** — the driver writes the batch's completion only after the runner
   reports DONE, i.e. after every shard committed or was skipped.
 
-A crash before Step 7 leaves an open transaction: its records are invisible to
-``read_committed`` consumers, and the replay's Step 3 aborts it. A crash after
-Step 7 of some shards and before Step 8: the batch is replayed and Step 4 skips
-those shards. Shards are separate transactions, so a reader can see the output
-of some shards of a batch before the others (never part of one shard); each
-record still appears once.
+A crash before *commit* leaves an open transaction: its records are invisible to
+``read_committed`` consumers, and the replay's *fence* aborts it. A crash after
+*commit* of some shards and before *complete*: the batch is replayed and *check
+progress* skips those shards. Shards are separate transactions, so a reader can see
+the output of some shards of a batch before the others (never part of one shard);
+each record still appears once.
 
 Without ``exactly_once`` (no ``batch``), records go through an idempotent
 producer (``enable.idempotence``, ``acks=all``) flushed at the end of every
@@ -85,7 +89,8 @@ import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
+from beam_zdl.errors import (ConfigError, KafkaUnavailableError, SinkConflictError, SinkFencedError,
+                             TopicNotFoundError, ZdlError)
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -107,12 +112,12 @@ OutputRecord = Tuple[Optional[bytes], Optional[bytes], List[Tuple[str, Optional[
 
 
 def transactional_id(sink_id: str, shard: int) -> str:
-    """The fixed ``transactional.id`` of one shard of a sink (Step 3)."""
+    """The fixed ``transactional.id`` of one shard of a sink (*fence*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
 def progress_group(sink_id: str, shard: int) -> str:
-    """The consumer group whose offset is the shard's progress record (Step 6)."""
+    """The consumer group whose offset is the shard's progress record (*record progress*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
@@ -193,7 +198,7 @@ def read_progress(consumer: Any, progress_topic: str,
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not read the sink's progress record (group offsets on "
-            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
+            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from exc
     offset = found[0].offset
     return (offset - 1 if offset > 0 else None), (found[0].metadata or "")
 
@@ -219,7 +224,7 @@ def _field(metadata: str, name: str) -> str:
 
 
 class ShardWriter:
-    """Writes one shard of a sink in Kafka transactions (Steps 3-7 of the module doc).
+    """Writes one shard of a sink in Kafka transactions (*fence* to *commit* in the module doc).
 
     Args:
         topic: the output topic.
@@ -246,7 +251,7 @@ class ShardWriter:
         self._failures: list[str] = []
         self._written = 0
 
-    # Step 3
+    # fence
     def open(self) -> None:
         """Fence every older writer of this shard and end the transaction it left open."""
         from confluent_kafka import Consumer, KafkaException, Producer
@@ -261,20 +266,20 @@ class ShardWriter:
                 f"{exc.args[0]}. The brokers need a working transaction state log "
                 "(transaction.state.log.replication.factor and min.isr no larger than the "
                 "live brokers) and this principal needs WRITE on the transactional id. "
-                "Nothing was written; the batch stays pending.") from None
+                "Nothing was written; the batch stays pending.") from exc
         self._consumer = Consumer({**kafka.connection_settings(self.bootstrap_servers,
                                                                self._settings),
                                    "group.id": progress_group(self.sink_id, self.shard),
                                    "enable.auto.commit": False,
                                    "isolation.level": "read_committed"})
 
-    # Step 4
+    # check progress
     def last_batch(self) -> tuple[Optional[int], str]:
         """The last batch id this shard committed (read after :meth:`open`), or None, and
         its progress record's metadata."""
         return read_progress(self._consumer, self.progress_topic, self.timeout_s)
 
-    # Step 5
+    # produce
     def begin(self) -> None:
         self._failures, self._written = [], 0
         self._producer.begin_transaction()
@@ -321,7 +326,7 @@ class ShardWriter:
             f"of this shard is visible to read_committed consumers ({outcome}); the batch "
             "stays pending and is replayed on the next start.")
 
-    # Steps 6-7
+    # record progress, commit
     def commit(self, batch_id: int, fingerprint: str = "") -> None:
         """Add the progress record to the transaction and commit both."""
         from confluent_kafka import KafkaException, TopicPartition
@@ -350,12 +355,12 @@ class ShardWriter:
                     f"committing shard {self.shard} of sink {self.sink_id!r} (batch "
                     f"{batch_id}) ended undecided: {err}. The next writer of this shard "
                     "completes or aborts it (init_transactions), and the batch, which stays "
-                    "pending, then skips the shard if it committed.") from None
+                    "pending, then skips the shard if it committed.") from exc
 
     def _check_fenced(self, err: Any) -> None:
         if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
                                           "INVALID_PRODUCER_EPOCH"):
-            raise ZdlError(
+            raise SinkFencedError(
                 f"shard {self.shard} of sink {self.sink_id!r} (transactional.id "
                 f"{self.transactional_id}) was fenced by a newer writer: another driver took "
                 "over this sink, so this one is a zombie. Its transaction did not commit; "
@@ -363,10 +368,11 @@ class ShardWriter:
 
     def write_batch(self, batch_id: int, records: Iterable[OutputRecord],
                     fingerprint: str = "") -> Optional[int]:
-        """Steps 4-7 for one batch: records written, or None when already committed.
+        """*check progress* to *commit* for one batch: records written, or None when already
+        committed.
 
         Raises:
-            ZdlError: the progress record is past this batch, or holds this batch for
+            SinkConflictError: the progress record is past this batch, or holds this batch for
                 another input: a zombie driver, or another pipeline (or a new
                 ``--checkpoint_dir``) writing with this ``sink_id``. Nothing is written.
         """
@@ -374,7 +380,7 @@ class ShardWriter:
         theirs = _field(metadata, "input")
         if last is not None and (last > batch_id or (
                 last == batch_id and fingerprint and theirs not in ("", "-", fingerprint))):
-            raise ZdlError(
+            raise SinkConflictError(
                 f"shard {self.shard} of sink {self.sink_id!r} already committed batch {last} "
                 f"({metadata!r}), so it cannot write batch {batch_id}"
                 + (f" (input {fingerprint})" if fingerprint else "") + ". A run's batches "
@@ -521,7 +527,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
     Raises:
         ConfigError: ``exactly_once`` without ``batch``, or with ``--streaming``;
             a bad argument or a guarded producer setting.
-        ZdlError: (when the pipeline is built) the topic does not exist.
+        TopicNotFoundError: (when the pipeline is built) the topic does not exist.
     """
 
     def __init__(self, topic: Any = None, bootstrap_servers: Optional[str] = None, *,
@@ -668,10 +674,10 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
                 raise kafka.unreachable_error(
                     self._bootstrap_servers, wait_s, reasons, exc.args[0],
                     flag="WriteToKafka: bootstrap_servers",
-                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from None
+                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from exc
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error if info is not None and info.error else "no partitions"
-                raise ZdlError(
+                raise TopicNotFoundError(
                     f"WriteToKafka: topic {name!r} does not exist or cannot be written on "
                     f"{self._bootstrap_servers} ({reason}); create it first. Nothing was "
                     "written; in run_micro_batches the batch stays pending.")

@@ -102,16 +102,19 @@ _HEALTH_CHECK_TIMEOUT_S = 2.0
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
 
-def wal_resume_positions(wal_dir: str,
-                         checkpoint_dir: str | None = None) -> dict[tuple[str, int], int]:
-    """One past the last offset of each partition in the WAL and the checkpoint's plans."""
+def wal_resume_positions(wal_dir: str, checkpoint_dir: str | None = None,
+                         index: wal.SegmentIndex | None = None) -> dict[tuple[str, int], int]:
+    """One past the last offset of each partition in the WAL and the checkpoint's plans.
+
+    ``index`` caches the segments' refs (the receiver's own); None reads every footer.
+    """
     out: dict[tuple[str, int], int] = {}
 
     def see(topic: str, partition: int, next_offset: int) -> None:
         if next_offset > out.get((topic, partition), -1):
             out[(topic, partition)] = next_offset
 
-    for ref in wal.segment_refs(wal.list_segments(wal_dir)):
+    for ref in wal.segment_refs(wal.list_segments(wal_dir), index):
         for span in ref.spans:
             see(span.topic, span.partition, span.last_offset + 1)
     if checkpoint_dir:
@@ -167,6 +170,7 @@ class Receiver:
         self.epoch: int | None = None
         self._consumer: Any = None
         self._writer: WalWriter | None = None
+        self._segments = wal.SegmentIndex()  # refs of what this receiver sealed and read
         self._assigned: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset to append per partition
         self._paused = False
@@ -531,7 +535,7 @@ class Receiver:
                 time.sleep(_SEAL_RETRY_S)
         if ref is None:
             return None
-        wal.remember_segment(ref)
+        self._segments.remember(ref)
         self.heartbeat.beat("seal")
         self.stats.seal_seconds += sealed_in
         self.stats.segments += 1
@@ -583,7 +587,7 @@ class Receiver:
         """Step by step: WAL + checkpoint plans, group commit, --starting_offsets; then check
         against the log start and repair a lost commit."""
         cfg = self.config
-        wal = wal_resume_positions(self.wal_dir, self.checkpoint_dir)
+        wal = wal_resume_positions(self.wal_dir, self.checkpoint_dir, self._segments)
         committed = kafka.committed_offsets(consumer, tps, cfg.bootstrap_servers)
         positions: dict[tuple[str, int], int] = {}
         for tp in tps:

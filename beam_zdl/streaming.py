@@ -73,7 +73,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional,
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -369,9 +368,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
 
     def __init__(self, settings: StreamSettings) -> None:
         _PartitionProvider.__init__(self, settings)
-        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
-        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
-        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
+        self._metrics = metrics.ReadMetrics()
 
     def setup(self) -> None:
         # tp → (consumer, offset it will deliver next), least recently used first
@@ -414,7 +411,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         entry = self._consumer_at(tp, start)
         consumer = entry[0]
         tpart = TopicPartition(*tp)
-        lag = Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(*tp))
+        lag = self._metrics.lag(*tp)
         deadline = time.monotonic() + self._settings.max_call_s
         last_claimed = None
         try:
@@ -446,8 +443,8 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                     offset = msg.offset()
                     expected = start if last_claimed is None else last_claimed + 1
                     if offset > expected:  # markers, compaction, or lost records
-                        self._lost.inc(check_gap(consumer, tp[0], tp[1], expected, offset,
-                                                 self._settings.fail_on_data_loss))
+                        self._metrics.lost(check_gap(consumer, tp[0], tp[1], expected, offset,
+                                                     self._settings.fail_on_data_loss))
                     if not tracker.try_claim(offset):
                         entry[1] = None  # split off: the consumer is ahead; re-seek next call
                         return
@@ -459,8 +456,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                     ts = Timestamp(micros=record.timestamp_ms * 1000)
                     newest = ts if newest is None or ts > newest else newest
                     yield TimestampedValue(record, ts)
-                self._records.inc(count)
-                self._bytes.inc(nbytes)
+                self._metrics.read(count, nbytes)
                 # The high watermark of the last fetch response: local, no broker round trip.
                 high = consumer.get_watermark_offsets(tpart, cached=True)[1]
                 if high >= 0 and last_claimed is not None:
@@ -493,8 +489,8 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
             low, _ = watermarks(client.consumer, [tp], self._settings.bootstrap_servers)[tp]
         if low <= first_missing:
             return first_missing
-        self._lost.inc(lost_offsets(tp[0], tp[1], first_missing, low,
-                                    self._settings.fail_on_data_loss))
+        self._metrics.lost(lost_offsets(tp[0], tp[1], first_missing, low,
+                                        self._settings.fail_on_data_loss))
         return low
 
 

@@ -26,19 +26,10 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions,
                       listeners: Sequence[ProgressListener] = ()) -> RunSummary:
     """Run batches until the trigger says stop; return what was done.
 
-    Steps, each durable before the next begins:
-
-    * Step 0: claim the checkpoint (config must match; a new epoch fences
-      any older driver still running).
-    * Step 1: re-run every planned-but-incomplete batch, same ranges, same id.
-    * Step 2: plan the next input — direct mode: offset ranges from the last
-      planned ends to the current end offsets; WAL mode: the sealed segments
-      no plan holds (capped by ``--max_records_per_partition``); write the plan.
-    * Step 3: build a pipeline with ``build_fn(records, batch)`` and run it to DONE.
-    * Step 4: write the completion.
-    * Step 5: direct mode: commit the consumer group's offsets to the batch's
-      ends; WAL mode: delete segments of completed batches beyond
-      ``--retain_batches`` (the receiver committed after each seal).
+    Steps 0–5, each durable before the next begins — claim the checkpoint, replay
+    pending batches, plan, run, complete, commit — are described once, in
+    :mod:`beam_zdl.microbatch.loop`; what each mode plans, reads and commits, in
+    :mod:`~beam_zdl.microbatch.direct_mode` and :mod:`~beam_zdl.microbatch.wal_mode`.
 
     ``--trigger=available_now`` stops once the end offsets seen at start are
     read; ``continuous`` plans a batch every ``--batch_interval_s``. Ctrl-C

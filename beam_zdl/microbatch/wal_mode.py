@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry
 import beam_zdl.positions as positions
 from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import StorageError, ZdlError
+from beam_zdl.errors import StorageError, WalOverlapError, ZdlError
 from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.io import ReadFromWal
 from beam_zdl.monitoring import ReceiverCollector
@@ -60,7 +60,7 @@ from beam_zdl.ranges import PartitionRange
 from beam_zdl.receiver_process import ReceiverProcess
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
-from beam_zdl.wal import forget_segments, list_segments, segment_refs
+from beam_zdl.wal import SegmentIndex, list_segments
 
 __all__ = ["WalDriver"]
 
@@ -87,6 +87,7 @@ class WalDriver(BatchLoop):
         assert config.wal_dir is not None  # ZdlConfig requires it with --zdl_mode=wal
         self._wal_dir: str = config.wal_dir
         self._wal_storage = open_storage(self._wal_dir)
+        self._segments = SegmentIndex()  # refs of the segments it plans; forgets deleted ones
 
     # --- the receiver process -------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class WalDriver(BatchLoop):
         unplanned = [s for s in list_segments(self._wal_dir) if s.name not in planned]
         if not unplanned:
             return None
-        refs = segment_refs(unplanned)
+        refs = self._segments.refs(unplanned)
         self._check_no_overlap(refs, [seg for i in self.coordinator.planned_ids()
                                       for seg in self._plan(i).segments])
         cap = self.config.max_records_per_partition
@@ -187,7 +188,7 @@ class WalDriver(BatchLoop):
             items.sort()
             for (a_first, a_last, a_uri), (b_first, b_last, b_uri) in zip(items, items[1:]):
                 if b_first <= a_last:
-                    raise ZdlError(
+                    raise WalOverlapError(
                         f"WAL segments {a_uri} and {b_uri} both hold {topic}[{partition}] "
                         f"offsets [{b_first}, {min(a_last, b_last)}]: a receiver wrote after "
                         "losing its partitions. Nothing was planned. Check the two segments "
@@ -250,7 +251,7 @@ class WalDriver(BatchLoop):
                 self._wal_storage.delete(_name(seg.uri))
                 deleted.append(seg.uri)
         if deleted:
-            forget_segments(deleted)
+            self._segments.forget(deleted)
             _LOGGER.info("deleted %d WAL segments of completed batches %d..%d", len(deleted),
                          old[0], old[-1])
         crash_point("after_segment_delete")
