@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from beam_zdl.decode import DeadLetter, DecodedRecord, DecodeRecords
     from beam_zdl.batch_progress import (BatchProgress, PartitionProgress,
                                                     ProgressListener)
-    from beam_zdl.microbatch.loop import Batch, RunSummary
+    from beam_zdl.batch import Batch
+    from beam_zdl.microbatch.loop import RunSummary
     from beam_zdl.microbatch.run import run_micro_batches
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
                                  ConfigError, ConfigMismatchError, DataLossError,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Batch": "beam_zdl.microbatch.loop",
+    "Batch": "beam_zdl.batch",
     "RunSummary": "beam_zdl.microbatch.loop",
     "BatchProgress": "beam_zdl.batch_progress",
     "PartitionProgress": "beam_zdl.batch_progress",

@@ -576,7 +576,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         self._with_headers = with_headers is not False
         self._key_fn, self._value_fn = key_fn, value_fn
         if batch is None:
-            from beam_zdl.microbatch.loop import current_batch
+            from beam_zdl.batch import current_batch
             batch = current_batch()  # inside run_micro_batches' build_fn: its batch
         self._batch_id = None if batch is None else int(getattr(batch, "batch_id", batch))
         self._fingerprint = input_fingerprint(batch)

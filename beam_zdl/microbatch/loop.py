@@ -30,7 +30,6 @@ checkpoint, not Kafka, decides where reading resumes.
 from __future__ import annotations
 
 import abc
-import contextvars
 import logging
 import signal
 import threading
@@ -46,6 +45,7 @@ from prometheus_client import CollectorRegistry
 
 import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
+from beam_zdl.batch import Batch, building, current_batch
 from beam_zdl.batch_options import batch_options
 from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions, ListenerBus,
                                      PartitionProgress, ProgressListener, merge_counters,
@@ -65,30 +65,6 @@ __all__ = ["Batch", "BatchLoop", "BuildFn", "RunSummary", "StopFlag", "current_b
            "run_batch_pipeline", "run_batch_pipeline_metrics"]
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What ``build_fn`` learns about the batch it builds a pipeline for.
-
-    Attributes:
-        batch_id: increasing from 0; a replayed batch keeps its id, so a sink
-            keyed by it is idempotent.
-        ranges: the offset ranges the batch reads, ``[start, stop)`` each.
-        replay: True when this run repeats a batch planned before a crash.
-        segments: WAL mode: the URIs of the sealed segments the batch reads (its
-            ``ranges`` then span each partition's offsets in them); empty in
-            direct mode.
-    """
-    batch_id: int
-    ranges: tuple[PartitionRange, ...]
-    replay: bool = False
-    segments: tuple[str, ...] = ()
-
-    @property
-    def planned_records(self) -> int:
-        """Offsets covered by the ranges (an upper bound where offsets have gaps)."""
-        return sum(r.stop - r.start for r in self.ranges)
 
 
 @dataclass
@@ -148,19 +124,6 @@ class StopFlag:
         self._event.wait(seconds)
 
 
-_BUILDING: contextvars.ContextVar[Optional[Batch]] = contextvars.ContextVar(
-    "beam_zdl_building_batch", default=None)
-
-
-def current_batch() -> Optional[Batch]:
-    """The batch whose pipeline ``build_fn`` is building right now, else None.
-
-    Lets a sink built inside ``build_fn`` (``WriteToKafka``) key its output by the
-    batch without being handed it.
-    """
-    return _BUILDING.get()
-
-
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
@@ -182,11 +145,8 @@ def run_batch_pipeline_metrics(build_fn: BuildFn, options: PipelineOptions, batc
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
-    token = _BUILDING.set(batch)
-    try:
+    with building(batch):
         build_fn(records, batch)
-    finally:
-        _BUILDING.reset(token)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
