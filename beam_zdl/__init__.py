@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
     from beam_zdl.decode import DeadLetter, DecodedRecord, DecodeRecords
-    from beam_zdl.microbatch.loop import Batch, RunSummary
+    from beam_zdl.batch_progress import (BatchProgress, PartitionProgress,
+                                                    ProgressListener)
+    from beam_zdl.batch import Batch
+    from beam_zdl.microbatch.loop import RunSummary
     from beam_zdl.microbatch.run import run_micro_batches
     from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
                                  ConfigError, ConfigMismatchError, DataLossError,
                                  PartitionsUnavailableError, SchemaRegistryUnavailableError,
-                                 WalCorruptionError, ZdlError)
+                                 SinkConflictError, SinkFencedError, TopicNotFoundError,
+                                 WalCorruptionError, WalOverlapError, ZdlError)
     from beam_zdl.io import ReadFromKafka, ReadFromWal
     from beam_zdl.kafka_sink import WriteToKafka
     from beam_zdl.options import ZdlOptions
@@ -31,8 +35,11 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Batch": "beam_zdl.microbatch.loop",
+    "Batch": "beam_zdl.batch",
     "RunSummary": "beam_zdl.microbatch.loop",
+    "BatchProgress": "beam_zdl.batch_progress",
+    "PartitionProgress": "beam_zdl.batch_progress",
+    "ProgressListener": "beam_zdl.batch_progress",
     "run_micro_batches": "beam_zdl.microbatch.run",
     "ReadFromKafka": "beam_zdl.io",
     "ReadFromWal": "beam_zdl.io",
@@ -52,6 +59,10 @@ _PUBLIC = {
     "CheckpointCorruptionError": "beam_zdl.errors",
     "PartitionsUnavailableError": "beam_zdl.errors",
     "SchemaRegistryUnavailableError": "beam_zdl.errors",
+    "TopicNotFoundError": "beam_zdl.errors",
+    "WalOverlapError": "beam_zdl.errors",
+    "SinkFencedError": "beam_zdl.errors",
+    "SinkConflictError": "beam_zdl.errors",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -4,7 +4,8 @@ Sub-commands::
 
     beam-zdl inspect <checkpoint_dir> [--wal_dir URI] [--json]
         config, current epoch, last completed batch, pending batches with their
-        offset ranges or WAL segments, and the WAL segments with their sizes;
+        offset ranges or WAL segments, the recent batches' progress records, and
+        the WAL segments with their sizes;
         first checks every checkpoint file and exits 1 naming the damaged ones.
     beam-zdl migrate <old_checkpoint_dir> <new_checkpoint_dir> [--json]
         copies a format-1 (unframed) checkpoint into a new directory in the
@@ -12,12 +13,20 @@ Sub-commands::
     beam-zdl verify <wal_uri> [--allow_empty] [--json]
         checks every frame of every segment of a WAL directory (or one segment);
         exits 1 naming the segment and byte of each corruption found.
+    beam-zdl report <checkpoint_dir> [-o report.html]
+        one self-contained HTML file charting the progress history (rows/s,
+        batch duration by step, records per batch, lag per partition) with the
+        slowest batches and the replays; needs the ``report`` extra (matplotlib).
     beam-zdl receive --topics=... --wal_dir=URI [other ZdlOptions flags]
         runs a WAL-mode receiver (the same one run_micro_batches starts in a
         child process) until Ctrl-C or SIGTERM, logging records/s and segments sealed;
         --drain_to_end (or an explicit --trigger=available_now) stops once the
         group has committed every partition up to the end offsets seen at start
-        (sealed here or by another receiver).
+        (sealed here or by another receiver). --metrics_port serves /metrics and
+        /healthz (docs/monitoring.md).
+
+Every command takes ``--log_format=text|json`` (json: one JSON object per log
+line on stderr).
 
 Plain text is aligned for people; ``--json`` prints one JSON document for
 machines. Exit codes: 0 fine, 1 corruption (or nothing to verify), 2 bad usage
@@ -36,6 +45,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 import beam_zdl
 import beam_zdl.kafka as kafka
+from beam_zdl.config import add_zdl_arguments
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
 from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
@@ -55,17 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beam-zdl", description="Inspect beam_zdl checkpoints and verify WAL segments.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {beam_zdl.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubParser)
+    # Every sub-command takes --log_format (after its name, where users write it).
+    common = _SubParser(add_help=False)
+    common.add_argument("--log_format", choices=("text", "json"), default="text",
+                        help="text: plain log lines; json: one JSON object per log line on "
+                             "stderr")
 
     inspect = sub.add_parser(
-        "inspect", help="show a checkpoint: config, epoch, completed and pending batches, WAL",
+        "inspect", parents=[common],
+        help="show a checkpoint: config, epoch, completed and pending batches, WAL",
         description="Check every file of a checkpoint directory (magic, format version, "
                     "CRC32C) and exit 1 naming the damaged ones; otherwise show its config, "
                     "current epoch, last completed batch, pending batches (their offset ranges "
                     "or WAL segments), per partition the planned and completed offsets (with "
                     "--bootstrap_servers also the group's committed offset, the end offset and "
-                    "the lag) and the WAL segments with their sizes. Reads only; safe while a "
-                    "driver runs.")
+                    "the lag), the progress records of the last --retain_batches batches (a "
+                    "damaged one is listed and skipped) and the WAL segments with their sizes. "
+                    "Reads only; safe while a driver runs.")
     inspect.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
     inspect.add_argument("--wal_dir", default=None,
                          help="WAL directory to list (default: the one in the checkpoint config)")
@@ -75,11 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--consumer_config", default=None,
                          help="extra confluent-kafka settings as JSON (security; secrets as "
                               "${env:NAME} / ${file:PATH})")
+    inspect.add_argument("--kafka_connect_timeout_s", type=float,
+                         default=kafka.CONNECT_TIMEOUT_S,
+                         help="how long to wait for the brokers' first answer before failing")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(func=_inspect)
 
     migrate = sub.add_parser(
-        "migrate", help="copy a format-1 checkpoint into a new directory in the current format",
+        "migrate", parents=[common],
+        help="copy a format-1 checkpoint into a new directory in the current format",
         description="Copy a checkpoint written by a beam_zdl older than checksummed checkpoint "
                     "files (format 1, unframed) into a new directory in the current format "
                     "(magic, version, CRC32C per file). Stop every driver and receiver on the "
@@ -91,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     verify = sub.add_parser(
-        "verify", help="check every frame of every WAL segment",
+        "verify", parents=[common], help="check every frame of every WAL segment",
         description="Check the magic, CRCs, frame order and footer of every segment in a WAL "
                     "directory (or of one segment URI). Exits 1 naming segment and byte of "
                     "every corruption found.")
@@ -102,19 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify.set_defaults(func=_verify)
 
+    report = sub.add_parser(
+        "report", parents=[common], help="write an HTML report with charts of a run's batches",
+        description="Chart the progress history kept in a checkpoint directory (the last "
+                    "--retain_batches batches): input and processed rows per second, batch "
+                    "duration stacked by step, records per batch and lag per partition, with "
+                    "the slowest batches and the replays. One self-contained HTML file (images "
+                    "inline; opens without network). Needs matplotlib: pip install "
+                    "'beam_zdl[report]'.")
+    report.add_argument("checkpoint_dir", help="the --checkpoint_dir URI (path, gs://, hdfs://)")
+    report.add_argument("-o", "--output", default="report.html",
+                        help="the HTML file to write (default: report.html)")
+    report.set_defaults(func=_report)
+
     receive = sub.add_parser(
-        "receive", help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
+        "receive",  # --log_format comes with the ZdlOptions flags
+        help="run a WAL-mode receiver: Kafka → sealed WAL segments → commit",
         description="Consume --topics as a member of --consumer_group, append the records to "
                     "WAL segments under --wal_dir, and commit offsets only after a segment is "
                     "sealed. Takes the ZdlOptions flags of the pipeline (--bootstrap_servers, "
                     "--wal_dir, --wal_segment_*, --max_buffered_bytes, --checkpoint_dir, ...). "
                     "Runs until Ctrl-C or SIGTERM, then seals, commits and leaves the group.")
+    receive.add_argument("--bootstrap_servers", default=kafka.DEFAULT_BOOTSTRAP_SERVERS,
+                         help="Kafka brokers, host:port,... (Beam's flag in a pipeline)")
+    add_zdl_arguments(receive)
+    # The stand-alone receiver runs until stopped unless --trigger=available_now is given;
+    # its mode is always wal.
+    receive.set_defaults(trigger=None, zdl_mode="wal")
     receive.add_argument("--drain_to_end", action="store_true",
                          help="stop once the group has committed every partition of --topics "
                               "up to the end offsets seen at start (sealed by this receiver or "
                               "another; waits up to --drain_timeout_s for partitions other "
                               "members hold); an explicit --trigger=available_now means the same")
-    receive.set_defaults(flags=[])  # the ZdlOptions flags: whatever argparse did not know
     receive.set_defaults(func=_receive)
     return parser
 
@@ -128,18 +169,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code: 0 fine, 1 corruption found, 2 usage or storage error.
     """
+    from beam_zdl.logs import configure_logging
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        if args.command != "receive":
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.flags = unknown
+        args.parser.error(_unknown_flags(args.parser, unknown))
+    if args.log_format == "json" or not logging.getLogger().handlers:
+        configure_logging(args.log_format)  # else the caller (a test, an app) set logging up
     try:
         code: int = args.func(args, sys.stdout)
         return code
     except ZdlError as exc:
         print(f"beam-zdl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+class _SubParser(argparse.ArgumentParser):
+    """A sub-command's parser: its help shows every flag's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parser=self)
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments" with, per flag, the closest one it knows."""
+    import difflib
+    import re
+    known = sorted(set(re.findall(r"--\w+", parser.format_help())))
+    said = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1) if name.startswith("--") else []
+        said.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return "unrecognized arguments: " + " ".join(said)
 
 
 # --- inspect ---------------------------------------------------------------------------------
@@ -190,6 +255,7 @@ def _partition_rows(coord: CheckpointCoordinator, config: checkpoint_pb2.Checkpo
             extra = json.loads(args.consumer_config) if args.consumer_config else {}
         except json.JSONDecodeError as exc:  # the value is not echoed: it may hold a secret
             raise ZdlError(f"--consumer_config is not valid JSON ({exc})") from None
+        kafka.check_brokers(args.bootstrap_servers, extra, args.kafka_connect_timeout_s)
         consumer = kafka.new_consumer(args.bootstrap_servers, config.consumer_group, extra)
         try:
             partitions = kafka.partitions_of(consumer, config.topics, args.bootstrap_servers)
@@ -250,6 +316,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     segments: list[SegmentInfo] = list_segments(wal_dir) if wal_dir else []
 
     partitions = _partition_rows(coord, config, args)
+    from beam_zdl.progress_history import read_history
+    history = read_history(args.checkpoint_dir)
     if args.json:
         doc = {
             "checkpoint_dir": args.checkpoint_dir,
@@ -266,6 +334,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             "next_batch_id": coord.next_batch_id(),
             "pending": [_plan_dict(p) for p in pending],
             "partitions": partitions,
+            "progress": [p.to_dict() for p in history.progress],
+            "damaged_progress": [{"uri": d.uri, "reason": d.reason} for d in history.damaged],
             "wal": None if wal_dir is None else {
                 "dir": wal_dir, "total_bytes": sum(s.size_bytes for s in segments),
                 "segments": [{"name": s.name, "uri": s.uri, "size_bytes": s.size_bytes,
@@ -314,6 +384,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             rows.extend(["", "", "", "", more] for more in inputs[1:])
         _table(rows, out)
 
+    _print_history(history, out)
+
     if wal_dir is None:
         print("\nWAL: none (direct mode; pass --wal_dir to list one)", file=out)
     else:
@@ -324,6 +396,34 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             rows.extend([s.name, str(s.epoch), str(s.seq), _size(s.size_bytes), str(s.size_bytes)]
                         for s in segments)
             _table(rows, out)
+    return EXIT_OK
+
+
+def _print_history(history: Any, out: TextIO) -> None:
+    """The progress records kept in the checkpoint (last ``--retain_batches`` batches)."""
+    print(f"\nrecent batches (progress records): {len(history.progress)}", file=out)
+    if history.progress:
+        rows = [["BATCH", "TRIGGERED", "RECORDS", "ROWS/S IN", "ROWS/S DONE", "PLAN S", "RUN S",
+                 "COMPLETE S", "COMMIT S", "TOTAL S", "LAG", "DEAD", "LOST", "REPLAY"]]
+        for p in history.progress:
+            d = p.durations_s
+            rows.append([str(p.batch_id), _ms(p.trigger_ms), str(p.records),
+                         f"{p.input_rows_per_s:.0f}", f"{p.processed_rows_per_s:.0f}",
+                         *(f"{d.get(k, 0.0):.3f}" for k in ("plan", "run", "complete",
+                                                             "commit", "total")),
+                         "-" if p.lag is None else str(p.lag), str(p.dead_letter_records),
+                         str(p.data_loss_records), "yes" if p.replay else ""])
+        _table(rows, out)
+    for d in history.damaged:
+        print(f"DAMAGED progress record {d.uri} (skipped): {d.reason}", file=out)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from beam_zdl.report import write_report
+    path, batches = write_report(args.checkpoint_dir, args.output)
+    print(f"wrote {path}: {batches} batches from {args.checkpoint_dir}", file=out)
     return EXIT_OK
 
 
@@ -391,19 +491,15 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import threading
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
     # Parsed without Beam: the receiver needs none, and importing it costs ~140 MB RSS.
     from beam_zdl.config import ZdlConfig
     from beam_zdl.receiver import Receiver
-    flags = list(args.flags)
-    if not any(f.startswith("--zdl_mode") for f in flags):
-        flags.append("--zdl_mode=wal")
-    config = ZdlConfig.from_flags(flags, prog="beam-zdl receive")
     # The pipeline's default trigger (available_now) is no reason to stop a stand-alone
     # receiver; a trigger the user wrote out is.
-    explicit_trigger = any(f == "--trigger" or f.startswith("--trigger=") for f in flags)
+    explicit_trigger = args.trigger is not None
+    values = vars(args)
+    values["trigger"] = args.trigger or "available_now"
+    config = ZdlConfig.from_values(values)
     if explicit_trigger and config.trigger == "continuous" and args.drain_to_end:
         raise ConfigError("--drain_to_end contradicts --trigger=continuous; "
                           "pass one of them")
@@ -416,7 +512,22 @@ def _receive(args: argparse.Namespace, out: TextIO) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    stats = Receiver(config, name="beam-zdl-receive").run(stop, drain_to_end=drain_to_end)
+    receiver = Receiver(config, name="beam-zdl-receive")
+    server = None
+    if config.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from beam_zdl.monitoring import MetricsServer, ReceiverCollector
+        registry = CollectorRegistry()
+        registry.register(ReceiverCollector(lambda: dataclasses.asdict(receiver.stats),
+                                            lambda: receiver.buffered_bytes))
+        server = MetricsServer(config.metrics_port, registry, receiver.heartbeat,
+                               config.health_timeout_s).start()
+    try:
+        stats = receiver.run(stop, drain_to_end=drain_to_end)
+    finally:
+        if server is not None:
+            server.stop()
     print(json.dumps(dataclasses.asdict(stats)), file=out)
     return EXIT_OK
 

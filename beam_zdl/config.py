@@ -22,6 +22,7 @@ import logging
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import beam_zdl.kafka as kafka
 import beam_zdl.positions as positions
 from beam_zdl.errors import ConfigError
 from beam_zdl.secrets import literal_secrets
@@ -29,15 +30,74 @@ from beam_zdl.secrets import literal_secrets
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["ZdlConfig", "add_zdl_arguments", "MODES", "TRIGGERS", "parse_bool"]
+__all__ = ["ZdlConfig", "add_zdl_arguments", "map_client_keys", "MODES", "TRIGGERS",
+           "LOG_FORMATS", "parse_bool", "flag_names", "near_misses"]
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("direct", "wal")
 TRIGGERS = ("available_now", "continuous")
+LOG_FORMATS = ("text", "json")
 # Beam registers --bootstrap_servers (KafkaStreamsRunnerOptions) with this default;
 # from_flags, which parses without Beam, gives it the same.
-_BEAM_BOOTSTRAP_DEFAULT = "localhost:9092"
+_BEAM_BOOTSTRAP_DEFAULT = kafka.DEFAULT_BOOTSTRAP_SERVERS
+
+# Client settings that say what a beam_zdl flag says: taken as that flag (Beam's
+# ReadFromKafka takes them in consumer_config). auto.offset.reset=earliest is Kafka's
+# "the committed offset, else the log start": --starting_offsets=committed.
+_MAPPED_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consumer_group",
+                "auto.offset.reset": "starting_offsets"}
+_FLAG_DEFAULTS = {"bootstrap_servers": _BEAM_BOOTSTRAP_DEFAULT,
+                  "starting_offsets": "committed", "consumer_group": None}
+
+
+def map_client_keys(consumer_config: Mapping[str, Any], given: Mapping[str, Any],
+                    source: str = "--consumer_config", *,
+                    explicit: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a user's consumer settings into what stays a client setting and flag values.
+
+    The one rule for the settings a guarantee depends on (see :mod:`beam_zdl.kafka`,
+    "Guarded settings"): ``bootstrap.servers``, ``group.id`` and
+    ``auto.offset.reset=earliest`` become ``--bootstrap_servers``, ``--consumer_group``
+    and ``--starting_offsets=committed`` (logged at INFO); beam_zdl's own values are
+    dropped; any other guarded key or value is refused.
+
+    Args:
+        consumer_config: the user's confluent-kafka settings.
+        given: the flag values so far, by flag name; a value other than the flag's
+            default that disagrees with a mapped key is an error.
+        source: where the settings came from, for messages.
+        explicit: every value in ``given`` was given by the user (keyword arguments),
+            so one that disagrees is an error even when it equals the flag's default.
+
+    Returns:
+        (the remaining client settings, {flag name: value} to apply).
+
+    Raises:
+        ConfigError: a refused key or value, or a mapped key that disagrees with its flag.
+    """
+    config = dict(consumer_config)
+    mapped: dict[str, Any] = {}
+    for key, name in _MAPPED_KEYS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if key == "auto.offset.reset":
+            if str(value).strip().lower() not in ("earliest", "smallest", "beginning"):
+                continue  # beam_zdl's own value is dropped, others refused, by the check below
+            value = "committed"
+        del config[key]
+        current = given.get(name)
+        if current is not None and str(current) != value and (
+                explicit or current != _FLAG_DEFAULTS[name]):
+            flag = f"{name}=" if explicit else f"--{name}="
+            raise ConfigError(f"{source}: {key}={consumer_config[key]!r} means "
+                              f"{flag}{value}, but {flag}{current} is given: they "
+                              "disagree; give one of them")
+        mapped[name] = value
+        _LOGGER.info("%s: %s=%r taken as --%s=%s", source, key, consumer_config[key], name,
+                     value)
+    return kafka.check_consumer_config(config, source), mapped
 
 
 def parse_bool(text: str) -> bool:
@@ -81,6 +141,10 @@ class ZdlConfig:
     drain_timeout_s: float = 300.0
     partition_discovery_interval_s: float = 60.0
     idle_watermark_delay_s: float = 2.0
+    kafka_connect_timeout_s: float = kafka.CONNECT_TIMEOUT_S
+    metrics_port: int | None = None
+    health_timeout_s: float = 300.0
+    log_format: str = "text"
 
     @classmethod
     def from_options(cls, options: "PipelineOptions", *, need_checkpoint: bool = False,
@@ -138,6 +202,13 @@ class ZdlConfig:
         return cls._validate(vars(known), need_checkpoint)
 
     @classmethod
+    def from_values(cls, values: Mapping[str, Any], *,
+                    need_checkpoint: bool = False) -> "ZdlConfig":
+        """Validate flag values an argparse parser holding :func:`add_zdl_arguments` (and
+        ``--bootstrap_servers``) parsed, by flag name; other names are ignored."""
+        return cls._validate(dict(values), need_checkpoint)
+
+    @classmethod
     def _validate(cls, o: dict[str, Any], need_checkpoint: bool) -> "ZdlConfig":
         raw_topics = o.get("topics") or ""
         if isinstance(raw_topics, str):
@@ -157,10 +228,8 @@ class ZdlConfig:
         if not isinstance(consumer_config, dict):
             raise ConfigError("--consumer_config must be a JSON object of confluent-kafka "
                               f"settings, got {type(consumer_config).__name__}")
-        for owned in ("enable.auto.commit", "group.id", "bootstrap.servers"):
-            if owned in consumer_config:
-                raise ConfigError(f"--consumer_config may not set {owned!r}: beam_zdl owns it "
-                                  "(use --consumer_group / --bootstrap_servers)")
+        consumer_config, mapped = map_client_keys(consumer_config, o)
+        o.update(mapped)
         _warn_literal_secrets(consumer_config)
         _choice(o, "zdl_mode", MODES)
         positions.parse(o["starting_offsets"], "--starting_offsets", topics)
@@ -186,9 +255,20 @@ class ZdlConfig:
         if not o["idle_watermark_delay_s"] >= 0:
             raise ConfigError("--idle_watermark_delay_s must be >= 0 seconds, got "
                               f"{o['idle_watermark_delay_s']}")
+        if not o["kafka_connect_timeout_s"] >= 0:
+            raise ConfigError("--kafka_connect_timeout_s must be >= 0 seconds (0 skips the "
+                              f"check), got {o['kafka_connect_timeout_s']}")
         for name in ("wal_segment_bytes", "wal_segment_records", "max_buffered_bytes"):
             if o[name] <= 0:
                 raise ConfigError(f"--{name} must be > 0, got {o[name]}")
+        port = o.get("metrics_port")
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"--metrics_port must be a TCP port (0 picks a free one), "
+                              f"got {port}")
+        if not o.get("health_timeout_s", 1.0) > 0:
+            raise ConfigError("--health_timeout_s must be > 0 seconds, got "
+                              f"{o['health_timeout_s']}")
+        _choice(o, "log_format", LOG_FORMATS)
         if need_checkpoint and not o.get("checkpoint_dir"):
             raise ConfigError("--checkpoint_dir is required: where batch plans and "
                               "completions are recorded (local path, gs:// or hdfs://)")
@@ -222,6 +302,10 @@ class ZdlConfig:
             drain_timeout_s=o["drain_timeout_s"],
             partition_discovery_interval_s=o["partition_discovery_interval_s"],
             idle_watermark_delay_s=o["idle_watermark_delay_s"],
+            kafka_connect_timeout_s=o["kafka_connect_timeout_s"],
+            metrics_port=port,
+            health_timeout_s=o.get("health_timeout_s", _DEFAULTS["health_timeout_s"]),
+            log_format=o.get("log_format") or "text",
         )
 
     def fingerprint(self) -> str:
@@ -332,6 +416,45 @@ def add_zdl_arguments(parser: argparse.ArgumentParser) -> None:
         help="Streaming: a partition that is caught up holds the watermark at "
              "now minus this many seconds; records older than that arriving "
              "later are late data.")
+    parser.add_argument(
+        "--kafka_connect_timeout_s", type=float,
+        default=_DEFAULTS["kafka_connect_timeout_s"],
+        help="At start, how long to wait for a first answer from --bootstrap_servers "
+             "before failing with the reason; 0 skips the check (a launcher outside the "
+             "brokers' network). Once running, an outage is retried.")
+    parser.add_argument(
+        "--metrics_port", type=int, default=_DEFAULTS["metrics_port"],
+        help="Serve Prometheus metrics at /metrics and a health check at /healthz on this "
+             "port (run_micro_batches' driver, beam-zdl receive); 0 picks a free port. "
+             "Default: none (no server). See docs/monitoring.md.")
+    parser.add_argument(
+        "--health_timeout_s", type=float, default=_DEFAULTS["health_timeout_s"],
+        help="/healthz answers 503 once the driver's loop (a plan, a batch, an idle check) "
+             "or the receiver's (a poll that reached the broker, a seal) has not turned for "
+             "this many seconds; make it longer than your slowest batch.")
+    parser.add_argument(
+        "--log_format", default=_DEFAULTS["log_format"],
+        help="text: plain log lines; json: one JSON object per line on stderr (with "
+             "batch_id and partition fields where they apply), for log collectors.")
+
+
+def flag_names() -> list[str]:
+    """Every beam_zdl flag's name (without dashes), ``bootstrap_servers`` included."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_zdl_arguments(parser)
+    return ["bootstrap_servers", *vars(parser.parse_known_args([])[0])]
+
+
+def near_misses(names: Sequence[str]) -> dict[str, str]:
+    """For each unknown flag name that is close to a beam_zdl flag, that flag's name."""
+    import difflib
+    ours = flag_names()
+    out = {}
+    for name in names:
+        close = difflib.get_close_matches(name.lstrip("-"), ours, n=1, cutoff=0.75)
+        if close and close[0] != name.lstrip("-"):
+            out[name.lstrip("-")] = close[0]
+    return out
 
 
 _WARNED_SECRETS: set[tuple[str, ...]] = set()

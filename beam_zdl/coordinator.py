@@ -8,6 +8,8 @@ same on a local disk, GCS and HDFS::
     epochs/<n:012d>                 one per driver start: {"epoch", "owner", "claimed_ms"} (JSON)
     plans/<batch_id:012d>.pb        BatchPlan: the exact input of a batch
     completions/<batch_id:012d>.pb  Completion: the batch succeeded downstream
+    progress/<batch_id:012d>.json   BatchProgress (UTF-8 JSON): what the batch did, for
+                                    people (``beam-zdl inspect``, ``beam-zdl report``)
 
 Protocol (see DESIGN.md, "The contract"):
 
@@ -37,7 +39,8 @@ Every file is framed, whatever its payload; integers are little-endian and
     0       7     magic b"BZDLCKP" (WAL segments start with b"BZDLWAL": never confused)
     7       1     format version = 2 (format 1 was unframed protobuf/JSON)
     8       1     kind: 1 config (CheckpointConfig), 2 epoch claim (UTF-8 JSON),
-                        3 plan (BatchPlan), 4 completion (Completion)
+                        3 plan (BatchPlan), 4 completion (Completion),
+                        5 progress (BatchProgress as UTF-8 JSON)
     9       4     N = payload length, uint32
     13      N     payload: the serialized message (protos/beam_zdl/v1/checkpoint.proto)
     13+N    4     CRC = mcrc(bytes[0, 13+N)): guards magic, version, kind, length, payload
@@ -51,6 +54,12 @@ raises :class:`CheckpointCorruptionError` naming the file, what is wrong and
 what to do; nothing of the file is used. CRC32C detects every burst error of
 up to 32 bits, so every single flipped bit and every truncation is caught
 (``tests/test_checkpoint_format.py`` checks each one).
+
+Progress files are diagnostics, never read to decide anything: they are written
+after the batch's completion (a failure to write one is logged, and the run goes
+on), kept for the last ``--retain_batches`` batches, and a damaged one is
+reported by ``beam-zdl inspect`` and skipped (:meth:`CheckpointCoordinator.read_progress`
+raises the same :class:`CheckpointCorruptionError` as for any other file).
 
 When files are checked: ``open`` reads the config and the newest epoch;
 ``pending`` reads every retained plan and completion; every other read checks
@@ -85,7 +94,7 @@ from beam_zdl.storage import Storage, open_storage
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["CONFIG_FORMAT_VERSION", "FORMAT_VERSION", "MAGIC", "KIND_CONFIG", "KIND_EPOCH",
-           "KIND_PLAN", "KIND_COMPLETION", "CheckpointCoordinator", "EpochClaim",
+           "KIND_PLAN", "KIND_COMPLETION", "KIND_PROGRESS", "CheckpointCoordinator", "EpochClaim",
            "encode_checkpoint_file", "decode_checkpoint_file", "migrate_format1"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -97,8 +106,9 @@ KIND_CONFIG = 1
 KIND_EPOCH = 2
 KIND_PLAN = 3
 KIND_COMPLETION = 4
+KIND_PROGRESS = 5
 _KIND_NAMES = {KIND_CONFIG: "config", KIND_EPOCH: "epoch claim", KIND_PLAN: "batch plan",
-               KIND_COMPLETION: "completion"}
+               KIND_COMPLETION: "completion", KIND_PROGRESS: "batch progress"}
 
 _HEAD = struct.Struct("<7sBBI")  # magic, format version, kind, payload length
 _CRC = struct.Struct("<I")
@@ -111,6 +121,7 @@ _CONFIG = "config.pb"
 _EPOCHS = "epochs/"
 _PLANS = "plans/"
 _COMPLETIONS = "completions/"
+_PROGRESS = "progress/"
 
 _M = TypeVar("_M", bound=Message)
 _T = TypeVar("_T")
@@ -376,15 +387,8 @@ class CheckpointCoordinator:
             CheckpointCorruptionError: its file is damaged.
         """
         name = _epoch_name(epoch)
-        payload = self._read(name, KIND_EPOCH)
-        try:
-            claim = json.loads(payload)
-            if not isinstance(claim, dict):
-                raise ValueError(f"a JSON {type(claim).__name__}, not an object")
-        except ValueError as exc:  # the CRC held, so only a writer bug gets here
-            raise CheckpointCorruptionError(
-                self.storage.uri(name), f"its CRC holds but the epoch claim is not a JSON "
-                f"object ({exc})", _damaged_advice(self.checkpoint_dir)) from None
+        claim = self._read_object(name, KIND_EPOCH, "epoch claim",
+                                  _damaged_advice(self.checkpoint_dir))
         self._check_id(name, "epoch claim", claim.get("epoch", epoch), epoch)
         return EpochClaim(claim)
 
@@ -594,6 +598,70 @@ class CheckpointCoordinator:
                             "that completion", self.checkpoint_dir, batch_id, done.epoch)
         return done
 
+    # --- progress (diagnostics) -----------------------------------------------------------
+
+    def progress_ids(self) -> list[int]:
+        """Ids of every batch with a stored progress record, ascending."""
+        return _ids(self.storage, _PROGRESS, ".json")
+
+    def progress_uri(self, batch_id: int) -> str:
+        """Where ``batch_id``'s progress record is (or would be) stored."""
+        return self.storage.uri(_progress_name(batch_id))
+
+    def write_progress(self, batch_id: int, progress_json: str) -> None:
+        """Store a completed batch's progress record.
+
+        No fence check: the batch's completion was just written under one, and a record is
+        diagnostics. A record already stored for ``batch_id`` (a batch completed twice, by
+        a fenced driver and its successor) is replaced.
+
+        Args:
+            batch_id: the batch the record describes.
+            progress_json: its :meth:`BatchProgress.to_json`.
+
+        Raises:
+            StorageError: the storage failed (the caller logs it: progress is diagnostics).
+        """
+        name = _progress_name(batch_id)
+        data = encode_checkpoint_file(KIND_PROGRESS, progress_json.encode())
+        try:
+            self.storage.create(name, data)
+        except ObjectExistsError:
+            self.storage.delete(name)
+            self.storage.create(name, data)
+
+    def delete_progress(self, batch_ids: list[int]) -> None:
+        """Delete the progress records of ``batch_ids`` (retention); missing ones are fine."""
+        for batch_id in batch_ids:
+            self.storage.delete(_progress_name(batch_id))
+
+    def _read_object(self, name: str, kind: int, what: str, advice: str) -> dict[str, Any]:
+        """A checked file whose payload is a JSON object (epoch claims, progress records)."""
+        payload = self._read(name, kind)
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+        except ValueError as exc:  # the CRC held, so only a writer bug gets here
+            raise CheckpointCorruptionError(
+                self.storage.uri(name), f"its CRC holds but the {what} is not a JSON object "
+                f"({exc})", advice) from None
+        return doc
+
+    def read_progress(self, batch_id: int) -> dict[str, Any]:
+        """The stored progress record of ``batch_id``, checked, as a JSON object.
+
+        Raises:
+            StorageError: there is none.
+            CheckpointCorruptionError: its file is damaged (report and skip it: progress
+                records are diagnostics).
+        """
+        name = _progress_name(batch_id)
+        doc = self._read_object(name, KIND_PROGRESS, "progress record",
+                                "It is skipped; progress records are diagnostics only.")
+        self._check_id(name, "progress record", doc.get("batch_id", batch_id), batch_id)
+        return doc
+
     def retain(self, keep_last: int) -> list[int]:
         """Delete the metadata of completed batches older than the last ``keep_last`` completed.
 
@@ -636,6 +704,10 @@ def _plan_name(batch_id: int) -> str:
 
 def _completion_name(batch_id: int) -> str:
     return f"{_COMPLETIONS}{batch_id:012d}.pb"
+
+
+def _progress_name(batch_id: int) -> str:
+    return f"{_PROGRESS}{batch_id:012d}.json"
 
 
 def migrate_format1(old_dir: str, new_dir: str) -> list[str]:

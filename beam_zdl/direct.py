@@ -43,7 +43,12 @@ Data loss
     with ``auto.offset.reset=error``); the reader then raises
     :class:`~beam_zdl.errors.DataLossError` naming the topic, partition and
     missing offsets. With ``fail_on_data_loss=False`` the gap is skipped,
-    counted in the ``beam_zdl/data_loss_records`` counter and logged.
+    counted in the ``beam_zdl/data_loss_records`` counter and logged. Belt and
+    braces: whenever a record comes above the offset asked for, the gap is
+    compared with the partition's log start (from the fetch response,
+    :func:`~beam_zdl.kafka.check_gap`), so no consumer setting can turn a
+    retention gap into a silent skip; a gap above the log start (markers,
+    compaction) is fine.
 
 Progress and Size
     ``restriction_size`` is the number of offsets left; the tracker reports
@@ -67,15 +72,14 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.windowed_value import WindowedValue
 
 import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
-from beam_zdl.errors import ZdlError
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+from beam_zdl.errors import DataLossError, ZdlError
+from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
 from beam_zdl.ranges import PartitionRange
 
 __all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -198,9 +202,7 @@ class ReadOffsetRangesFn(beam.DoFn):
     def __init__(self, settings: ReadSettings) -> None:
         self._settings = settings
         self._consumer: Any = None
-        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
-        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
-        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
+        self._metrics = metrics.ReadMetrics()
 
     def display_data(self) -> dict[str, Any]:
         return self._settings.display_data()
@@ -233,7 +235,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         # log start comes back from consume() as an out-of-range error, handled below.
         start = rng.start
         consumer.assign([TopicPartition(topic, partition, start)])
-        lag = Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(topic, partition))
+        lag = self._metrics.lag(topic, partition)
         tpart = TopicPartition(topic, partition)
         stop = rng.stop
         next_offset = start
@@ -281,12 +283,12 @@ class ReadOffsetRangesFn(beam.DoFn):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() not in OUT_OF_RANGE_CODES:
+                        if not is_out_of_range(err):
                             raise KafkaException(err)
                         low, high = consumer.get_watermark_offsets(
                             TopicPartition(topic, partition), timeout=30, cached=False)
                         if low <= next_offset:
-                            raise ZdlError(
+                            raise DataLossError(
                                 f"{topic}[{partition}] offset {next_offset} is out of range "
                                 f"but the log holds [{low}, {high}): the partition was "
                                 f"truncated below the planned range [{rng.start}, {stop})")
@@ -297,6 +299,10 @@ class ReadOffsetRangesFn(beam.DoFn):
                         consumer.assign([TopicPartition(topic, partition, next_offset)])
                         break
                     offset = msg.offset()
+                    if offset > next_offset:  # markers, compaction, or lost records
+                        self._metrics.lost(check_gap(consumer, topic, partition, next_offset,
+                                                     min(offset, stop),
+                                                     self._settings.fail_on_data_loss))
                     if offset > claimed:
                         if offset >= stop:
                             next_offset = stop
@@ -316,8 +322,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                         polled, messages if count == len(messages) else messages[:count],
                         topic, partition, windows, windowed)
                     yield polled
-                self._records.inc(count)
-                self._bytes.inc(nbytes)
+                self._metrics.read(count, nbytes)
                 if split_off:
                     return
                 # The high watermark of the last fetch response: local, no broker round trip.
@@ -333,6 +338,6 @@ class ReadOffsetRangesFn(beam.DoFn):
     def _on_missing(self, topic: str, partition: int, first_missing: int,
                     resume_at: int) -> int:
         """Report offsets [first_missing, resume_at) as lost; return where to resume."""
-        self._lost.inc(lost_offsets(topic, partition, first_missing, resume_at,
-                                    self._settings.fail_on_data_loss))
+        self._metrics.lost(lost_offsets(topic, partition, first_missing, resume_at,
+                                        self._settings.fail_on_data_loss))
         return resume_at

@@ -1,7 +1,10 @@
 """The errors beam_zdl raises.
 
 Every message says what was wrong, where (topic/partition/offset, segment
-URI/byte, flag name, storage path) and what to do about it.
+URI/byte, flag name, storage path) and what to do about it. Each class is a case a
+caller can act on differently; all derive from :class:`ZdlError`. Where a Kafka error
+caused one, it is chained (``__cause__``): its ``retriable()`` / ``fatal()`` say whether
+trying again can help.
 """
 
 __all__ = [
@@ -9,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataLossError",
     "WalCorruptionError",
+    "WalOverlapError",
     "CheckpointConflictError",
     "CheckpointCorruptionError",
     "UnsupportedCheckpointFormatError",
@@ -16,7 +20,10 @@ __all__ = [
     "StorageError",
     "ObjectExistsError",
     "KafkaUnavailableError",
+    "TopicNotFoundError",
     "PartitionsUnavailableError",
+    "SinkFencedError",
+    "SinkConflictError",
     "SchemaRegistryUnavailableError",
     "WorkerLostError",
 ]
@@ -36,6 +43,11 @@ class DataLossError(ZdlError):
 
 class WalCorruptionError(ZdlError):
     """A WAL frame failed its length or CRC check; names segment and byte."""
+
+
+class WalOverlapError(ZdlError):
+    """Two WAL segments hold the same offsets of a partition (a receiver wrote after losing
+    its partitions); names both segments and the offsets. Nothing is planned."""
 
 
 class CheckpointConflictError(ZdlError):
@@ -87,9 +99,26 @@ class KafkaUnavailableError(ZdlError):
     """Kafka could not be reached with the configured --bootstrap_servers."""
 
 
+class TopicNotFoundError(ZdlError):
+    """A topic to read or write does not exist (or has no partitions) on the brokers;
+    names the topic and the brokers."""
+
+
 class PartitionsUnavailableError(ZdlError):
     """An ``available_now`` run could not finish: other group members held partitions
     past ``--drain_timeout_s``; names the partitions and the members."""
+
+
+class SinkFencedError(ZdlError):
+    """A :class:`~beam_zdl.WriteToKafka` shard writer was fenced by a newer writer of the
+    same transactional id: another driver took over the sink, this one is a zombie. Its
+    transaction did not commit."""
+
+
+class SinkConflictError(ZdlError):
+    """A :class:`~beam_zdl.WriteToKafka` shard's progress record is past this batch, or
+    holds it for another input: a zombie driver, or another pipeline writing with the same
+    ``sink_id``. Nothing was written."""
 
 
 class SchemaRegistryUnavailableError(ZdlError):

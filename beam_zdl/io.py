@@ -2,16 +2,18 @@
 
 Inside :func:`beam_zdl.run_micro_batches` the driver hands ``ReadFromKafka``
 the batch's planned ranges. Used on its own in a bounded pipeline it plans
-ranges when the pipeline is built: from ``--starting_offsets`` to ``--ending_offsets``
-(default: the end offsets seen
-then, so the pipeline reads a fixed, repeatable set of records.
+ranges when the pipeline is built, from ``--starting_offsets`` to
+``--ending_offsets`` (default: the end offsets seen then), so the pipeline reads
+a fixed, repeatable set of records. With ``--streaming`` it is the unbounded
+read of :mod:`beam_zdl.streaming`.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,23 +21,101 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import beam_zdl.ranges as ranges_
 from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
 from beam_zdl.errors import ConfigError, ZdlError
-from beam_zdl.options import ZdlConfig
+from beam_zdl.options import ZdlConfig, warn_near_misses
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import apply_runner_defaults, is_flink
 from beam_zdl.wal_read import ReadSegmentsFn
-from beam_zdl.worker_pool import PayloadImpulse, feeds_payload_impulses
 
-__all__ = ["ReadFromKafka", "ReadFromWal"]
+__all__ = ["ReadFromKafka", "ReadFromWal", "RangesInput", "CreateRanges"]
 
 _LOGGER = logging.getLogger(__name__)
 
 
-# What Beam's own ReadFromKafka takes inside consumer_config, mapped to our settings.
-# auto.offset.reset=earliest means "committed, else earliest" (our `committed`);
-# latest maps to `latest` (from the end even where the group has committed offsets).
-_BEAM_STYLE_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consumer_group",
-                    "auto.offset.reset": "starting_offsets"}
+# Beam's ReadFromKafka keywords beam_zdl has no use for: each is accepted with the
+# values that mean what beam_zdl does anyway, else refused, saying what to do instead.
+_BYTES = "org.apache.kafka.common.serialization.ByteArrayDeserializer"
+_BEAM_KEYWORDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "key_deserializer": ((_BYTES,), "beam_zdl yields keys as bytes; decode them with "
+                         "beam_zdl.DecodeRecords (Schema Registry formats) or a beam.Map"),
+    "value_deserializer": ((_BYTES,), "beam_zdl yields values as bytes; decode them with "
+                           "beam_zdl.DecodeRecords (Schema Registry formats) or a beam.Map"),
+    "max_num_records": ((None,), "a bounded read stops at ending_offsets= (default: the end "
+                        "offsets when the pipeline is built); cap it per partition with "
+                        "max_records_per_partition="),
+    "max_read_time": ((None,), "a bounded read stops at ending_offsets= or "
+                      "stop_read_time= (epoch ms)"),
+    "timestamp_policy": (("CreateTime", "LogAppendTime"),
+                         "elements carry their Kafka record timestamp (CreateTime or "
+                         "LogAppendTime, as the topic stores it); for processing time, "
+                         "re-stamp them with beam.Map(lambda r: "
+                         "beam.window.TimestampedValue(r, time.time()))"),
+    "consumer_polling_timeout": ((2, None), "beam_zdl sizes its polls itself"),
+    "expansion_service": ((None,), "beam_zdl reads Kafka in Python: there is no expansion "
+                          "service"),
+    "redistribute_num_keys": ((0, None), "redistribute=True spreads the records with a "
+                              "beam.Reshuffle()"),
+    "allow_duplicates": ((False, True, None), ""),  # beam_zdl never duplicates: either holds
+    "dynamic_read_poll_interval_seconds": ((None,), "beam_zdl reads the partitions of "
+                                           "topics=; in streaming it finds new partitions "
+                                           "every --partition_discovery_interval_s"),
+    "consumer_factory_fn_class": ((None,), "beam_zdl builds its consumers from "
+                                  "consumer_config="),
+    "consumer_factory_fn_params": ((None,), "beam_zdl builds its consumers from "
+                                   "consumer_config="),
+}
+_OWN_KEYWORDS = ("consumer_config", "topics", "bootstrap_servers", "consumer_group",
+                 "starting_offsets", "ending_offsets", "start_read_time", "stop_read_time",
+                 "max_records_per_partition", "fail_on_data_loss", "with_metadata",
+                 "commit_offset_in_finalize", "redistribute", "ranges", "ranges_input",
+                 "options")
+
+
+class RangesInput(abc.ABC):
+    """How a bounded read's offset ranges (chunks of the initial split) become the
+    PCollection its splittable DoFn reads: the read itself knows no runner.
+
+    :class:`CreateRanges` suits every runner; ``run_micro_batches`` passes its own,
+    which hands the ranges to its warm runner as data
+    (:mod:`beam_zdl.microbatch.batch_ranges`).
+    """
+
+    @abc.abstractmethod
+    def expand(self, pbegin: beam.pvalue.PBegin,
+               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
+        """The chunks as elements, spread so that a runner can hand them to all its
+        workers."""
+
+
+class CreateRanges(RangesInput):
+    """The chunks as a ``Create``, spread by a shuffle when there are several (one Create
+    element list would keep them on one worker)."""
+
+    def expand(self, pbegin: beam.pvalue.PBegin,
+               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
+        created: beam.PCollection[PartitionRange] = (
+            pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False))
+        if len(chunks) > 1:
+            created = created | "Spread" >> beam.Reshuffle()
+        return created
+
+
+def _check_beam_keywords(source: str, given: Mapping[str, Any],
+                         table: Mapping[str, tuple[tuple[Any, ...], str]],
+                         own: Sequence[str]) -> None:
+    """Refuse a keyword of Beam's transform that beam_zdl cannot honour, or a typo."""
+    import difflib
+    for name, value in given.items():
+        if name not in table:
+            close = difflib.get_close_matches(name, [*own, *table], n=1)
+            hint = f"; did you mean {close[0]}=?" if close else ""
+            raise ConfigError(f"{source} got an unknown keyword {name}={value!r}{hint} "
+                              f"(keywords: {', '.join(own)})")
+        accepted, instead = table[name]
+        if not any(value is a or (not isinstance(value, bool) and not isinstance(a, bool)
+                                  and value == a) for a in accepted):
+            raise ConfigError(f"{source}({name}={value!r}) is Beam's KafkaIO keyword that "
+                              f"beam_zdl does not honour with this value: {instead}")
 
 
 class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRecord]]):
@@ -43,9 +123,20 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
 
     Takes keyword arguments like Beam's own ``apache_beam.io.kafka.ReadFromKafka``
     (``consumer_config`` may hold ``bootstrap.servers``, ``group.id`` and
-    ``auto.offset.reset``, as there), and any argument left out comes from the
+    ``auto.offset.reset=earliest``, as there), and any argument left out comes from the
     ZdlOptions flags of ``options`` or of the pipeline. :meth:`from_options` reads
     everything from flags. All Kafka I/O happens in ``expand``.
+
+    Beam's other keywords are taken with Beam's meaning where beam_zdl has one
+    (``start_read_time``, ``stop_read_time``, ``with_metadata``, ``redistribute``,
+    ``commit_offset_in_finalize`` in streaming) and with the values that change nothing
+    (``key_deserializer``/``value_deserializer`` as ByteArrayDeserializer,
+    ``timestamp_policy`` CreateTime/LogAppendTime, ``allow_duplicates``, defaults);
+    anything else is a :class:`ConfigError` saying what beam_zdl does instead.
+
+    A bounded read never commits the group's offsets: ``run_micro_batches`` commits them
+    after each completed batch, and the streaming read after the runner finalized a
+    bundle.
 
     Without ``ranges``, a bounded pipeline reads from ``starting_offsets`` to
     ``ending_offsets`` (default: the end offsets seen when the pipeline is built), so
@@ -57,8 +148,8 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             be ``${env:NAME}`` / ``${file:PATH}`` references.
         topics: a topic or a list of topics (``--topics``).
         bootstrap_servers: ``host:port,...`` (``--bootstrap_servers``).
-        consumer_group: the group whose offsets are read and committed
-            (``--consumer_group``).
+        consumer_group: the group whose committed offsets ``starting_offsets="committed"``
+            starts from (``--consumer_group``); a bounded read does not commit them.
         starting_offsets: ``earliest``, ``latest``, ``committed``, ``timestamp:<epoch ms>``
             or a JSON map of exact offsets (``--starting_offsets``; see
             :mod:`beam_zdl.positions`).
@@ -66,6 +157,16 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             or a JSON map (``--ending_offsets``).
         start_read_time: as Beam's: epoch milliseconds to start from, the same as
             ``starting_offsets="timestamp:<ms>"``.
+        stop_read_time: epoch milliseconds to stop at, the same as
+            ``ending_offsets="timestamp:<ms>"``.
+        with_metadata: as Beam's: ``False`` yields ``(key, value)`` pairs; ``True`` or
+            left out yields :class:`~beam_zdl.KafkaRecord` (key, value, headers, topic,
+            partition, offset, timestamp).
+        commit_offset_in_finalize: with ``--streaming``, offsets are always committed
+            when the runner finalizes a bundle (either value); a bounded read refuses
+            ``True`` (it never commits; ``run_micro_batches`` does).
+        redistribute: as Beam's: ``True`` spreads the records over workers with a
+            ``beam.Reshuffle()`` after the read.
         max_records_per_partition: cap per partition of a bounded read
             (``--max_records_per_partition``).
         fail_on_data_loss: False skips, counts and logs records that no longer exist
@@ -88,18 +189,35 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
                  max_records_per_partition: Optional[int] = None,
                  fail_on_data_loss: Optional[bool] = None,
                  ranges: Optional[Iterable[PartitionRange]] = None,
-                 options: Optional[PipelineOptions] = None) -> None:
+                 options: Optional[PipelineOptions] = None,
+                 ranges_input: Optional[RangesInput] = None,
+                 stop_read_time: Optional[int] = None,
+                 with_metadata: Optional[bool] = None,
+                 commit_offset_in_finalize: Optional[bool] = None,
+                 redistribute: Optional[bool] = None,
+                 **beam_keywords: Any) -> None:
         super().__init__()
         if isinstance(consumer_config, PipelineOptions):  # ReadFromKafka(options, ...)
             consumer_config, options = None, consumer_config
+        _check_beam_keywords("ReadFromKafka", beam_keywords, _BEAM_KEYWORDS, _OWN_KEYWORDS)
+        for name, value in (("with_metadata", with_metadata), ("redistribute", redistribute),
+                            ("commit_offset_in_finalize", commit_offset_in_finalize)):
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"ReadFromKafka({name}=...) must be True or False, got "
+                                  f"{value!r}")
         self._options = options
         self._overrides = _overrides("ReadFromKafka", consumer_config, topics, dict(
             bootstrap_servers=bootstrap_servers, consumer_group=consumer_group,
             starting_offsets=_start(starting_offsets, start_read_time),
-            ending_offsets=ending_offsets,
+            ending_offsets=_time_position("ending_offsets", ending_offsets, "stop_read_time",
+                                          stop_read_time),
             max_records_per_partition=max_records_per_partition,
             fail_on_data_loss=fail_on_data_loss))
+        self._pairs = with_metadata is False
+        self._redistribute = bool(redistribute)
+        self._commit_in_finalize = commit_offset_in_finalize
         self._ranges = None if ranges is None else [PartitionRange(*r) for r in ranges]
+        self._ranges_input = ranges_input or CreateRanges()
         self._config: Optional[ZdlConfig] = None
 
     @classmethod
@@ -109,7 +227,16 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
 
     def display_data(self) -> dict[str, Any]:
         from beam_zdl.kafka import display_data
+        from beam_zdl.secrets import redact
         shown: dict[str, Any] = {}
+        given = dict(self._overrides)
+        if "consumer_config" in given:
+            given["consumer_config"] = json.dumps(redact(given["consumer_config"]),
+                                                  sort_keys=True)
+        if "topics" in given:
+            given["topics"] = ",".join(given["topics"])
+        shown.update({k: v if isinstance(v, (str, int, float, bool)) else str(v)
+                      for k, v in given.items()})
         if self._config is not None:
             cfg = self._config
             shown.update(display_data(cfg.bootstrap_servers, cfg.consumer_group,
@@ -123,10 +250,28 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         return shown
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
+        records = self._read(pbegin)
+        if self._redistribute:
+            records = records | "Redistribute" >> beam.Reshuffle()
+        if self._pairs:  # with_metadata=False, as Beam's: (key, value) pairs
+            pairs: Any = records | "KeyValue" >> beam.Map(lambda r: (r.key, r.value))
+            return cast("beam.PCollection[KafkaRecord]", pairs)
+        return records
+
+    def _read(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         options = self._options or pbegin.pipeline.options
         config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
                                                        source="ReadFromKafka")
-        if self._ranges is None and _streaming(options, pbegin):
+        streaming = self._ranges is None and _streaming(options, pbegin)
+        if self._ranges is None:
+            warn_near_misses(options)
+        if self._commit_in_finalize and not streaming:
+            raise ConfigError("ReadFromKafka(commit_offset_in_finalize=True): a bounded read "
+                              "never commits the group's offsets (nothing tells it that your "
+                              "sink made its records durable). Use run_micro_batches, which "
+                              "commits after each completed batch, or --streaming, which "
+                              "commits when the runner finalizes a bundle")
+        if streaming:
             if config.ending_offsets:
                 raise ConfigError("ReadFromKafka: ending_offsets (--ending_offsets) bounds a "
                                   "read, but the pipeline is --streaming; drop one of them")
@@ -140,20 +285,9 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             ranges = _plan_bounded(config)
             _LOGGER.info("ReadFromKafka planned %d ranges, %d records", len(ranges),
                          sum(r.stop - r.start for r in ranges))
-        # Chunks of the initial split as elements, spread by a shuffle: a runner then hands
-        # them to all its workers (one Create element would keep them on one).
+        # Chunks of the initial split as elements, for the runner to spread over workers.
         chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
-        chunked: beam.PCollection[PartitionRange]
-        if feeds_payload_impulses(pbegin.pipeline.runner):
-            # The run's warm runner hands them to the stage as data: the stage is then the
-            # same in every batch, and its bundle processors are reused (worker_pool).
-            chunked = (pbegin | "Ranges" >> PayloadImpulse(_encode_chunks(chunks))
-                       | "Chunks" >> beam.FlatMap(_decode_chunks)
-                       .with_output_types(PartitionRange))
-        else:
-            chunked = pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False)
-        if len(chunks) > 1 and not _splits_sdf_input(pbegin.pipeline.runner):
-            chunked = chunked | "Spread" >> beam.Reshuffle()
+        chunked = self._ranges_input.expand(pbegin, chunks)
         read: beam.PCollection[KafkaRecord] = (
             chunked
             | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
@@ -162,36 +296,12 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         return read
 
 
-_CHUNKS_FORMAT = 1
-
-
-def _encode_chunks(chunks: list[PartitionRange]) -> bytes:
-    """The ranges of a read as the payload of its PayloadImpulse (see :func:`_decode_chunks`)."""
-    return json.dumps([_CHUNKS_FORMAT, [list(c) for c in chunks]]).encode()
-
-
-def _decode_chunks(payload: bytes) -> list[PartitionRange]:
-    """The ranges :func:`_encode_chunks` encoded.
-
-    Raises:
-        ZdlError: the runner did not hand the read its ranges (an empty payload): reading
-            nothing would lose a batch, so the batch fails and is replayed.
-    """
-    if not payload:
-        raise ZdlError("ReadFromKafka: the runner did not hand this read its ranges (an empty "
-                       "Impulse element): only beam_zdl's warm runner does; the batch fails "
-                       "and is replayed from its recorded plan. Please report this as a bug.")
-    version, chunks = json.loads(payload)
-    if version != _CHUNKS_FORMAT:
-        raise ZdlError(f"ReadFromKafka: ranges of format {version}, this version reads "
-                       f"{_CHUNKS_FORMAT}: driver and workers run different beam_zdl versions")
-    return [PartitionRange(str(t), int(p), int(a), int(b)) for t, p, a, b in chunks]
-
-
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
     """From ``--starting_offsets`` to ``--ending_offsets`` (default: the end offsets now):
     a fixed, repeatable read."""
     import beam_zdl.kafka as kafka
+    kafka.check_brokers(config.bootstrap_servers, config.consumer_config,
+                        config.kafka_connect_timeout_s)
     consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
                                   config.consumer_config)
     try:
@@ -202,27 +312,22 @@ def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
 
 def _start(starting_offsets: Optional[str], start_read_time: Optional[int]) -> Optional[str]:
     """``start_read_time`` (Beam's keyword) as a ``timestamp:`` position."""
-    if start_read_time is None:
-        return starting_offsets
-    if starting_offsets is not None:
-        raise ConfigError("ReadFromKafka: give starting_offsets= or start_read_time=, not both")
-    if not isinstance(start_read_time, int) or isinstance(start_read_time, bool) \
-            or start_read_time < 0:
-        raise ConfigError("ReadFromKafka(start_read_time=...) must be epoch milliseconds "
-                          f"(an int >= 0), got {start_read_time!r}")
-    return f"timestamp:{start_read_time}"
+    return _time_position("starting_offsets", starting_offsets, "start_read_time",
+                          start_read_time)
 
 
-def _splits_sdf_input(runner: Any) -> bool:
-    """Whether ``runner`` spreads a splittable DoFn's input over its workers by itself.
-
-    The FnApiRunner runs an SDF's processing in a stage of its own, fed by the runner,
-    and hands each worker a share of that stage's input: a Reshuffle before it would
-    only add a stage (about 0.1 s per batch, a batch's largest fixed cost after pipeline
-    construction).
-    """
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    return isinstance(runner, FnApiRunner)
+def _time_position(name: str, position: Optional[str], time_name: str,
+                   epoch_ms: Optional[int]) -> Optional[str]:
+    """A Beam-style epoch-ms keyword (``start_read_time``, ``stop_read_time``) as a
+    ``timestamp:`` position, or ``position`` when it is not given."""
+    if epoch_ms is None:
+        return position
+    if position is not None:
+        raise ConfigError(f"ReadFromKafka: give {name}= or {time_name}=, not both")
+    if not isinstance(epoch_ms, int) or isinstance(epoch_ms, bool) or epoch_ms < 0:
+        raise ConfigError(f"ReadFromKafka({time_name}=...) must be epoch milliseconds "
+                          f"(an int >= 0), got {epoch_ms!r}")
+    return f"timestamp:{epoch_ms}"
 
 
 def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
@@ -242,18 +347,11 @@ def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
         if not isinstance(consumer_config, Mapping):
             raise ConfigError(f"{source}(consumer_config=...) must be a dict of confluent-kafka "
                               f"settings, got {type(consumer_config).__name__}")
-        config = dict(consumer_config)
-        for key, name in _BEAM_STYLE_KEYS.items():
-            if key in config:
-                value = config.pop(key)
-                if key == "auto.offset.reset" and value in ("earliest", "smallest",
-                                                            "beginning"):
-                    # Kafka's meaning: the committed offset, else the log start.
-                    value = "committed"
-                if name in out and out[name] != value:
-                    raise ConfigError(f"{source}: consumer_config[{key!r}] and {name}= "
-                                      "disagree; give one of them")
-                out[name] = value
+        from beam_zdl.config import map_client_keys
+        named_flags = {k: v for k, v in out.items() if k != "consumer_config"}
+        config, mapped = map_client_keys(consumer_config, named_flags,
+                                         f"{source}(consumer_config=...)", explicit=True)
+        out.update(mapped)
         out["consumer_config"] = config
     for name in ("max_records_per_partition",):
         if name in out and (not isinstance(out[name], int) or isinstance(out[name], bool)):
@@ -281,12 +379,15 @@ def _read_streaming(
     """
     import beam_zdl.kafka as kafka
     from beam_zdl.streaming import FLINK_TIMING, ReadStreaming, StreamSettings
-    consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
-                                  config.consumer_config)
-    try:
-        kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
-    finally:
-        consumer.close()
+    if config.kafka_connect_timeout_s > 0:  # 0: a launcher that cannot reach the brokers
+        kafka.check_brokers(config.bootstrap_servers, config.consumer_config,
+                            config.kafka_connect_timeout_s)
+        consumer = kafka.new_consumer(config.bootstrap_servers, config.consumer_group,
+                                      config.consumer_config)
+        try:
+            kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
+        finally:
+            consumer.close()
     return ReadStreaming(config.topics, StreamSettings.from_config(
         config, starting_offsets=config.starting_offsets,
         discovery_interval_s=config.partition_discovery_interval_s,

@@ -6,6 +6,26 @@ not Kafka, owns progress; ``auto.offset.reset=error``: a position below the
 log start is data loss to report, never a silent jump) and so that an
 unreachable cluster is reported with the ``--bootstrap_servers`` used.
 
+Guarded settings
+    A user's client settings (``--consumer_config``, ``consumer_config=``,
+    ``producer_config=``) may not weaken a guarantee. :data:`GUARDED_CONSUMER`
+    and :data:`GUARDED_PRODUCER` list the keys a guarantee depends on; each is
+    either accepted with beam_zdl's own value (a no-op), mapped to the
+    beam_zdl flag that means the same (``auto.offset.reset=earliest`` →
+    ``--starting_offsets=committed``, ``group.id`` → ``--consumer_group``,
+    ``bootstrap.servers`` → ``--bootstrap_servers``, done by
+    :mod:`beam_zdl.config`), or refused with a :class:`ConfigError` naming the
+    key, why, and what to use instead. :func:`consumer_settings` and
+    :func:`producer_settings` apply the rule again where clients are made, so
+    no path around the flags gets a client with a weaker setting.
+
+Failing fast
+    :func:`check_brokers` asks the cluster for metadata within
+    ``--kafka_connect_timeout_s`` at every entry point, and fails naming the
+    servers (and whether they were the default) and librdkafka's reason.
+    librdkafka's own log lines go through Python logging (logger
+    ``beam_zdl.kafka.librdkafka``), with repeats of a line rate-limited.
+
 confluent_kafka is imported inside functions: a DoFn that captured one of its
 types at module import of a ``__main__`` script would not pickle.
 """
@@ -14,16 +34,32 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, TypeVar
 
-from beam_zdl.errors import DataLossError, KafkaUnavailableError, ZdlError
-from beam_zdl.secrets import redact, resolve
+from beam_zdl.errors import ConfigError, DataLossError, KafkaUnavailableError, TopicNotFoundError
+from beam_zdl.secrets import is_secret, redact, resolve
 
 __all__ = [
     "KafkaSettings",
+    "GUARDED_CONSUMER",
+    "GUARDED_PRODUCER",
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_BOOTSTRAP_SERVERS",
+    "check_consumer_config",
+    "check_producer_config",
+    "producer_settings",
+    "connection_settings",
+    "new_admin",
+    "check_brokers",
+    "unreachable_error",
+    "check_gap",
+    "serve_events",
     "OUT_OF_RANGE_CODES",
+    "is_out_of_range",
+    "committed",
     "lost_offsets",
     "consumer_settings",
     "new_consumer",
@@ -51,14 +87,251 @@ OUT_OF_RANGE_CODES = (-140, 1)
 _COORDINATOR_MOVING = (14, 15, 16)
 
 
+# Beam registers --bootstrap_servers (KafkaStreamsRunnerOptions) with this default.
+DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+# How long an entry point waits for a first metadata answer (--kafka_connect_timeout_s).
+CONNECT_TIMEOUT_S = 15.0
+
+# Client settings every client needs to reach the same cluster (security, networking);
+# consumer- or producer-only settings would only draw librdkafka warnings elsewhere.
+_CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "api.")
+
+# Consumer settings a guarantee depends on: key -> (beam_zdl's value(s), why, what to use).
+# A value equal to beam_zdl's is accepted (it changes nothing); auto.offset.reset=earliest,
+# group.id and bootstrap.servers are mapped to flags by beam_zdl.config before this check.
+GUARDED_CONSUMER: dict[str, tuple[tuple[object, ...], str, str]] = {
+    "auto.offset.reset": (
+        ("error", "none"),
+        "beam_zdl starts where its checkpoint says, else at --starting_offsets; a reset "
+        "would turn records removed by retention into a silent skip (contract 5)",
+        "--starting_offsets=committed (Kafka's 'earliest': the committed offset, else the "
+        "log start), --starting_offsets=latest or --starting_offsets=earliest"),
+    "isolation.level": (
+        ("read_committed",),
+        "batches end at the last stable offset and must never hold records of aborted "
+        "or open transactions",
+        "nothing: beam_zdl reads committed records only"),
+    "enable.auto.commit": (
+        (False, "false"),
+        "the checkpoint owns progress: offsets are committed only after a batch is durable "
+        "(contract 1)", "nothing: beam_zdl commits --consumer_group's offsets itself"),
+    "enable.auto.offset.store": (
+        (False, "false"),
+        "offsets are stored only when beam_zdl commits them",
+        "nothing: beam_zdl commits --consumer_group's offsets itself"),
+    "enable.partition.eof": (
+        (False, "false"),
+        "the readers decide where a partition ends from the planned offsets",
+        "--ending_offsets, or --trigger=available_now to stop at the end"),
+    "group.id": ((), "beam_zdl commits this group's offsets", "--consumer_group"),
+    "bootstrap.servers": ((), "beam_zdl names the brokers in its errors",
+                          "--bootstrap_servers"),
+}
+
+# Producer settings of WriteToKafka a guarantee depends on.
+GUARDED_PRODUCER: dict[str, tuple[tuple[object, ...], str, str]] = {
+    "transactional.id": (
+        (), "exactly-once output uses one fixed transactional.id per shard, derived from "
+        "sink_id, to fence zombie writers", "WriteToKafka(sink_id=...)"),
+    "enable.idempotence": (
+        (True, "true"), "without idempotence a retried send can write a record twice",
+        "nothing: beam_zdl's producers are idempotent"),
+    "acks": (
+        ("all", "-1", -1), "a record acknowledged by fewer than all in-sync replicas can be "
+        "lost when the leader fails", "nothing: beam_zdl's producers use acks=all"),
+}
+
+
+def _same(value: object, allowed: tuple[object, ...]) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in [str(a).lower() for a in allowed]
+    return value in allowed
+
+
+def _check_guarded(config: Mapping[str, object], table: Mapping[str, tuple[tuple[object, ...],
+                   str, str]], source: str) -> dict[str, Any]:
+    out = dict(config)
+    for key, (ours, why, instead) in table.items():
+        if key not in out:
+            continue
+        if ours and _same(out[key], ours):
+            del out[key]  # beam_zdl's own value: nothing to do
+            continue
+        shown = "<redacted>" if is_secret(key) else repr(out[key])
+        raise ConfigError(f"{source} may not set {key!r} (given {shown}): {why}. "
+                          f"Use {instead}")
+    return out
+
+
+def check_consumer_config(config: Mapping[str, object],
+                          source: str = "--consumer_config") -> dict[str, Any]:
+    """``config`` without the guarded keys that hold beam_zdl's own values.
+
+    Raises:
+        ConfigError: a key of :data:`GUARDED_CONSUMER` with another value, naming the
+            key, ``source``, why, and the flag to use instead.
+    """
+    return _check_guarded(config, GUARDED_CONSUMER, source)
+
+
+def check_producer_config(config: Mapping[str, object],
+                          source: str = "WriteToKafka(producer_config=...)") -> dict[str, Any]:
+    """Like :func:`check_consumer_config`, for :data:`GUARDED_PRODUCER`."""
+    return _check_guarded(config, GUARDED_PRODUCER, source)
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets the first of a run of alike lines through, then one per ``every_s`` with the
+    count of those held back: librdkafka repeats a failed connect many times a second."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Alike: the same text but for numbers (client ids, "after 0ms", ports stay).
+        key = re.sub(r"#\w+-\d+|\d+ms", "", record.getMessage())
+        now = time.monotonic()
+        first, held = self._seen.get(key, (0.0, 0))
+        if now - first < self.every_s:
+            self._seen[key] = (first, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} alike in the last " \
+                         f"{self.every_s:.0f} s)"
+            record.args = ()
+        return True
+
+
+_LIBRDKAFKA_LOGGER = logging.getLogger("beam_zdl.kafka.librdkafka")
+_LIBRDKAFKA_LOGGER.addFilter(_RepeatFilter())
+
+
+def connection_settings(bootstrap_servers: str,
+                        extra: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """What every client needs to reach the cluster: the brokers, the security and
+    network settings of ``extra`` (resolved), and logging through Python."""
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap_servers,
+                                "logger": _LIBRDKAFKA_LOGGER}
+    settings.update(resolve({k: v for k, v in (extra or {}).items()
+                             if k.startswith(_CONNECTION_PREFIXES)}))
+    return settings
+
+
+def producer_settings(bootstrap_servers: str, extra: Mapping[str, object] | None = None,
+                      **ours: Any) -> dict[str, Any]:
+    """The settings of a beam_zdl producer: ``extra`` (checked, resolved), then ``ours``."""
+    checked = check_producer_config(extra or {})
+    return {"bootstrap.servers": bootstrap_servers, "logger": _LIBRDKAFKA_LOGGER,
+            "acks": "all", "enable.idempotence": True, **resolve(checked), **ours}
+
+
+def new_admin(bootstrap_servers: str,
+              extra: Mapping[str, object] | None = None) -> tuple[Any, list[str]]:
+    """An AdminClient and the list librdkafka's errors are appended to (for messages).
+
+    Keep the client referenced until its futures resolve (see DESIGN.md).
+    """
+    from confluent_kafka.admin import AdminClient
+    reasons: list[str] = []
+    settings = connection_settings(bootstrap_servers, extra)
+    settings["error_cb"] = lambda err: reasons.append(err.str())
+    return AdminClient(settings), reasons
+
+
+def unreachable_error(bootstrap_servers: str, timeout_s: float, reasons: list[str],
+                      cause: object = None, flag: str = "--bootstrap_servers",
+                      timeout_flag: str = "--kafka_connect_timeout_s",
+                      default: str | None = DEFAULT_BOOTSTRAP_SERVERS) -> KafkaUnavailableError:
+    """The error of an entry point that got no answer from the cluster in time.
+
+    ``default`` is the servers' value when nobody gave one (named as such), or None."""
+    said = [re.sub(r" \(after \d+ms in state \w+\)", "", r) for r in reasons]
+    specific = [r for r in said if "brokers are down" not in r]
+    reason = (specific or said or [str(cause or "no answer")])[-1]
+    default = (f" (the default of {flag}; pass {flag}=host:port)"
+               if default is not None and bootstrap_servers.strip() == default else "")
+    return KafkaUnavailableError(
+        f"Kafka did not answer at {flag}={bootstrap_servers}{default} within "
+        f"{timeout_s:g} s: {reason}. Check the host names and ports, that the brokers run, "
+        "and that they are reachable from here (firewall, VPC, security settings in the "
+        f"client config). A launcher that cannot reach the brokers (Dataflow submitting from "
+        f"outside their network) can skip this check with {timeout_flag}=0.")
+
+
+def check_brokers(bootstrap_servers: str, extra: Mapping[str, object] | None = None,
+                  timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout_s`` when no broker of ``bootstrap_servers`` answers.
+
+    ``timeout_s`` <= 0 skips the check.
+
+    Raises:
+        KafkaUnavailableError: naming the servers (and that they are the default, when
+            they are), librdkafka's reason and what to check.
+    """
+    if timeout_s <= 0:
+        return
+    from confluent_kafka import KafkaException
+    admin, reasons = new_admin(bootstrap_servers, extra)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        admin.poll(0)  # serves the error callbacks: the reason
+        raise unreachable_error(bootstrap_servers, timeout_s, reasons, exc.args[0]) from exc
+    finally:
+        del admin
+
+
+def serve_events(consumer: Any) -> None:
+    """Serve the queued log lines and errors of a consumer that is never assigned (the
+    driver's: it only asks for offsets and commits), so they do not pile up."""
+    if not consumer.assignment():
+        consumer.poll(0)
+
+
+def check_gap(consumer: Any, topic: str, partition: int, expected: int, got: int,
+              fail_on_data_loss: bool) -> int:
+    """A read asked for ``expected`` and its next record is at ``got`` > ``expected``:
+    raise or count the offsets of the gap below the partition's log start.
+
+    A gap above the log start is compaction, transaction markers or aborted records,
+    and is fine; below it, retention or truncation removed records (whatever reset
+    the position past them). The log start comes from the last fetch response
+    (no broker round trip), or is asked of the broker when it is not known yet.
+
+    Returns:
+        How many offsets were lost (0 for a harmless gap), after logging them.
+
+    Raises:
+        DataLossError: lost offsets, unless ``fail_on_data_loss`` is False.
+    """
+    from confluent_kafka import TopicPartition
+    tp = TopicPartition(topic, partition)
+    low = consumer.get_watermark_offsets(tp, cached=True)[0]
+    if low < 0:
+        low = consumer.get_watermark_offsets(tp, timeout=_METADATA_TIMEOUT_S, cached=False)[0]
+    if low <= expected:
+        return 0
+    return lost_offsets(topic, partition, expected, min(low, got), fail_on_data_loss)
+
+
 def consumer_settings(bootstrap_servers: str, group: str,
                       extra: Mapping[str, object] | None = None) -> dict[str, Any]:
     """The confluent-kafka settings of every beam_zdl consumer.
 
     ``${env:NAME}`` / ``${file:PATH}`` values in ``extra`` are resolved here, where
     the client is created (see :mod:`beam_zdl.secrets`).
+
+    Raises:
+        ConfigError: ``extra`` sets a guarded key (:data:`GUARDED_CONSUMER`) to a value
+            that would weaken a guarantee.
     """
-    settings = {
+    extra = check_consumer_config(extra or {})
+    settings: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": group,
         "enable.auto.commit": False,
@@ -69,8 +342,9 @@ def consumer_settings(bootstrap_servers: str, group: str,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.max.messages.kbytes": 64 * 1024,
+        "logger": _LIBRDKAFKA_LOGGER,
     }
-    settings.update(resolve(extra or {}))
+    settings.update(resolve(extra))
     return settings
 
 
@@ -140,11 +414,11 @@ def partitions_of(consumer: Any, topics: Iterable[str],
             raise KafkaUnavailableError(
                 f"could not read metadata of topic {topic!r} from --bootstrap_servers="
                 f"{bootstrap_servers} within {_METADATA_TIMEOUT_S:.0f} s ({exc.args[0]}); "
-                "check that the brokers are reachable from here") from None
+                "check that the brokers are reachable from here") from exc
         info = meta.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             reason = info.error if info is not None and info.error else "no partitions"
-            raise ZdlError(f"topic {topic!r} is not readable on --bootstrap_servers="
+            raise TopicNotFoundError(f"topic {topic!r} is not readable on --bootstrap_servers="
                            f"{bootstrap_servers}: {reason}; create it or fix --topics")
         out.extend((topic, p) for p in sorted(info.partitions))
     return out
@@ -175,7 +449,7 @@ def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]],
             raise KafkaUnavailableError(
                 f"could not read the offsets of {len(tps)} partitions of "
                 f"{sorted({t for t, _ in tps})} from --bootstrap_servers={bootstrap_servers} "
-                f"({exc.args[0]})") from None
+                f"({exc.args[0]})") from exc
         failed = [tp for tp in answer if tp.error is not None or tp.offset < 0]
         if failed:
             raise KafkaUnavailableError(
@@ -195,6 +469,34 @@ def end_offsets(consumer: Any, topics: Iterable[str],
                                                      bootstrap_servers).items()}
 
 
+def is_out_of_range(err: Any) -> bool:
+    """Whether a consumed message's error says its position is outside the log."""
+    return bool(err.code() in OUT_OF_RANGE_CODES)
+
+
+def committed(consumer: Any, tps: list[Any], timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
+    """``consumer.committed(tps)``, asked again while the group coordinator is moving or
+    loading (a broker that just restarted answers NOT_COORDINATOR or
+    COORDINATOR_LOAD_IN_PROGRESS for a while) or the error is retriable, up to
+    ``timeout_s``.
+
+    Raises:
+        KafkaException: the last error, once the time is up or it is not one to retry.
+    """
+    from confluent_kafka import KafkaException
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.committed(tps, timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if (err.code() in _COORDINATOR_MOVING or err.retriable()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise
+
+
 def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
                       bootstrap_servers: str) -> dict[tuple[str, int], int | None]:
     """The group's committed offset of each partition, None where it has none."""
@@ -202,22 +504,12 @@ def committed_offsets(consumer: Any, partitions: Iterable[tuple[str, int]],
     tps = [TopicPartition(t, p) for t, p in partitions]
     if not tps:
         return {}
-    deadline = time.monotonic() + _METADATA_TIMEOUT_S
-    while True:
-        try:
-            found = consumer.committed(tps, timeout=_METADATA_TIMEOUT_S)
-            break
-        except KafkaException as exc:
-            # A broker that just (re)started answers NOT_COORDINATOR or
-            # COORDINATOR_LOAD_IN_PROGRESS until the group coordinator is loaded.
-            err = exc.args[0]
-            if (getattr(err, "code", lambda: None)() in _COORDINATOR_MOVING
-                    and time.monotonic() < deadline):
-                time.sleep(0.5)
-                continue
-            raise KafkaUnavailableError(
-                f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
-                f"({err})") from None
+    try:
+        found = committed(consumer, tps)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read committed offsets from --bootstrap_servers={bootstrap_servers} "
+            f"({exc.args[0]})") from exc
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 
@@ -262,7 +554,7 @@ def offsets_for_time(consumer: Any, partitions: Iterable[tuple[str, int]], times
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not look up offsets by time from --bootstrap_servers={bootstrap_servers} "
-            f"({exc.args[0]})") from None
+            f"({exc.args[0]})") from exc
     return {(tp.topic, tp.partition): tp.offset for tp in found}
 
 
@@ -285,10 +577,6 @@ def lost_offsets(topic: str, partition: int, first_missing: int, log_start: int,
     return log_start - first_missing
 
 
-# Client settings an admin client needs to reach the same cluster as the consumers
-# (security, networking); consumer-only settings would only draw librdkafka warnings.
-_ADMIN_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "api.")
-
 
 def group_holders(bootstrap_servers: str, group: str,
                   extra: Mapping[str, object] | None = None,
@@ -299,11 +587,7 @@ def group_holders(bootstrap_servers: str, group: str,
     A member killed without leaving keeps its partitions here until its session times
     out. Returns {} when the group cannot be described (the caller only logs it).
     """
-    from confluent_kafka.admin import AdminClient
-    settings: dict[str, Any] = {"bootstrap.servers": bootstrap_servers}
-    settings.update(resolve({k: v for k, v in (extra or {}).items()
-                             if k.startswith(_ADMIN_PREFIXES)}))
-    admin = AdminClient(settings)  # held until the future resolves (see DESIGN.md)
+    admin, _ = new_admin(bootstrap_servers, extra)  # held until the future resolves
     try:
         description = admin.describe_consumer_groups([group],
                                                      request_timeout=timeout_s)[group].result(

@@ -24,41 +24,45 @@ reads it back. Batches of one sink complete in order, so an offset
 Protocol of one batch (``exactly_once``)
 ---------------------------------------
 
-* Step 1 — in the pipeline, every element becomes an output record
+The sink's steps are named, not numbered: the numbers Step 0–5 belong to the batch
+loop (:mod:`beam_zdl.microbatch.loop`), and all of these happen inside its Step 3 (run),
+except *complete*, which is its Step 4.
+
+* **shard** — in the pipeline, every element becomes an output record
   ``(key, value, headers)``, is checked against the size limit (the topic's
   ``max.message.bytes`` and the producer's ``message.max.bytes``) and is
   assigned to shard ``crc32(key, value) % shards`` — the same shard on every
   replay of the same input.
-* Step 2 — a ``GroupByKey`` on the shard: a barrier, so no shard writes
-  anything before every record of the batch passed Step 1 (a record too large
+* **barrier** — a ``GroupByKey`` on the shard, so no shard writes
+  anything before every record of the batch was sharded (a record too large
   fails the batch before any transaction starts).
-* Step 3 — per shard, a producer with the fixed ``transactional.id``
+* **fence** — per shard, a producer with the fixed ``transactional.id``
   ``beam-zdl-sink-<sink_id>-<shard>`` calls ``init_transactions()``: this
   fences every earlier producer with that id (a zombie driver's writer: its
   later commit fails) and completes or aborts the transaction it left open.
-* Step 4 — read the shard's progress record (after Step 3, so no older
+* **check progress** — read the shard's progress record (after *fence*, so no older
   writer can still commit). ``batch_id + 1`` (for the same input
   fingerprint): the shard is already in Kafka; skip it. Past it, or this
   batch for another input: the batch fails, writing nothing — a run's batches
   reach a shard in order, so only a zombie driver or a second pipeline with
   the same ``sink_id`` (or a new ``--checkpoint_dir``) gets there.
-* Step 5 — ``begin_transaction()``; produce the shard's records; ``flush()``.
+* **produce** — ``begin_transaction()``; produce the shard's records; ``flush()``.
   A record that fails (too large for the broker, topic gone, ...) aborts
   the transaction and fails the batch naming topic and partition.
-* Step 6 — ``send_offsets_to_transaction()``: the progress record, offset
+* **record progress** — ``send_offsets_to_transaction()``: the progress record, offset
   ``batch_id + 1``, in the same transaction.
-* Step 7 — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
+* **commit** — ``flush()`` again (librdkafka against Kafka 4.1 fails ending a
   transaction with records in flight: fatal ``INVALID_TXN_STATE``), then
   ``commit_transaction()``. Crash point ``after_shard_commit``.
-* Step 8 — the driver writes the batch's completion only after the runner
+* **complete** — the driver writes the batch's completion only after the runner
   reports DONE, i.e. after every shard committed or was skipped.
 
-A crash before Step 7 leaves an open transaction: its records are invisible to
-``read_committed`` consumers, and the replay's Step 3 aborts it. A crash after
-Step 7 of some shards and before Step 8: the batch is replayed and Step 4 skips
-those shards. Shards are separate transactions, so a reader can see the output
-of some shards of a batch before the others (never part of one shard); each
-record still appears once.
+A crash before *commit* leaves an open transaction: its records are invisible to
+``read_committed`` consumers, and the replay's *fence* aborts it. A crash after
+*commit* of some shards and before *complete*: the batch is replayed and *check
+progress* skips those shards. Shards are separate transactions, so a reader can see
+the output of some shards of a batch before the others (never part of one shard);
+each record still appears once.
 
 Without ``exactly_once`` (no ``batch``), records go through an idempotent
 producer (``enable.idempotence``, ``acks=all``) flushed at the end of every
@@ -76,15 +80,17 @@ from __future__ import annotations
 import logging
 import zlib
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
-                    Tuple, cast)
+                    Tuple)
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import ConfigError, KafkaUnavailableError, ZdlError
+from beam_zdl.errors import (ConfigError, KafkaUnavailableError, SinkConflictError, SinkFencedError,
+                             TopicNotFoundError, ZdlError)
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -95,6 +101,7 @@ __all__ = ["WriteToKafka", "ShardWriter", "OutputRecord", "shard_of", "progress_
 _LOGGER = logging.getLogger(__name__)
 
 _TIMEOUT_S = 60.0
+_BYTES_SERIALIZER = "org.apache.kafka.common.serialization.ByteArraySerializer"
 _DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 # Bytes a record adds beyond key, value and headers, and a record batch's own header:
 # enough that a record passing the check also fits a batch the broker accepts.
@@ -105,12 +112,12 @@ OutputRecord = Tuple[Optional[bytes], Optional[bytes], List[Tuple[str, Optional[
 
 
 def transactional_id(sink_id: str, shard: int) -> str:
-    """The fixed ``transactional.id`` of one shard of a sink (Step 3)."""
+    """The fixed ``transactional.id`` of one shard of a sink (*fence*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
 def progress_group(sink_id: str, shard: int) -> str:
-    """The consumer group whose offset is the shard's progress record (Step 6)."""
+    """The consumer group whose offset is the shard's progress record (*record progress*)."""
     return f"beam-zdl-sink-{sink_id}-{shard}"
 
 
@@ -176,10 +183,6 @@ def _check_size(record: OutputRecord, limit: int, topic: str) -> OutputRecord:
     return record
 
 
-_COORDINATOR_MOVING = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS",
-                       "COORDINATOR_NOT_AVAILABLE")
-
-
 def read_progress(consumer: Any, progress_topic: str,
                   timeout_s: float = _TIMEOUT_S) -> tuple[Optional[int], str]:
     """The batch id the shard's progress record says was last committed (None if none),
@@ -189,23 +192,13 @@ def read_progress(consumer: Any, progress_topic: str,
     ``isolation.level=read_committed`` librdkafka asks for stable offsets, so a
     transaction still completing is waited for, never missed.
     """
-    import time
     from confluent_kafka import KafkaException, TopicPartition
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            found = consumer.committed([TopicPartition(progress_topic, 0)], timeout=timeout_s)
-            break
-        except KafkaException as exc:
-            # A group coordinator that is moving or still loading answers NOT_COORDINATOR /
-            # COORDINATOR_LOAD_IN_PROGRESS for a while: retriable.
-            if exc.args[0].retriable() or exc.args[0].name() in _COORDINATOR_MOVING:
-                if time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-            raise KafkaUnavailableError(
-                f"could not read the sink's progress record (group offsets on "
-                f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from None
+    try:
+        found = kafka.committed(consumer, [TopicPartition(progress_topic, 0)], timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read the sink's progress record (group offsets on "
+            f"{progress_topic}[0]): {exc.args[0]}; the batch stays pending") from exc
     offset = found[0].offset
     return (offset - 1 if offset > 0 else None), (found[0].metadata or "")
 
@@ -231,7 +224,7 @@ def _field(metadata: str, name: str) -> str:
 
 
 class ShardWriter:
-    """Writes one shard of a sink in Kafka transactions (Steps 3-7 of the module doc).
+    """Writes one shard of a sink in Kafka transactions (*fence* to *commit* in the module doc).
 
     Args:
         topic: the output topic.
@@ -251,22 +244,19 @@ class ShardWriter:
         self.progress_topic = progress_topic
         self.timeout_s = timeout_s
         self.transactional_id = transactional_id(sink_id, shard)
-        self._settings = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5,
-                          "acks": "all", "enable.idempotence": True,
-                          "delivery.report.only.error": True,
-                          **dict(producer_config),
-                          "transactional.id": self.transactional_id}
+        self._settings = {"linger.ms": 5, "delivery.report.only.error": True,
+                          **kafka.check_producer_config(producer_config)}
         self._producer: Any = None
         self._consumer: Any = None
         self._failures: list[str] = []
         self._written = 0
 
-    # Step 3
+    # fence
     def open(self) -> None:
         """Fence every older writer of this shard and end the transaction it left open."""
         from confluent_kafka import Consumer, KafkaException, Producer
-        settings = secrets.resolve(self._settings)
-        self._producer = Producer(settings)
+        self._producer = Producer(kafka.producer_settings(
+            self.bootstrap_servers, self._settings, **{"transactional.id": self.transactional_id}))
         try:
             self._producer.init_transactions(self.timeout_s)
         except KafkaException as exc:
@@ -276,21 +266,20 @@ class ShardWriter:
                 f"{exc.args[0]}. The brokers need a working transaction state log "
                 "(transaction.state.log.replication.factor and min.isr no larger than the "
                 "live brokers) and this principal needs WRITE on the transactional id. "
-                "Nothing was written; the batch stays pending.") from None
-        self._consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
+                "Nothing was written; the batch stays pending.") from exc
+        self._consumer = Consumer({**kafka.connection_settings(self.bootstrap_servers,
+                                                               self._settings),
                                    "group.id": progress_group(self.sink_id, self.shard),
                                    "enable.auto.commit": False,
-                                   "isolation.level": "read_committed",
-                                   **{k: v for k, v in settings.items()
-                                      if k.startswith(("security.", "sasl.", "ssl."))}})
+                                   "isolation.level": "read_committed"})
 
-    # Step 4
+    # check progress
     def last_batch(self) -> tuple[Optional[int], str]:
         """The last batch id this shard committed (read after :meth:`open`), or None, and
         its progress record's metadata."""
         return read_progress(self._consumer, self.progress_topic, self.timeout_s)
 
-    # Step 5
+    # produce
     def begin(self) -> None:
         self._failures, self._written = [], 0
         self._producer.begin_transaction()
@@ -337,7 +326,7 @@ class ShardWriter:
             f"of this shard is visible to read_committed consumers ({outcome}); the batch "
             "stays pending and is replayed on the next start.")
 
-    # Steps 6-7
+    # record progress, commit
     def commit(self, batch_id: int, fingerprint: str = "") -> None:
         """Add the progress record to the transaction and commit both."""
         from confluent_kafka import KafkaException, TopicPartition
@@ -366,12 +355,12 @@ class ShardWriter:
                     f"committing shard {self.shard} of sink {self.sink_id!r} (batch "
                     f"{batch_id}) ended undecided: {err}. The next writer of this shard "
                     "completes or aborts it (init_transactions), and the batch, which stays "
-                    "pending, then skips the shard if it committed.") from None
+                    "pending, then skips the shard if it committed.") from exc
 
     def _check_fenced(self, err: Any) -> None:
         if err.fatal() and err.name() in ("_FENCED", "PRODUCER_FENCED",
                                           "INVALID_PRODUCER_EPOCH"):
-            raise ZdlError(
+            raise SinkFencedError(
                 f"shard {self.shard} of sink {self.sink_id!r} (transactional.id "
                 f"{self.transactional_id}) was fenced by a newer writer: another driver took "
                 "over this sink, so this one is a zombie. Its transaction did not commit; "
@@ -379,10 +368,11 @@ class ShardWriter:
 
     def write_batch(self, batch_id: int, records: Iterable[OutputRecord],
                     fingerprint: str = "") -> Optional[int]:
-        """Steps 4-7 for one batch: records written, or None when already committed.
+        """*check progress* to *commit* for one batch: records written, or None when already
+        committed.
 
         Raises:
-            ZdlError: the progress record is past this batch, or holds this batch for
+            SinkConflictError: the progress record is past this batch, or holds this batch for
                 another input: a zombie driver, or another pipeline (or a new
                 ``--checkpoint_dir``) writing with this ``sink_id``. Nothing is written.
         """
@@ -390,7 +380,7 @@ class ShardWriter:
         theirs = _field(metadata, "input")
         if last is not None and (last > batch_id or (
                 last == batch_id and fingerprint and theirs not in ("", "-", fingerprint))):
-            raise ZdlError(
+            raise SinkConflictError(
                 f"shard {self.shard} of sink {self.sink_id!r} already committed batch {last} "
                 f"({metadata!r}), so it cannot write batch {batch_id}"
                 + (f" (input {fingerprint})" if fingerprint else "") + ". A run's batches "
@@ -459,7 +449,8 @@ class _WriteAtLeastOnceFn(beam.DoFn):
 
     def setup(self) -> None:
         from confluent_kafka import Producer
-        self._producer: Any = Producer(secrets.resolve(self._settings))
+        self._producer: Any = Producer(kafka.producer_settings(
+            self._settings["bootstrap.servers"], self._settings))
         self._failures: list[str] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -498,13 +489,21 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
     ``key_fn``/``value_fn`` turn into bytes or str. The output partition is
     chosen by the producer's partitioner from the key.
 
+    Beam's shape works too: ``WriteToKafka(producer_config, topic)`` with the brokers
+    in ``producer_config["bootstrap.servers"]``; Beam's ``key_serializer`` /
+    ``value_serializer`` are accepted as ByteArraySerializer (records are bytes or
+    str; use ``key_fn``/``value_fn`` to convert), ``with_headers=False`` drops the
+    elements' headers.
+
     Args:
         topic: the output topic (must exist).
-        bootstrap_servers: Kafka brokers.
+        bootstrap_servers: Kafka brokers (or ``producer_config["bootstrap.servers"]``).
         producer_config: extra confluent-kafka producer settings (security,
             ``compression.type``, ``message.max.bytes``, ...); values may be
             ``${env:NAME}`` / ``${file:PATH}`` references, resolved where the
-            producer is created (see :mod:`beam_zdl.secrets`).
+            producer is created (see :mod:`beam_zdl.secrets`). ``transactional.id``,
+            ``enable.idempotence=false`` and ``acks`` other than ``all`` are refused
+            (see ``beam_zdl.kafka.GUARDED_PRODUCER``).
         key_fn: element → key (bytes, str or None).
         value_fn: element → value (bytes, str or None).
         batch: the :class:`~beam_zdl.Batch` (or its id) ``build_fn`` was given;
@@ -520,27 +519,64 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         progress_topic: an existing topic whose partition 0 carries the progress
             offsets; defaults to ``topic``.
         timeout_s: how long each Kafka call may take.
+        connect_timeout_s: when the pipeline is built, how long to wait for the brokers'
+            first answer before failing with the reason (0: ``timeout_s``).
+        with_headers: as Beam's: ``False`` writes no headers (default: the elements'
+            headers, if they have any).
 
     Raises:
         ConfigError: ``exactly_once`` without ``batch``, or with ``--streaming``;
-            a bad argument.
-        ZdlError: (when the pipeline is built) the topic does not exist.
+            a bad argument or a guarded producer setting.
+        TopicNotFoundError: (when the pipeline is built) the topic does not exist.
     """
 
-    def __init__(self, topic: str, bootstrap_servers: str, *,
+    def __init__(self, topic: Any = None, bootstrap_servers: Optional[str] = None, *,
                  producer_config: Optional[Mapping[str, Any]] = None,
                  key_fn: Optional[Callable[[Any], Any]] = None,
                  value_fn: Optional[Callable[[Any], Any]] = None,
                  batch: Any = None, exactly_once: Optional[bool] = None,
                  sink_id: Optional[str] = None, shards: int = 4,
-                 progress_topic: Optional[str] = None, timeout_s: float = _TIMEOUT_S) -> None:
+                 progress_topic: Optional[str] = None, timeout_s: float = _TIMEOUT_S,
+                 connect_timeout_s: float = kafka.CONNECT_TIMEOUT_S,
+                 with_headers: Optional[bool] = None,
+                 key_serializer: str = _BYTES_SERIALIZER,
+                 value_serializer: str = _BYTES_SERIALIZER,
+                 expansion_service: Any = None) -> None:
         super().__init__()
+        if isinstance(topic, Mapping):  # Beam's WriteToKafka(producer_config, topic)
+            if producer_config is not None:
+                raise ConfigError("WriteToKafka: producer_config given twice (first "
+                                  "argument and producer_config=)")
+            producer_config, topic, bootstrap_servers = topic, bootstrap_servers, None
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"WriteToKafka needs topic= (an existing topic's name), got "
+                              f"{topic!r}")
+        for name, value in (("key_serializer", key_serializer),
+                            ("value_serializer", value_serializer)):
+            if value != _BYTES_SERIALIZER:
+                raise ConfigError(f"WriteToKafka({name}={value!r}): beam_zdl writes bytes "
+                                  "(str is encoded as UTF-8); convert elements with key_fn= / "
+                                  "value_fn=")
+        if expansion_service is not None:
+            raise ConfigError("WriteToKafka(expansion_service=...): beam_zdl writes Kafka in "
+                              "Python; there is no expansion service")
+        config = dict(producer_config or {})
+        servers = config.pop("bootstrap.servers", None)
+        if servers is not None and bootstrap_servers is not None and servers != bootstrap_servers:
+            raise ConfigError(f"WriteToKafka: producer_config['bootstrap.servers']={servers!r} "
+                              f"and bootstrap_servers={bootstrap_servers!r} disagree; give one")
+        bootstrap_servers = bootstrap_servers or servers
+        if not bootstrap_servers:
+            raise ConfigError("WriteToKafka needs the brokers: bootstrap_servers='host:port' "
+                              "or producer_config={'bootstrap.servers': 'host:port'}")
         self._topic = topic
-        self._bootstrap_servers = bootstrap_servers
-        self._producer_config = dict(producer_config or {})
+        self._bootstrap_servers = str(bootstrap_servers)
+        self._producer_config = kafka.check_producer_config(config)
+        self._connect_timeout_s = float(connect_timeout_s)
+        self._with_headers = with_headers is not False
         self._key_fn, self._value_fn = key_fn, value_fn
         if batch is None:
-            from beam_zdl.microbatch.loop import current_batch
+            from beam_zdl.batch import current_batch
             batch = current_batch()  # inside run_micro_batches' build_fn: its batch
         self._batch_id = None if batch is None else int(getattr(batch, "batch_id", batch))
         self._fingerprint = input_fingerprint(batch)
@@ -561,9 +597,6 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
             _LOGGER.warning("WriteToKafka: producer_config[%r] holds a literal secret, which "
                             "runners keep in job descriptions; use ${env:NAME} or "
                             "${file:PATH} instead", key)
-        if "transactional.id" in self._producer_config:
-            raise ConfigError("WriteToKafka: producer_config must not set transactional.id; "
-                              "it is derived from sink_id and the shard (pass sink_id=)")
 
     @classmethod
     def from_options(cls, options: PipelineOptions, topic: str,
@@ -572,7 +605,11 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         return cls(topic, options.get_all_options()["bootstrap_servers"], **kwargs)
 
     def display_data(self) -> dict[str, Any]:
-        return {"topic": self._topic, "sink_id": self._sink_id, "shards": self._shards,
+        import json
+        return {"topic": self._topic, "bootstrap_servers": self._bootstrap_servers,
+                "producer_config": json.dumps(secrets.redact(self._producer_config),
+                                              sort_keys=True),
+                "sink_id": self._sink_id, "shards": self._shards,
                 "exactly_once": self._exactly_once,
                 "batch_id": -1 if self._batch_id is None else self._batch_id}
 
@@ -587,6 +624,12 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
                 "or exactly_once=False (at-least-once) in streaming")
         limit = self._size_limit()
         topic, key_fn, value_fn = self._topic, self._key_fn, self._value_fn
+        headers = self._with_headers
+
+        def as_record(element: Any) -> OutputRecord:
+            record = to_record(element, key_fn, value_fn)
+            return _check_size(record if headers else (record[0], record[1], []), limit, topic)
+
         # Only failed deliveries call back into Python: one call per record costs throughput.
         settings = {"bootstrap.servers": self._bootstrap_servers, "linger.ms": 5,
                     "delivery.report.only.error": True,
@@ -595,8 +638,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
             settings.update({"enable.idempotence": True, "acks": "all"})
             written: beam.PCollection[Any] = (
                 pcoll
-                | "ToRecord" >> beam.Map(
-                    lambda e: _check_size(to_record(e, key_fn, value_fn), limit, topic))
+                | "ToRecord" >> beam.Map(as_record)
                 | "Write" >> beam.ParDo(_WriteAtLeastOnceFn(topic, settings, self._timeout_s)))
             return written
         settings.pop("bootstrap.servers")
@@ -604,7 +646,7 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         assert self._batch_id is not None  # __init__ refuses exactly_once without a batch
 
         def keyed(element: Any) -> tuple[int, OutputRecord]:
-            record = _check_size(to_record(element, key_fn, value_fn), limit, topic)
+            record = as_record(element)
             return shard_of(record, shards), record
 
         committed: beam.PCollection[Any] = (
@@ -621,23 +663,21 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         """The smaller of the topic's max.message.bytes and the producer's message.max.bytes;
         also checks that the topic (and the progress topic) exist."""
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, ConfigResource
-        settings = {"bootstrap.servers": self._bootstrap_servers}
-        settings.update({k: v for k, v in self._producer_config.items()
-                         if k.startswith(("security.", "sasl.", "ssl.", "socket.", "client."))})
-        # Settings are JSON scalars, which is what AdminClient's stub asks for.
-        resolved = cast("dict[str, str | int | float | bool]", secrets.resolve(settings))
-        admin = AdminClient(resolved)  # held until futures resolve (DESIGN.md)
+        from confluent_kafka.admin import ConfigResource
+        admin, reasons = kafka.new_admin(self._bootstrap_servers, self._producer_config)
+        wait_s = self._connect_timeout_s if self._connect_timeout_s > 0 else self._timeout_s
         for name in {self._topic, self._progress_topic}:
             try:
-                info = admin.list_topics(name, timeout=self._timeout_s).topics.get(name)
+                info = admin.list_topics(name, timeout=wait_s).topics.get(name)
             except KafkaException as exc:
-                raise KafkaUnavailableError(
-                    f"WriteToKafka could not read metadata of topic {name!r} from "
-                    f"bootstrap_servers={self._bootstrap_servers}: {exc.args[0]}") from None
+                admin.poll(0)  # serves the error callbacks: the reason
+                raise kafka.unreachable_error(
+                    self._bootstrap_servers, wait_s, reasons, exc.args[0],
+                    flag="WriteToKafka: bootstrap_servers",
+                    timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from exc
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error if info is not None and info.error else "no partitions"
-                raise ZdlError(
+                raise TopicNotFoundError(
                     f"WriteToKafka: topic {name!r} does not exist or cannot be written on "
                     f"{self._bootstrap_servers} ({reason}); create it first. Nothing was "
                     "written; in run_micro_batches the batch stays pending.")

@@ -20,8 +20,12 @@ Gauge ``lag/<topic>/<partition>``: end offset minus next offset to read.
 
 from __future__ import annotations
 
+from typing import Any
+
+from apache_beam.metrics import Metrics
+
 __all__ = ["NAMESPACE", "RECORDS", "BYTES", "DATA_LOSS_RECORDS", "WAL_SEGMENTS",
-           "WAL_LOST_FRAMES", "DEAD_LETTER_RECORDS", "lag_name"]
+           "WAL_LOST_FRAMES", "DEAD_LETTER_RECORDS", "lag_name", "ReadMetrics"]
 
 NAMESPACE = "beam_zdl"
 RECORDS = "records"
@@ -35,3 +39,30 @@ DEAD_LETTER_RECORDS = "dead_letter_records"
 def lag_name(topic: str, partition: int) -> str:
     """The gauge name of a partition's lag."""
     return f"lag/{topic}/{partition}"
+
+
+class ReadMetrics:
+    """The metrics every read keeps: counters ``records``, ``bytes`` and
+    ``data_loss_records``, and a ``lag/<topic>/<partition>`` gauge per partition.
+
+    Made once per DoFn; :meth:`read` and :meth:`lost` are called once a poll or a segment,
+    never once a record.
+    """
+
+    def __init__(self) -> None:
+        self._records = Metrics.counter(NAMESPACE, RECORDS)
+        self._bytes = Metrics.counter(NAMESPACE, BYTES)
+        self._lost = Metrics.counter(NAMESPACE, DATA_LOSS_RECORDS)
+
+    def read(self, records: int, nbytes: int) -> None:
+        """Count ``records`` read holding ``nbytes`` of keys and values."""
+        self._records.inc(records)
+        self._bytes.inc(nbytes)
+
+    def lost(self, records: int) -> None:
+        """Count ``records`` skipped as lost (with ``--fail_on_data_loss=false``)."""
+        self._lost.inc(records)
+
+    def lag(self, topic: str, partition: int) -> Any:
+        """The lag gauge of ``topic[partition]`` (its ``set`` takes end minus next offset)."""
+        return Metrics.gauge(NAMESPACE, lag_name(topic, partition))

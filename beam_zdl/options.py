@@ -20,14 +20,40 @@ validated, typed view the rest of the package uses. Bad values raise
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.config import MODES, TRIGGERS, ZdlConfig, add_zdl_arguments, parse_bool
+from beam_zdl.config import (MODES, TRIGGERS, ZdlConfig, add_zdl_arguments, near_misses,
+                             parse_bool)
 from beam_zdl.errors import ConfigError
 
-__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "TRIGGERS", "parse_bool"]
+__all__ = ["ZdlOptions", "ZdlConfig", "MODES", "TRIGGERS", "parse_bool", "warn_near_misses"]
+
+_LOGGER = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
+
+def warn_near_misses(options: PipelineOptions) -> dict[str, str]:
+    """Log a WARNING for each flag Beam did not know that looks like a beam_zdl flag.
+
+    Beam keeps unknown flags aside without a word, so ``--checkpoint_dri=...`` would
+    run with no checkpoint directory at all; the warning names the flag meant.
+
+    Returns:
+        {unknown flag name: the beam_zdl flag it is probably meant to be}.
+    """
+    known = options.get_all_options()
+    unknown = [name for name in options.get_all_options(retain_unknown_options=True)
+               if name not in known]
+    found = near_misses(unknown)
+    for name, meant in found.items():
+        if name not in _WARNED:
+            _WARNED.add(name)
+            _LOGGER.warning("unknown flag --%s ignored (Beam keeps flags it does not know "
+                            "aside): did you mean --%s?", name, meant)
+    return found
 
 
 class ZdlOptions(PipelineOptions):

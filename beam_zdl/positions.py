@@ -152,7 +152,8 @@ def resolve(consumer: Any, position: Position, partitions: list[TopicPartition],
                                   "or run with --fail_on_data_loss=false to clamp it")
             fixed = min(max(offset, low), high)
             clamped += abs(fixed - offset)
-            _LOGGER.error("%s; clamped to %d (--fail_on_data_loss=false)", where, fixed)
+            _LOGGER.error("%s; clamped to %d (--fail_on_data_loss=false)", where, fixed,
+                          extra={"topic": tp[0], "partition": tp[1]})
             offset = fixed
         out[tp] = offset
     if clamped:

@@ -3,8 +3,9 @@
 A :class:`Receiver` is a member of the consumer group (``--consumer_group``,
 auto-commit off). It appends every record it receives to a
 :class:`~beam_zdl.wal.WalWriter` and commits a partition's offset to Kafka
-only after a sealed segment holds the record below it. It runs as a thread
-of the micro-batch driver (``--zdl_mode=wal``) or alone (``beam-zdl receive``).
+only after a sealed segment holds the record below it. It runs in a child
+process of the micro-batch driver (``--zdl_mode=wal``,
+:mod:`beam_zdl.receiver_process`) or alone (``beam-zdl receive``).
 
 Commit protocol (:meth:`Receiver._seal_and_commit`)
     1. Seal the buffered records into one create-once segment; it is durable
@@ -78,6 +79,7 @@ from beam_zdl.errors import (DataLossError, KafkaUnavailableError,
                              PartitionsUnavailableError, StorageError,
                              ZdlError)
 from beam_zdl.config import ZdlConfig
+from beam_zdl.monitoring import Heartbeat
 from beam_zdl.v1 import checkpoint_pb2
 import beam_zdl.wal as wal
 from beam_zdl.wal import WalWriter
@@ -94,20 +96,25 @@ _SEAL_RETRY_FOR_S = 120.0
 _POSITION_COMMIT_EVERY_S = 1.0
 _DRAIN_CHECK_EVERY_S = 1.0
 _DRAIN_REPORT_EVERY_S = 10.0
+_HEALTH_CHECK_EVERY_S = 10.0  # an idle receiver asks the broker this often (at most)
+_HEALTH_CHECK_TIMEOUT_S = 2.0
 
 # crash_point per record only when a crash test armed one (it reads the environment).
 _CRASH_ARMED = bool(os.environ.get("BEAM_ZDL_CRASH_AT"))
 
-def wal_resume_positions(wal_dir: str,
-                         checkpoint_dir: str | None = None) -> dict[tuple[str, int], int]:
-    """One past the last offset of each partition in the WAL and the checkpoint's plans."""
+def wal_resume_positions(wal_dir: str, checkpoint_dir: str | None = None,
+                         index: wal.SegmentIndex | None = None) -> dict[tuple[str, int], int]:
+    """One past the last offset of each partition in the WAL and the checkpoint's plans.
+
+    ``index`` caches the segments' refs (the receiver's own); None reads every footer.
+    """
     out: dict[tuple[str, int], int] = {}
 
     def see(topic: str, partition: int, next_offset: int) -> None:
         if next_offset > out.get((topic, partition), -1):
             out[(topic, partition)] = next_offset
 
-    for ref in wal.segment_refs(wal.list_segments(wal_dir)):
+    for ref in wal.segment_refs(wal.list_segments(wal_dir), index):
         for span in ref.spans:
             see(span.topic, span.partition, span.last_offset + 1)
     if checkpoint_dir:
@@ -134,6 +141,8 @@ class ReceiverStats:
     rebalances: int = 0
     peak_buffered_bytes: int = 0
     lost_records: int = 0  # skipped with --fail_on_data_loss=false (gone before received)
+    seal_seconds: float = 0.0  # summed over the segments sealed
+    commit_seconds: float = 0.0  # summed over the commits after seals
 
 
 class Receiver:
@@ -161,6 +170,7 @@ class Receiver:
         self.epoch: int | None = None
         self._consumer: Any = None
         self._writer: WalWriter | None = None
+        self._segments = wal.SegmentIndex()  # refs of what this receiver sealed and read
         self._assigned: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset to append per partition
         self._paused = False
@@ -177,8 +187,21 @@ class Receiver:
         self._waiting_for: tuple[tuple[tuple[str, int], int | None], ...] = ()
         self.assigned_ever: set[tuple[str, int]] = set()
         self.drained = False
+        # When the loop last made progress (a poll that got records, a seal, an idle poll
+        # the broker answered): /healthz (beam-zdl receive --metrics_port) reads it.
+        self.heartbeat = Heartbeat()
+        self._health_check_every_s = min(_HEALTH_CHECK_EVERY_S, config.health_timeout_s / 3)
 
     # --- the loop -------------------------------------------------------------------------
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes appended to the open segment, not yet sealed."""
+        return self._writer.buffered_bytes if self._writer is not None else 0
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to append, per partition held now (a copy)."""
+        return {tp: o for tp, o in dict(self._next).items() if tp in self._assigned}
 
     @property
     def assigned(self) -> frozenset[tuple[str, int]]:
@@ -204,6 +227,8 @@ class Receiver:
                 fatal error.
         """
         cfg = self.config
+        kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
+                            cfg.kafka_connect_timeout_s)
         self.epoch = wal.claim_writer_epoch(self.wal_dir, self.owner)
         half = max(1, cfg.max_buffered_bytes // 2)
         self._writer = WalWriter(self.wal_dir, writer_id=self.owner, epoch=self.epoch,
@@ -244,6 +269,9 @@ class Receiver:
                 messages = consumer.consume(_POLL_BATCH, _POLL_TIMEOUT_S)
                 if messages:
                     self._append(messages)
+                    self.heartbeat.beat("records")
+                elif self.heartbeat.age_s() >= self._health_check_every_s:
+                    self._idle_check()
                 self.stats.peak_buffered_bytes = max(self.stats.peak_buffered_bytes,
                                                      self._writer.buffered_bytes)
                 if self._writer.should_seal() or (
@@ -283,13 +311,13 @@ class Receiver:
         return self.stats
 
     def _append(self, messages: list[Any]) -> None:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
         assert self._writer is not None  # run() makes it before consuming
         assigned, next_offsets = self._assigned, self._next  # updated in place, never replaced
         for index, msg in enumerate(messages):
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                if kafka.is_out_of_range(err):
                     raise DataLossError(
                         f"{msg.topic()}[{msg.partition()}]: the receiver's position is no longer "
                         f"in the log ({err.str()}); retention removed records before they were "
@@ -304,8 +332,15 @@ class Receiver:
                 continue
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
-            if tp not in assigned or offset < next_offsets.get(tp, 0):
-                continue  # fetched before a revocation or a seek: not ours to write
+            expected = next_offsets.get(tp, 0)
+            if offset != expected:
+                if tp not in assigned or offset < expected:
+                    continue  # fetched before a revocation or a seek: not ours to write
+                # A gap: markers or compaction, unless it reaches below the log start.
+                self.stats.lost_records += kafka.check_gap(
+                    self._consumer, tp[0], tp[1], expected, offset, self.config.fail_on_data_loss)
+            elif tp not in assigned:
+                continue
             if self._seal_failed:
                 # The buffer could not be sealed: hand the rest back to Kafka (seek) rather
                 # than hold it in memory; backpressure pauses the partitions next.
@@ -396,6 +431,19 @@ class Receiver:
                         "(%s; giving up in %.0f s)", self.owner, len(short), "; ".join(lines),
                         why, self._drain_deadline - now)
 
+    def _idle_check(self) -> None:
+        """Beat the heartbeat when the broker answers a metadata request: an idle receiver
+        with nothing to read is healthy, one whose broker does not answer is not, nor one
+        whose seals fail (it is paused, not idle)."""
+        from confluent_kafka import KafkaException
+        if self._seal_failed:
+            return
+        try:
+            self._consumer.list_topics(self.config.topics[0], timeout=_HEALTH_CHECK_TIMEOUT_S)
+        except KafkaException:
+            return
+        self.heartbeat.beat("idle")
+
     def _advance_past_gaps(self, tps: Iterable[tuple[str, int]]) -> None:
         """Move the next offset of ``tps`` up to the consumer's position, which passes
         transaction markers, aborted and compacted records that are never delivered."""
@@ -473,6 +521,7 @@ class Receiver:
             try:
                 self._last_seal_try = time.monotonic()
                 ref = self._writer.seal()
+                sealed_in = time.monotonic() - self._last_seal_try
                 self._seal_failed = False
                 break
             except StorageError as exc:
@@ -486,7 +535,9 @@ class Receiver:
                 time.sleep(_SEAL_RETRY_S)
         if ref is None:
             return None
-        wal.remember_segment(ref)
+        self._segments.remember(ref)
+        self.heartbeat.beat("seal")
+        self.stats.seal_seconds += sealed_in
         self.stats.segments += 1
         self.stats.records += ref.record_count
         self.stats.sealed_bytes += ref.size_bytes
@@ -495,7 +546,10 @@ class Receiver:
         offsets = {(s.topic, s.partition): s.last_offset + 1 for s in ref.spans
                    if (s.topic, s.partition) in self._assigned}
         if offsets:
-            if kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5):
+            commit_started = time.monotonic()
+            committed = kafka.commit_offsets(self._consumer, offsets, attempts=3, backoff_s=0.5)
+            self.stats.commit_seconds += time.monotonic() - commit_started
+            if committed:
                 self.stats.commits += 1
                 self._committed.update(offsets)
             else:
@@ -533,7 +587,7 @@ class Receiver:
         """Step by step: WAL + checkpoint plans, group commit, --starting_offsets; then check
         against the log start and repair a lost commit."""
         cfg = self.config
-        wal = wal_resume_positions(self.wal_dir, self.checkpoint_dir)
+        wal = wal_resume_positions(self.wal_dir, self.checkpoint_dir, self._segments)
         committed = kafka.committed_offsets(consumer, tps, cfg.bootstrap_servers)
         positions: dict[tuple[str, int], int] = {}
         for tp in tps:

@@ -6,8 +6,9 @@ process boundaries compactly. ``headers`` is a list of ``(key, value)``
 pairs as Kafka carries them: keys repeat and order matters.
 
 Every reader builds its records here: :func:`from_message` (a confluent-kafka
-message: direct and streaming reads) and :func:`from_block` (a WAL block).
-They are the per-record hot path, so they
+message: direct and streaming reads) and :func:`from_columns` (the columns of a WAL
+block, which :func:`beam_zdl.wal_read.from_block` restores first: this module knows
+nothing of the WAL). They are the per-record hot path, so they
 build the tuple with ``tuple.__new__`` (NamedTuple's Python-level ``__new__``
 costs more than the rest of the conversion). The opposite direction, a
 message into the WAL, is :meth:`beam_zdl.wal.WalWriter.append_message`: the
@@ -16,13 +17,11 @@ receiver writes WAL without importing Beam.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-from beam_zdl.wal import block_columns
-
-__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_block",
+__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_columns",
            "payload_bytes"]
 
 
@@ -86,22 +85,26 @@ def append_windowed(out: List[Any], messages: List[Any], topic: str, partition: 
     return nbytes
 
 
-def from_block(block: Any) -> List[KafkaRecord]:
-    """The records of a verified :class:`beam_zdl.v1.wal_pb2.RecordBlock` (see wal.proto:
-    empty key/value columns mean all null, ``null_keys``/``null_values`` list the others).
+def from_columns(topic: str, partition: int, offsets: Sequence[int],
+                 timestamps_ms: Sequence[int], keys: Sequence[Optional[bytes]],
+                 values: Sequence[Optional[bytes]],
+                 headers: Optional[Sequence[Sequence[Any]]]) -> List[KafkaRecord]:
+    """The records of one partition's columns, record ``i`` from each column's item ``i``.
+
+    Args:
+        keys, values: with their nulls (None) restored.
+        headers: None when no record has headers; else, per record, its header messages
+            (``key``, optional ``value``: ``beam_zdl.v1.wal_pb2.Header``).
 
     One loop over the columns: ~0.5 us a record (a WalRecord each cost ~5 us).
     """
-    keys, values, block_headers = block_columns(block)
-    topic, partition = block.topic, block.partition
-    if block_headers is None:
+    if headers is None:
         return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, []))
-                for offset, key, value, ts in zip(block.offsets, keys, values,
-                                                  block.timestamps_ms)]
+                for offset, key, value, ts in zip(offsets, keys, values, timestamps_ms)]
     return [_new(KafkaRecord, (topic, partition, offset, key, value, ts, [
         KafkaHeader(h.key, h.value if h.HasField("value") else None) for h in hdrs]))
-            for offset, key, value, ts, hdrs in zip(block.offsets, keys, values,
-                                                    block.timestamps_ms, block_headers)]
+            for offset, key, value, ts, hdrs in zip(offsets, keys, values, timestamps_ms,
+                                                    headers)]
 
 
 def payload_bytes(record: KafkaRecord) -> int:

@@ -73,13 +73,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional,
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import beam_zdl.metrics as metrics
-from beam_zdl.kafka import OUT_OF_RANGE_CODES, KafkaSettings, lost_offsets
+from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
 import beam_zdl.records as records
 from beam_zdl.records import KafkaRecord, payload_bytes
 from beam_zdl.trackers import OPEN_END, GrowableOffsetRangeTracker
@@ -315,7 +314,8 @@ class DiscoverPartitionsFn(beam.DoFn):
             if not tracker.try_claim(partition):
                 return
             if not first_round:
-                _LOGGER.info("discovered new partition %s[%d]", topic, partition)
+                _LOGGER.info("discovered new partition %s[%d]", topic, partition,
+                             extra={"topic": topic, "partition": partition})
             yield TimestampedValue(StreamPartition(topic, partition, not first_round), now)
         if watermark.current_watermark() is None or watermark.current_watermark() < now:
             watermark.set_watermark(now)
@@ -332,7 +332,8 @@ class _PartitionProvider(RestrictionProvider):
 
     def initial_restriction(self, sp: StreamPartition) -> PartitionOffsets:
         start = _SharedClient.of(self._settings).start_offset(sp)
-        _LOGGER.info("reading %s[%d] from offset %d", sp.topic, sp.partition, start)
+        _LOGGER.info("reading %s[%d] from offset %d", sp.topic, sp.partition, start,
+                     extra={"topic": sp.topic, "partition": sp.partition})
         return PartitionOffsets(sp.topic, sp.partition, start, OPEN_END)
 
     def create_tracker(self, restriction: PartitionOffsets) -> GrowableOffsetRangeTracker:
@@ -367,9 +368,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
 
     def __init__(self, settings: StreamSettings) -> None:
         _PartitionProvider.__init__(self, settings)
-        self._records = Metrics.counter(metrics.NAMESPACE, metrics.RECORDS)
-        self._bytes = Metrics.counter(metrics.NAMESPACE, metrics.BYTES)
-        self._lost = Metrics.counter(metrics.NAMESPACE, metrics.DATA_LOSS_RECORDS)
+        self._metrics = metrics.ReadMetrics()
 
     def setup(self) -> None:
         # tp → (consumer, offset it will deliver next), least recently used first
@@ -412,7 +411,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
         entry = self._consumer_at(tp, start)
         consumer = entry[0]
         tpart = TopicPartition(*tp)
-        lag = Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(*tp))
+        lag = self._metrics.lag(*tp)
         deadline = time.monotonic() + self._settings.max_call_s
         last_claimed = None
         try:
@@ -429,7 +428,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
-                        if err.code() not in OUT_OF_RANGE_CODES:
+                        if not is_out_of_range(err):
                             raise KafkaException(err)
                         entry[1] = None  # re-seek next call
                         first_missing = start if last_claimed is None else last_claimed + 1
@@ -442,6 +441,10 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                         tracker.defer_remainder(Duration.of(0))
                         return
                     offset = msg.offset()
+                    expected = start if last_claimed is None else last_claimed + 1
+                    if offset > expected:  # markers, compaction, or lost records
+                        self._metrics.lost(check_gap(consumer, tp[0], tp[1], expected, offset,
+                                                     self._settings.fail_on_data_loss))
                     if not tracker.try_claim(offset):
                         entry[1] = None  # split off: the consumer is ahead; re-seek next call
                         return
@@ -453,8 +456,7 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
                     ts = Timestamp(micros=record.timestamp_ms * 1000)
                     newest = ts if newest is None or ts > newest else newest
                     yield TimestampedValue(record, ts)
-                self._records.inc(count)
-                self._bytes.inc(nbytes)
+                self._metrics.read(count, nbytes)
                 # The high watermark of the last fetch response: local, no broker round trip.
                 high = consumer.get_watermark_offsets(tpart, cached=True)[1]
                 if high >= 0 and last_claimed is not None:
@@ -487,8 +489,8 @@ class ReadPartitionFn(beam.DoFn, _PartitionProvider):
             low, _ = watermarks(client.consumer, [tp], self._settings.bootstrap_servers)[tp]
         if low <= first_missing:
             return first_missing
-        self._lost.inc(lost_offsets(tp[0], tp[1], first_missing, low,
-                                    self._settings.fail_on_data_loss))
+        self._metrics.lost(lost_offsets(tp[0], tp[1], first_missing, low,
+                                        self._settings.fail_on_data_loss))
         return low
 
 

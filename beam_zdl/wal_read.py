@@ -13,7 +13,7 @@ gauges to what is left after each segment.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,11 +21,20 @@ from apache_beam.metrics import Metrics
 import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
-from beam_zdl.wal import ReadReport, read_segment_blocks
+from beam_zdl.records import KafkaRecord
+from beam_zdl.wal import ReadReport, block_columns, read_segment_blocks
 
-__all__ = ["ReadSegmentsFn"]
+__all__ = ["ReadSegmentsFn", "from_block"]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def from_block(block: Any) -> List[KafkaRecord]:
+    """The records of a verified :class:`beam_zdl.v1.wal_pb2.RecordBlock` (see wal.proto:
+    empty key/value columns mean all null, ``null_keys``/``null_values`` list the others)."""
+    keys, values, headers = block_columns(block)
+    return records.from_columns(block.topic, block.partition, block.offsets,
+                                block.timestamps_ms, keys, values, headers)
 
 
 class ReadSegmentsFn(beam.DoFn):
@@ -36,11 +45,9 @@ class ReadSegmentsFn(beam.DoFn):
         self._fail_on_data_loss = fail_on_data_loss
         self._end_offsets = dict(end_offsets or {})
         ns = metrics.NAMESPACE
-        self._records = Metrics.counter(ns, metrics.RECORDS)
-        self._bytes = Metrics.counter(ns, metrics.BYTES)
+        self._metrics = metrics.ReadMetrics()
         self._segments = Metrics.counter(ns, metrics.WAL_SEGMENTS)
         self._lost_frames = Metrics.counter(ns, metrics.WAL_LOST_FRAMES)
-        self._lost_records = Metrics.counter(ns, metrics.DATA_LOSS_RECORDS)
 
     def display_data(self) -> dict[str, Any]:
         return {"fail_on_data_loss": self._fail_on_data_loss}
@@ -51,7 +58,7 @@ class ReadSegmentsFn(beam.DoFn):
                                      report=report)
         if report.lost:
             self._lost_frames.inc(len(report.lost))
-            self._lost_records.inc(report.lost_records)
+            self._metrics.lost(report.lost_records)
             _LOGGER.error("WAL segment %s: skipped %d damaged byte ranges (%d records known "
                           "lost%s), --fail_on_data_loss=false", uri, len(report.lost),
                           report.lost_records,
@@ -61,18 +68,17 @@ class ReadSegmentsFn(beam.DoFn):
         windowed = compat.windowed_value_maker()
         last: dict[tuple[str, int], int] = {}
         for block in blocks:
-            batch = records.from_block(block)
+            batch = from_block(block)
             count += len(batch)
             # null keys/values are stored as b"" (or not at all): they add 0
             nbytes += sum(map(len, block.keys)) + sum(map(len, block.values))
             last[(block.topic, block.partition)] = block.offsets[-1]
             for record in batch:
                 yield windowed(record, record.timestamp_ms * 1000, windows)
-        self._records.inc(count)
-        self._bytes.inc(nbytes)
+        self._metrics.read(count, nbytes)
         self._segments.inc()
         for (topic, partition), offset in last.items():
             end = self._end_offsets.get((topic, partition))
             if end is not None:
-                Metrics.gauge(metrics.NAMESPACE, metrics.lag_name(topic, partition)).set(
+                self._metrics.lag(topic, partition).set(
                     max(0, end - offset - 1))

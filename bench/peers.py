@@ -112,8 +112,15 @@ def batch_overhead(args: argparse.Namespace) -> dict:
     return out
 
 
+@peer("batch_fixed_cost_metrics")
+def batch_fixed_cost_metrics(args: argparse.Namespace) -> dict:
+    """``batch_fixed_cost`` with ``--metrics_port=0`` (Prometheus metrics and /healthz
+    served, never scraped): against ``batch_fixed_cost``, the metrics' cost per batch."""
+    return batch_fixed_cost(args, ["--metrics_port=0"])
+
+
 @peer("batch_fixed_cost")
-def batch_fixed_cost(args: argparse.Namespace) -> dict:
+def batch_fixed_cost(args: argparse.Namespace, extra_flags: list[str] | None = None) -> dict:
     """Fixed cost per batch, per worker setting, on the small topic (``--topics``): after a
     warm-up run, the same records read in 1 batch and in 10 batches (25 records per
     partition each); the extra
@@ -135,6 +142,7 @@ def batch_fixed_cost(args: argparse.Namespace) -> dict:
         runs = {}
         # A first run in a process pays one-time costs (Beam's runner imports, first
         # pipeline translation) that would be counted against the 1-batch run.
+        flags = [*flags, *(extra_flags or [])]
         _micro_batches(args, [*flags, "--max_records_per_partition=250"])
         for per_partition in (250, 25):
             starts: list[float] = []

@@ -26,7 +26,7 @@ THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local
               "quixstreams_exactly_once", "quixstreams_at_least_once",
               "spark_structured_streaming", "pyflink", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
-OTHER = ["batch_overhead", "batch_fixed_cost", "recovery"]
+OTHER = ["batch_overhead", "batch_fixed_cost", "batch_fixed_cost_metrics", "recovery"]
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
 SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
 DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name in bar:
                     bar.set_postfix_str(name)
                     results[name] = run_peer(name, kafka, small if name in ("batch_overhead",
-                                                                          "batch_fixed_cost")
+                                                                          "batch_fixed_cost",
+                                                                          "batch_fixed_cost_metrics")
                                              else topic, workdir, args, extra)
         finally:
             if gcs is not None:
@@ -206,6 +207,17 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                 f"after {f['workers_ready_s']:.2f} s), later batches {f['median_later_batch_s']:.2f} s")
     if fc and "error" in fc:
         lines.append(f"fixed cost per batch: could not run: {fc['error']}")
+    fm = results.get("batch_fixed_cost_metrics", {})
+    for workers in (1, 2):
+        f, m = fc.get(f"{workers}_worker"), fm.get(f"{workers}_worker")
+        if f and m:
+            lines.append(
+                f"--metrics_port, {workers} worker{'s' if workers > 1 else ''}: fixed cost per "
+                f"batch {m['fixed_s_per_batch']:.3f} s, {m['fixed_cpu_s_per_batch']:.3f} CPU s "
+                f"(without: {f['fixed_s_per_batch']:.3f} s, {f['fixed_cpu_s_per_batch']:.3f} "
+                "CPU s)")
+    if fm and "error" in fm:
+        lines.append(f"fixed cost per batch with --metrics_port: could not run: {fm['error']}")
     rec = results.get("recovery", {})
     if "restart_to_first_batch_s" in rec:
         lines.append(

@@ -18,7 +18,6 @@ next run: an outage never turns good records into dead letters.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -26,6 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl
+from beam_zdl.logs import configure_logging, log_format_of
 
 
 class DecodeOptions(PipelineOptions):
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> beam_zdl.RunSummary:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # --log_format=json: one JSON object per log line on stderr (beam_zdl.logs).
+    configure_logging(log_format_of(sys.argv[1:]))
     summary = main(sys.argv[1:])
     print(f"{summary.batches} batches, {summary.records} records")

@@ -9,7 +9,9 @@
 5. count every id<n> in the output files: each must appear exactly once;
 6. then the same input through examples/kafka_to_kafka_exactly_once.py (Kafka
    out, transactional): SIGKILLed after its second shard transaction
-   committed, restarted, and every ID<n> counted by a read_committed consumer.
+   committed, restarted, and every ID<n> counted by a read_committed consumer;
+7. write ``beam-zdl report`` of the word count's checkpoint (its batches, the
+   replay among them) and print its path; its charts also go to docs/report.png.
 """
 
 from __future__ import annotations
@@ -100,9 +102,14 @@ def kafka_sink_demo(kafka: LocalKafka, topic: str, workdir: Path,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--batch_records", type=int, default=25_000,
+    parser.add_argument("--batch_records", type=int, default=10_000,
                         help="--max_records_per_partition for the example")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--report", default=str(Path(tempfile.gettempdir()) /
+                                                 "beam-zdl-demo-report.html"),
+                        help="where the HTML report of the word count run goes")
+    parser.add_argument("--report_png", default=str(HERE.parent / "docs" / "report.png"),
+                        help="where its charts go as a PNG (the docs' picture); '' for none")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="beam-zdl-demo-"))
     out_dir = workdir / "out"
@@ -161,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(sink_report))
     print("RESULT:", "OK, exactly once" if sink_ok else "FAILED")
     ok = ok and sink_ok
+    from beam_zdl.report import write_report
+    if args.report_png:
+        Path(args.report_png).parent.mkdir(parents=True, exist_ok=True)
+    path, batches = write_report(str(workdir / "checkpoint"), args.report,
+                                 png_output=args.report_png or None)
+    print(f"\nreport of the word count run ({batches} batches): {path}"
+          + (f"\ncharts: {args.report_png}" if args.report_png else ""))
     if ok and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1

@@ -18,13 +18,13 @@ Consumers of the output must read with ``isolation.level=read_committed``.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl
+from beam_zdl.logs import configure_logging, log_format_of
 
 
 class KafkaToKafkaOptions(PipelineOptions):
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> beam_zdl.RunSummary:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("apache_beam", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # --log_format=json: one JSON object per log line on stderr (beam_zdl.logs).
+    configure_logging(log_format_of(sys.argv[1:]))
     summary = main(sys.argv[1:])
     print(f"batches={summary.batches} replayed={summary.replayed} records={summary.records}")

@@ -14,7 +14,6 @@ twice.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -22,6 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl
+from beam_zdl.logs import configure_logging, log_format_of
 
 
 class WordCountOptions(PipelineOptions):
@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> beam_zdl.RunSummary:
 
 
 if __name__ == "__main__":
-    # force: importing Apache Beam already configured the root logger at WARNING.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    for noisy in ("apache_beam", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # --log_format=json: one JSON object per log line on stderr (beam_zdl.logs).
+    configure_logging(log_format_of(sys.argv[1:]))
     summary = main(sys.argv[1:])
     print(f"batches={summary.batches} replayed={summary.replayed} records={summary.records}")

@@ -6,7 +6,7 @@ from the benchmark's JSON are filled in at build time, so they cannot drift.
   plus Beam's ``--bootstrap_servers``): name, default, help text.
 * ``<!-- generated: cli -->`` (docs/reference/cli.md) becomes ``beam-zdl --help`` and
   each sub-command's help, from :func:`beam_zdl.cli.build_parser`.
-* ``<!-- generated: docstring beam_zdl/wal.py -->`` (docs/formats.md) becomes that
+* ``<!-- generated: docstring beam_zdl/wal/format.py -->`` (docs/formats.md) becomes that
   module's docstring: the byte layouts live in the code, once.
 * ``<!-- generated: bench-results -->``, ``<!-- generated: bench-fixed-cost -->`` and
   ``<!-- generated: bench-scale -->`` (docs/performance.md) become tables of

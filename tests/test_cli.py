@@ -142,7 +142,7 @@ def test_receive_runs_without_importing_beam(kafka, tmp_path: Path) -> None:
         f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
         f"--wal_dir={tmp_path / 'wal'}", f"--consumer_group=g-{topic}",
         "--starting_offsets=earliest", "--drain_to_end",
-        '--consumer_config={"session.timeout.ms": 6000}', "--runner=DirectRunner"])
+        '--consumer_config={"session.timeout.ms": 6000}'])
     assert result == {"code": 0, "beam": False}, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-2])["records"] == 500
     assert kafka.committed(f"g-{topic}", topic) == {0: 250, 1: 250}
@@ -184,7 +184,7 @@ def test_receive_parses_flags_as_zdl_options_does() -> None:
     from beam_zdl.config import ZdlConfig
     from beam_zdl.options import ZdlOptions
     flags = ["--topics=a, b", "--zdl_mode=wal", "--wal_dir=/w", "--fail_on_data_loss=no",
-             "--wal_segment_records=7", "--wal_segment_age_s=0.5", "--runner=DirectRunner",
+             "--wal_segment_records=7", "--wal_segment_age_s=0.5",
              '--consumer_config={"session.timeout.ms": 6000}', "--unknown_flag"]
     assert ZdlConfig.from_flags(flags) == ZdlConfig.from_options(ZdlOptions(flags))
     flags.append("--bootstrap_servers=k1:9092,k2:9092")

@@ -12,7 +12,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl
-from beam_zdl.errors import ConfigError, ZdlError
+from beam_zdl.errors import (ConfigError, SinkConflictError, SinkFencedError, TopicNotFoundError,
+                             ZdlError)
 from beam_zdl.kafka_sink import ShardWriter, WriteToKafka, progress_group, shard_of, to_record
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.testing import LocalKafka
@@ -92,7 +93,7 @@ def test_a_zombie_writer_is_fenced_and_its_records_never_visible(kafka):
 
         counters = _write(kafka, topic, elements, batch=3)
 
-        with pytest.raises(ZdlError, match="fenced by a newer writer"):
+        with pytest.raises(SinkFencedError, match="fenced by a newer writer"):
             zombie.commit(3)
     finally:
         zombie.close()
@@ -109,9 +110,9 @@ def test_a_sink_id_shared_with_another_input_fails_instead_of_skipping(kafka):
     theirs = beam_zdl.Batch(3, (PartitionRange("in", 0, 0, 20),))
     _write(kafka, topic, _elements(60), batch=ours)
     assert _write(kafka, topic, _elements(60), batch=ours)["sink_shards_skipped"] == SHARDS
-    with pytest.raises(ZdlError, match="already committed batch 3"):
+    with pytest.raises(SinkConflictError, match="already committed batch 3"):
         _write(kafka, topic, _elements(60, start=60), batch=theirs)
-    with pytest.raises(ZdlError, match="already committed batch 3"):
+    with pytest.raises(SinkConflictError, match="already committed batch 3"):
         _write(kafka, topic, _elements(60, start=60), batch=1)
     assert Counter(read_committed(kafka.bootstrap_servers, topic)) == Counter(_elements(60))
 
@@ -148,7 +149,7 @@ def test_exactly_once_needs_a_batch_and_refuses_streaming(kafka):
 
 
 def test_a_missing_topic_is_named_before_anything_runs(kafka):
-    with pytest.raises(ZdlError, match="topic 'no-such-topic-x' does not exist"):
+    with pytest.raises(TopicNotFoundError, match="topic 'no-such-topic-x' does not exist"):
         _write(kafka, "no-such-topic-x", _elements(3), batch=0)
 
 

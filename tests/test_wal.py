@@ -202,7 +202,7 @@ def test_blocks_close_at_partition_changes_and_size_and_keep_the_order(tmp_path:
 
     writer = WalWriter(str(tmp_path), "w", 0)
     wanted = [wal_pb2.WalRecord(topic="t", partition=0, offset=i, value=b"v")
-              for i in range(wal._BLOCK_RECORDS + 10)]
+              for i in range(wal.BLOCK_RECORDS + 10)]
     wanted.insert(7, wal_pb2.WalRecord(topic="t", partition=1, offset=3))
     for rec in wanted:
         writer.append(rec)
@@ -210,7 +210,7 @@ def test_blocks_close_at_partition_changes_and_size_and_keep_the_order(tmp_path:
     blocks = list(wal.read_segment_blocks(ref.uri))
     # partition 0 (7 records), partition 1, partition 0 until full, the rest
     assert [(b.partition, len(b.offsets)) for b in blocks] == [
-        (0, 7), (1, 1), (0, wal._BLOCK_RECORDS), (0, 3)]
+        (0, 7), (1, 1), (0, wal.BLOCK_RECORDS), (0, 3)]
     assert list(read_segment(ref.uri)) == wanted
     assert not blocks[1].keys and not blocks[1].values  # all null: columns left empty
 
@@ -218,7 +218,8 @@ def test_blocks_close_at_partition_changes_and_size_and_keep_the_order(tmp_path:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_record_fields, min_size=1, max_size=20))
 def test_kafka_records_of_blocks_match_the_wal_records(fields: list[tuple]) -> None:
-    from beam_zdl.records import KafkaRecord, from_block
+    from beam_zdl.records import KafkaRecord
+    from beam_zdl.wal_read import from_block
 
     records = _records(fields)
     got = [r for block in _blocks_of(_segment_bytes(records)) for r in from_block(block)]
@@ -255,7 +256,7 @@ def _format_1_segment(records: list[wal_pb2.WalRecord]) -> bytes:
 
 def test_format_1_segments_are_still_read_and_checked(tmp_path: Path) -> None:
     from beam_zdl import wal
-    from beam_zdl.records import from_block
+    from beam_zdl.wal_read import from_block
 
     records = _records([("t", 0, None, b"v0", 1, 1, []),
                         ("t", 1, b"", None, 2, 2, [("h", None), ("h", b"x")]),
@@ -408,19 +409,17 @@ def test_sigkill_mid_write_leaves_only_complete_sealed_segments(tmp_path: Path) 
     assert len(offsets) == 50 * len(segments) and len(offsets) >= sealed[-1] + 1
 
 
-def test_the_ref_cache_is_bounded_and_refs_beyond_it_are_still_given(tmp_path: Path,
-                                                                       monkeypatch) -> None:
+def test_the_ref_cache_is_bounded_and_refs_beyond_it_are_still_given(tmp_path: Path) -> None:
     """A stand-alone receiver seals for as long as it runs: its ref cache must not grow
     without end, and a list longer than the cache still gets every ref."""
     from beam_zdl import wal
 
-    monkeypatch.setattr(wal, "_REFS_MAX", 3)
-    monkeypatch.setattr(wal, "_REFS", __import__("collections").OrderedDict())
+    index = wal.SegmentIndex(max_refs=3)
     writer = WalWriter(str(tmp_path), "w", 1)
     for offset in range(5):
         writer.append(wal_pb2.WalRecord(topic="t", offset=offset, value=b"v"))
-        wal.remember_segment(writer.seal())
-    assert len(wal._REFS) == 3
-    refs = wal.segment_refs(list_segments(str(tmp_path)))
+        index.remember(writer.seal())
+    assert len(index) == 3
+    refs = wal.segment_refs(list_segments(str(tmp_path)), index)
     assert [r.spans[0].first_offset for r in refs] == [0, 1, 2, 3, 4]
-    assert len(wal._REFS) == 3
+    assert len(index) == 3

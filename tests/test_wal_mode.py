@@ -25,6 +25,7 @@ import pytest
 
 import beam_zdl
 from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.progress_history import read_history
 from tests.driver_proc import read_batches, run_driver
 from beam_zdl.errors import WalCorruptionError, ZdlError
 from beam_zdl.options import ZdlConfig, ZdlOptions
@@ -147,6 +148,20 @@ def test_cleanup_keeps_the_last_retained_batches(kafka, tmp_path):
     names = sorted(seg.uri.rpartition("/")[2] for i in kept for seg in coord.read_plan(i).segments)
     assert sorted(s.name for s in list_segments(str(wal))) == names
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal, all_retained=False)
+    # the progress records of the kept batches: the WAL segments each read, the receiver
+    history = read_history(str(ckpt))
+    assert [p.batch_id for p in history.progress] == kept and not history.damaged
+    for progress in history.progress:
+        plan = coord.read_plan(progress.batch_id)
+        assert progress.mode == "wal" and progress.wal_segments == len(plan.segments) > 0
+        assert [(p.topic, p.partition, p.start_offset, p.end_offset)
+                for p in progress.partitions] == [(r.topic, r.partition, r.start, r.stop)
+                                                  for r in plan.ranges]
+        assert progress.records == coord.read_completion(progress.batch_id).records
+        assert progress.receiver_buffered_bytes is not None
+        assert progress.receiver_lag is not None and progress.receiver_lag >= 0
+    last = history.progress[-1]
+    assert last.lag == 0 and last.receiver_lag == 0 and last.receiver_buffered_bytes == 0
     # a restart with nothing new resumes after the WAL and plans nothing
     assert _summary(run_driver(tmp_path / "out", _flags(kafka, topic, ckpt, wal,
                                                   "--retain_batches=2")))["records"] == 0
@@ -180,6 +195,8 @@ def _crash_and_recover(kafka, tmp_path, root, point):
 
     if point.startswith(("after_plan", "after_run")):
         assert restarted["replayed"] == 1 and restarted["batch_ids"][0] == 1
+        replays = [p.batch_id for p in read_history(ckpt).progress if p.replay]
+        assert replays == [1]
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal,
                          all_retained=not point.startswith("after_segment_delete"))
 
@@ -521,7 +538,6 @@ def test_segment_refs_read_footers_by_range_on_every_storage(any_storage_uri):
     data[-6] ^= 1  # break the footer's CRC
     store.delete(damaged_name)
     store.create(damaged_name, bytes(data))
-    wal_.forget_segments([r.uri for r in refs])
 
     found = wal_.segment_refs(wal_.list_segments(any_storage_uri))
 
@@ -531,7 +547,6 @@ def test_segment_refs_read_footers_by_range_on_every_storage(any_storage_uri):
     assert found[1].record_count == refs[1].record_count
     assert sorted((s.partition, s.first_offset, s.last_offset) for s in found[1].spans) == \
         sorted((s.partition, s.first_offset, s.last_offset) for s in refs[1].spans)
-    wal_.forget_segments([r.uri for r in refs])
 
 
 def test_writer_epochs_are_unique_and_not_segments(any_storage_uri):
@@ -557,7 +572,7 @@ def test_overlapping_segments_are_refused_not_duplicated(kafka, tmp_path):
                            if r.offset == offset))
     zombie.seal()
 
-    with pytest.raises(beam_zdl.ZdlError, match=r"both hold .*offsets \[250, 251\]"):
+    with pytest.raises(beam_zdl.WalOverlapError, match=r"both hold .*offsets \[250, 251\]"):
         beam_zdl.run_micro_batches(lambda r, b: None, ZdlOptions(_flags(kafka, topic, ckpt, wal)))
     assert CheckpointCoordinator(str(ckpt)).planned_ids() == []
 

@@ -30,6 +30,7 @@ import beam_zdl.kafka as kafka
 from beam_zdl.batch_options import batch_options
 import beam_zdl.ranges as ranges
 from beam_zdl.io import ReadFromKafka
+from beam_zdl.microbatch.batch_ranges import BatchRanges
 from beam_zdl.microbatch.loop import Batch, BatchLoop, StopFlag
 from beam_zdl.ranges import Offsets, PartitionRange
 from beam_zdl.v1 import checkpoint_pb2
@@ -95,7 +96,8 @@ class DirectDriver(BatchLoop):
             epoch=self.epoch)
 
     def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
-        return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options))
+        return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options),
+                             ranges_input=BatchRanges())
 
     def _after_complete(self, batch: Batch) -> None:
         # Step 5. The commit (a broker round trip, ~10 ms) runs beside the next batch's
@@ -107,7 +109,8 @@ class DirectDriver(BatchLoop):
 
         def commit() -> None:
             try:
-                kafka.commit_offsets(self.consumer, stops)
+                if not kafka.commit_offsets(self.consumer, stops):
+                    self.commit_failures += 1  # logged; the next commit carries it
             except BaseException as exc:  # raised in the driver's thread by _join_commit
                 self._commit_error = exc
 

@@ -30,69 +30,63 @@ checkpoint, not Kafka, decides where reading resumes.
 from __future__ import annotations
 
 import abc
-import contextvars
 import logging
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
+from prometheus_client import CollectorRegistry
 
 import beam_zdl.kafka as kafka
 import beam_zdl.metrics as metrics
+from beam_zdl.batch import Batch, building, current_batch
 from beam_zdl.batch_options import batch_options
+from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions, ListenerBus,
+                                     PartitionProgress, ProgressListener, merge_counters,
+                                     merge_distributions, pipeline_metrics)
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.errors import ZdlError
 from beam_zdl.microbatch.progress import Progress
+from beam_zdl.monitoring import DriverMetrics, Heartbeat, MetricsServer
+from beam_zdl.progress_history import ProgressHistory
 from beam_zdl.options import ZdlConfig
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["Batch", "BatchLoop", "BuildFn", "RunSummary", "StopFlag", "current_batch",
-           "run_batch_pipeline"]
+           "run_batch_pipeline", "run_batch_pipeline_metrics"]
 
 _LOGGER = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """What ``build_fn`` learns about the batch it builds a pipeline for.
-
-    Attributes:
-        batch_id: increasing from 0; a replayed batch keeps its id, so a sink
-            keyed by it is idempotent.
-        ranges: the offset ranges the batch reads, ``[start, stop)`` each.
-        replay: True when this run repeats a batch planned before a crash.
-        segments: WAL mode: the URIs of the sealed segments the batch reads (its
-            ``ranges`` then span each partition's offsets in them); empty in
-            direct mode.
-    """
-    batch_id: int
-    ranges: tuple[PartitionRange, ...]
-    replay: bool = False
-    segments: tuple[str, ...] = ()
-
-    @property
-    def planned_records(self) -> int:
-        """Offsets covered by the ranges (an upper bound where offsets have gaps)."""
-        return sum(r.stop - r.start for r in self.ranges)
-
-
 @dataclass
 class RunSummary:
-    """What a call of :func:`run_micro_batches` did."""
+    """What a call of :func:`run_micro_batches` did.
+
+    Attributes:
+        recent_progress: the :class:`BatchProgress` of the last ``--retain_batches``
+            batches of this run, oldest first.
+        counters: every counter of the run's batch pipelines (the user's, beam_zdl's,
+            the sink's), summed over batches: ``{namespace: {name: value}}``.
+        distributions: the same for distributions: ``{namespace: {name: {count, sum,
+            min, max}}}``.
+    """
     batches: int = 0
     replayed: int = 0
     records: int = 0
     seconds: float = 0.0
     batch_ids: list[int] = field(default_factory=list)
+    recent_progress: list[BatchProgress] = field(default_factory=list)
+    counters: Counters = field(default_factory=dict)
+    distributions: Distributions = field(default_factory=dict)
 
 
 BuildFn = Callable[[beam.PCollection[Any], Batch], None]
@@ -130,40 +124,35 @@ class StopFlag:
         self._event.wait(seconds)
 
 
-_BUILDING: contextvars.ContextVar[Optional[Batch]] = contextvars.ContextVar(
-    "beam_zdl_building_batch", default=None)
-
-
-def current_batch() -> Optional[Batch]:
-    """The batch whose pipeline ``build_fn`` is building right now, else None.
-
-    Lets a sink built inside ``build_fn`` (``WriteToKafka``) key its output by the
-    batch without being handed it.
-    """
-    return _BUILDING.get()
-
-
 def run_batch_pipeline(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
                        read: beam.PTransform[Any, Any]) -> int:
     """Build and run one batch's pipeline to DONE; return records read."""
+    counters, _, _ = run_batch_pipeline_metrics(build_fn, options, batch, read)
+    return counters.get(metrics.NAMESPACE, {}).get(metrics.RECORDS, 0)
+
+
+def run_batch_pipeline_metrics(build_fn: BuildFn, options: PipelineOptions, batch: Batch,
+                               read: beam.PTransform[Any, Any]
+                               ) -> tuple[Counters, Distributions, Counters]:
+    """Build and run one batch's pipeline to DONE; return its metrics.
+
+    Returns:
+        ``(counters, distributions, gauges)`` by namespace and name, summed over steps
+        (:func:`~beam_zdl.batch_progress.pipeline_metrics`).
+    """
     options = batch_options(options)
     pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
-    token = _BUILDING.set(batch)
-    try:
+    with building(batch):
         build_fn(records, batch)
-    finally:
-        _BUILDING.reset(token)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
                        "pending and is replayed with the same input on the next start")
-    counters = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE)
-                                      .with_name(metrics.RECORDS))["counters"]
-    return int(sum(c.committed or 0 for c in counters))
+    return pipeline_metrics(result.metrics().query(MetricsFilter()))
 
 
 class BatchLoop(abc.ABC):
@@ -177,7 +166,8 @@ class BatchLoop(abc.ABC):
 
     mode = checkpoint_pb2.MODE_DIRECT
 
-    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
+                 listeners: Sequence[ProgressListener] = ()) -> None:
         self.build_fn = build_fn
         # Memoized views for the run (batch_options): each batch asks its flags again.
         self.options = batch_options(options)
@@ -187,6 +177,15 @@ class BatchLoop(abc.ABC):
         self.summary = RunSummary()
         self.consumer: Any = None
         self.progress = Progress()
+        self.listeners = list(listeners)
+        self.history: Optional[ProgressHistory] = None
+        # When the loop last turned (a plan, a batch, an idle check): /healthz reads it.
+        self.heartbeat = Heartbeat()
+        self.commit_failures = 0  # Kafka commits that failed after every retry
+        self._last_trigger: Optional[float] = None  # monotonic trigger of the previous batch
+        self._metrics: Optional[DriverMetrics] = None
+        self.metrics_server: Optional[MetricsServer] = None
+        self._bus = ListenerBus(())
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -222,6 +221,13 @@ class BatchLoop(abc.ABC):
     def _start_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Where this run starts reading each partition (for the progress report)."""
         return {}
+
+    def _register_metrics(self, registry: CollectorRegistry) -> None:
+        """Add a mode's own metrics to the driver's /metrics (WAL mode: the receiver's)."""
+
+    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+        """WAL mode: the receiver's buffered bytes and lag (see BatchProgress)."""
+        return None, None
 
     def _done_when_idle(self) -> bool:
         """With nothing to plan: True ends the run, False waits for more."""
@@ -268,9 +274,15 @@ class BatchLoop(abc.ABC):
     def run(self) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
-        self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
-                                           cfg.consumer_config)
+        kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
+                            cfg.kafka_connect_timeout_s)
+        bus = self._bus = ListenerBus(self.listeners)
+        server: Optional[MetricsServer] = None
+        error: Optional[BaseException] = None
         try:
+            server = self._start_metrics_server()
+            self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
+                                               cfg.consumer_config)
             with StopFlag() as stop:
                 # Step 0
                 self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
@@ -279,26 +291,34 @@ class BatchLoop(abc.ABC):
                     wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
                     created_ms=int(time.time() * 1000)))
                 _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
+                self.history = ProgressHistory(self.coordinator, cfg.retain_batches)
+                bus.post("on_start", cfg.checkpoint_dir, self.epoch)
                 self._start(stop)
+                self.heartbeat.beat("start")
                 plan: Optional[checkpoint_pb2.BatchPlan]
                 targets = getattr(self, "_targets", None)
                 self.progress.start(self._start_positions(list(targets or ())), targets)
                 # Step 1
                 for plan in self.coordinator.pending():
                     self._check()
+                    kafka.serve_events(self.consumer)
                     if stop.stopped or self._reached_max():
                         return self._finish(started)
                     batch = self._batch_of(plan, replay=True)
                     _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
                                  batch.batch_id, batch.planned_records, len(batch.segments))
-                    self._run_and_complete(batch)
+                    self._run_and_complete(batch, time.time(), time.monotonic(), 0.0)
                 # Steps 2-5
                 batch_id = self.coordinator.next_batch_id()
                 while not stop.stopped and not self._reached_max():
                     self._check()
+                    kafka.serve_events(self.consumer)
                     next_started = time.monotonic()
+                    trigger_time = time.time()
                     plan = self._next_plan(batch_id)
                     if plan is None:
+                        self.heartbeat.beat("idle")
+                        bus.post("on_idle")
                         if self._done_when_idle():
                             self._check()
                             self._finished()
@@ -309,7 +329,9 @@ class BatchLoop(abc.ABC):
                     plan.created_ms = int(time.time() * 1000)
                     plan = self.coordinator.write_plan(plan)
                     crash_point("after_plan")
-                    self._run_and_complete(self._batch_of(plan, replay=False))
+                    self.heartbeat.beat(f"plan {plan.batch_id}")
+                    self._run_and_complete(self._batch_of(plan, replay=False), trigger_time,
+                                           next_started, time.monotonic() - next_started)
                     # This driver is the checkpoint's only writer (write_plan checks the
                     # fence and the id): the next id needs no listing.
                     batch_id = plan.batch_id + 1
@@ -318,33 +340,129 @@ class BatchLoop(abc.ABC):
                                        (time.monotonic() - next_started)))
                 self._check()
                 return self._finish(started)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self.progress.close()
             try:
-                self._stop()
+                if self.consumer is not None:
+                    self._stop()
             finally:
-                self.consumer.close()
+                if self.consumer is not None:
+                    self.consumer.close()
+                if error is not None:
+                    self.summary.seconds = time.monotonic() - started
+                bus.post("on_end", self.summary, error)
+                bus.close()
+                if server is not None:
+                    server.stop()
 
-    def _run_and_complete(self, batch: Batch) -> None:
+    def _start_metrics_server(self) -> Optional[MetricsServer]:
+        """``--metrics_port``: serve /metrics and /healthz for the run (None without it)."""
+        port = self.config.metrics_port
+        if port is None:
+            return None
+        registry = CollectorRegistry()
+        self._metrics = DriverMetrics(registry, lambda: self.commit_failures)
+        self._register_metrics(registry)
+        server = MetricsServer(port, registry, self.heartbeat, self.config.health_timeout_s)
+        self.metrics_server = server.start()
+        return server
+
+    def _run_and_complete(self, batch: Batch, trigger_time: float, trigger_mono: float,
+                          plan_s: float) -> None:
+        """Steps 3-5 of a planned batch, then its progress record.
+
+        Args:
+            batch: the batch.
+            trigger_time: wall-clock time its Step 2 began (``time.time()``).
+            trigger_mono: the same on the monotonic clock.
+            plan_s: seconds Step 2 took (0 for a replay: its plan was stored before).
+        """
         t0 = time.monotonic()
         # Step 3
-        records = run_batch_pipeline(self.build_fn, self.options, batch, self._read(batch))
+        counters, distributions, gauges = run_batch_pipeline_metrics(
+            self.build_fn, self.options, batch, self._read(batch))
+        records = counters.get(metrics.NAMESPACE, {}).get(metrics.RECORDS, 0)
         crash_point("after_run")
+        t_run = time.monotonic()
         self._before_complete(batch)
         # Step 4
         self.coordinator.complete(batch.batch_id, records)
         crash_point("after_complete")
+        t_complete = time.monotonic()
         # Step 5
         self._after_complete(batch)
-        took = time.monotonic() - t0
+        t_commit = time.monotonic()
+        took = t_commit - t0
         self.summary.batches += 1
         self.summary.replayed += int(batch.replay)
         self.summary.records += records
         self.summary.batch_ids.append(batch.batch_id)
         self.progress.done(batch.ranges)
+        durations = {"plan": plan_s, "run": t_run - t0, "complete": t_complete - t_run,
+                     "commit": t_commit - t_complete, "total": plan_s + took}
+        since = (trigger_mono - self._last_trigger if self._last_trigger is not None
+                 else durations["total"])
+        self._last_trigger = trigger_mono
+        progress = self._batch_progress(batch, trigger_time, since, durations, counters,
+                                        distributions, gauges)
+        self._record(progress)
+        self.heartbeat.beat(f"batch {batch.batch_id}")
         _LOGGER.info("batch %d%s done: %d records in %.1f s (%.0f records/s)%s",
                      batch.batch_id, " (replay)" if batch.replay else "", records, took,
-                     records / took if took else 0.0, self.progress.describe())
+                     records / took if took else 0.0, self.progress.describe(),
+                     extra={"batch_id": batch.batch_id, "records": records})
+
+    def _batch_progress(self, batch: Batch, trigger_time: float, since: float,
+                        durations: dict[str, float],
+                        counters: Counters, distributions: Distributions,
+                        gauges: Counters) -> BatchProgress:
+        ours = counters.get(metrics.NAMESPACE, {})
+        records = ours.get(metrics.RECORDS, 0)
+        latest = self.progress.ends()
+        partitions = []
+        for r in batch.ranges:
+            end = latest.get((r.topic, r.partition))
+            partitions.append(PartitionProgress(
+                topic=r.topic, partition=r.partition, start_offset=r.start, end_offset=r.stop,
+                latest_offset=end, records=r.stop - r.start,
+                lag=None if end is None else max(0, end - r.stop)))
+        lags = [p.lag for p in partitions]
+        buffered, receiver_lag = self._receiver_status()
+        return BatchProgress(
+            batch_id=batch.batch_id, mode=checkpoint_pb2.Mode.Name(self.mode)
+            .removeprefix("MODE_").lower(), replay=batch.replay,
+            trigger_ms=int(trigger_time * 1000), partitions=tuple(partitions),
+            records=records, bytes=ours.get(metrics.BYTES, 0),
+            input_rows_per_s=round(records / since, 3) if since > 0 else 0.0,
+            processed_rows_per_s=(round(records / durations["run"], 3)
+                                  if durations["run"] > 0 else 0.0),
+            durations_s={k: round(v, 6) for k, v in durations.items()},
+            counters=counters, distributions=distributions, gauges=gauges,
+            dead_letter_records=ours.get(metrics.DEAD_LETTER_RECORDS, 0),
+            data_loss_records=ours.get(metrics.DATA_LOSS_RECORDS, 0),
+            wal_segments=len(batch.segments),
+            receiver_buffered_bytes=buffered, receiver_lag=receiver_lag,
+            lag=None if not lags or any(x is None for x in lags)
+            else sum(x for x in lags if x is not None))
+
+    def _record(self, progress: BatchProgress) -> None:
+        """Keep, store, count and announce a batch's progress (never fails the run)."""
+        recent = self.summary.recent_progress
+        recent.append(progress)
+        del recent[:-self.config.retain_batches]
+        merge_counters(self.summary.counters, progress.counters)
+        merge_distributions(self.summary.distributions, progress.distributions)
+        if self.history is not None:
+            self.history.write(progress)
+        if self._metrics is not None:
+            try:
+                self._metrics.observe(progress)
+            except Exception:  # metrics are diagnostics
+                _LOGGER.exception("could not update the metrics of batch %d", progress.batch_id)
+        self._bus.post("on_progress", progress)
 
     def _reached_max(self) -> bool:
         return bool(self.config.max_batches) and self.summary.batches >= self.config.max_batches

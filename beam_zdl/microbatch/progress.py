@@ -56,6 +56,10 @@ class Progress:
         if self._bar is not None:
             self._bar.update(moved)
 
+    def ends(self) -> dict[tuple[str, int], int]:
+        """The end offsets known (a bounded run's targets, else the last plan's view)."""
+        return dict(self._ends)
+
     def lag(self) -> Optional[int]:
         """Offsets left to the ends, None when no end is known."""
         if not self._ends:

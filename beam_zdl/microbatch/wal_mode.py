@@ -41,23 +41,26 @@ at least one segment).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from prometheus_client import CollectorRegistry
 
 import beam_zdl.positions as positions
 from beam_zdl.batch_options import batch_options
 from beam_zdl.chaos import crash_point
-from beam_zdl.errors import StorageError, ZdlError
+from beam_zdl.errors import StorageError, WalOverlapError, ZdlError
+from beam_zdl.batch_progress import ProgressListener
 from beam_zdl.io import ReadFromWal
+from beam_zdl.monitoring import ReceiverCollector
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.receiver_process import ReceiverProcess
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
-from beam_zdl.wal import forget_segments, list_segments, segment_refs
+from beam_zdl.wal import SegmentIndex, list_segments
 
 __all__ = ["WalDriver"]
 
@@ -75,14 +78,16 @@ class WalDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_WAL
 
-    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig) -> None:
-        super().__init__(build_fn, options, config)
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
+                 listeners: Sequence[ProgressListener] = ()) -> None:
+        super().__init__(build_fn, options, config, listeners)
         self._receiver: Optional[ReceiverProcess] = None
         self._plans: dict[int, checkpoint_pb2.BatchPlan] = {}
         self._receiver_done_before_listing = False
         assert config.wal_dir is not None  # ZdlConfig requires it with --zdl_mode=wal
         self._wal_dir: str = config.wal_dir
         self._wal_storage = open_storage(self._wal_dir)
+        self._segments = SegmentIndex()  # refs of the segments it plans; forgets deleted ones
 
     # --- the receiver process -------------------------------------------------------------
 
@@ -101,6 +106,21 @@ class WalDriver(BatchLoop):
         error = self._receiver.error() if self._receiver is not None else None
         if error is not None:
             raise error
+
+    def _register_metrics(self, registry: CollectorRegistry) -> None:
+        # The receiver process' stats, as beam-zdl receive serves them (its last status).
+        registry.register(ReceiverCollector(
+            lambda: self._receiver.stats if self._receiver is not None else {},
+            lambda: (self._receiver.buffered_bytes or 0) if self._receiver is not None else 0))
+
+    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+        receiver = self._receiver
+        if receiver is None or receiver.buffered_bytes is None:
+            return None, None
+        ends = self.progress.ends()
+        positions = receiver.positions
+        lag = sum(max(0, ends[tp] - o) for tp, o in positions.items() if tp in ends)
+        return receiver.buffered_bytes, lag
 
     def _receiver_running(self) -> bool:
         return self._receiver is not None and self._receiver.running
@@ -121,7 +141,7 @@ class WalDriver(BatchLoop):
         unplanned = [s for s in list_segments(self._wal_dir) if s.name not in planned]
         if not unplanned:
             return None
-        refs = segment_refs(unplanned)
+        refs = self._segments.refs(unplanned)
         self._check_no_overlap(refs, [seg for i in self.coordinator.planned_ids()
                                       for seg in self._plan(i).segments])
         cap = self.config.max_records_per_partition
@@ -168,7 +188,7 @@ class WalDriver(BatchLoop):
             items.sort()
             for (a_first, a_last, a_uri), (b_first, b_last, b_uri) in zip(items, items[1:]):
                 if b_first <= a_last:
-                    raise ZdlError(
+                    raise WalOverlapError(
                         f"WAL segments {a_uri} and {b_uri} both hold {topic}[{partition}] "
                         f"offsets [{b_first}, {min(a_last, b_last)}]: a receiver wrote after "
                         "losing its partitions. Nothing was planned. Check the two segments "
@@ -231,7 +251,7 @@ class WalDriver(BatchLoop):
                 self._wal_storage.delete(_name(seg.uri))
                 deleted.append(seg.uri)
         if deleted:
-            forget_segments(deleted)
+            self._segments.forget(deleted)
             _LOGGER.info("deleted %d WAL segments of completed batches %d..%d", len(deleted),
                          old[0], old[-1])
         crash_point("after_segment_delete")

@@ -99,6 +99,11 @@ class ServerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's process group (when it runs)."""
+        if self._proc is not None and self.alive():
+            os.killpg(self._proc.pid, sig)
+
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash would."""
         if self._proc is not None and self.alive():
@@ -158,6 +163,19 @@ class LocalServer:
             self._proc = None
         if self._own_dir and not self.external:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its connections but answers nothing (a hung
+        broker); :meth:`resume` lets it go on."""
+        self._require_local("pause")
+        if self._proc:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a server :meth:`pause` stopped."""
+        self._require_local("resume")
+        if self._proc:
+            self._proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash or an outage would; its folder stays."""
