@@ -187,7 +187,7 @@ _LAYERS: list[tuple[str, set[str]]] = [
                                  "batch"}),
     ("readers and the receiver", {
         "decode", "direct", "streaming", "wal_read", "receiver", "receiver_process"}),
-    ("runners", {"batch_options", "worker_pool", "runners"}),
+    ("runners", {"batch_options", "worker_pool", "runners", "external_pool"}),
     ("public transforms", {"io", "kafka_sink"}),
     ("the micro-batch driver", {
         "batch_progress", "progress_history", "report", "microbatch", "microbatch.progress",
