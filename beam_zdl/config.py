@@ -49,6 +49,7 @@ _MAPPED_KEYS = {"bootstrap.servers": "bootstrap_servers", "group.id": "consumer_
                 "auto.offset.reset": "starting_offsets"}
 _FLAG_DEFAULTS = {"bootstrap_servers": _BEAM_BOOTSTRAP_DEFAULT,
                   "starting_offsets": "committed", "consumer_group": None}
+_SAID_MAPPED: set[str] = set()
 
 
 def map_client_keys(consumer_config: Mapping[str, Any], given: Mapping[str, Any],
@@ -95,8 +96,10 @@ def map_client_keys(consumer_config: Mapping[str, Any], given: Mapping[str, Any]
                               f"{flag}{value}, but {flag}{current} is given: they "
                               "disagree; give one of them")
         mapped[name] = value
-        _LOGGER.info("%s: %s=%r taken as --%s=%s", source, key, consumer_config[key], name,
-                     value)
+        said = f"{source}: {key}={consumer_config[key]!r} taken as --{name}={value}"
+        if said not in _SAID_MAPPED:  # once per process: options are validated per batch
+            _SAID_MAPPED.add(said)
+            _LOGGER.info("%s", said)
     return kafka.check_consumer_config(config, source), mapped
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import apache_beam as beam
@@ -89,14 +90,15 @@ def test_micro_batches_refuse_a_resetting_consumer_before_anything_runs(mode, tm
 
 def test_own_values_are_accepted_and_kafka_style_keys_are_mapped_to_flags(caplog):
     caplog.set_level(logging.INFO, logger="beam_zdl.config")
+    group = f"app-{uuid.uuid4().hex[:8]}"  # the INFO line is said once per process
     config = ZdlConfig.from_options(ZdlOptions(["--topics=t", "--consumer_config=" + json.dumps(
-        {"auto.offset.reset": "earliest", "group.id": "app", "bootstrap.servers": "k:1",
+        {"auto.offset.reset": "earliest", "group.id": group, "bootstrap.servers": "k:1",
          "isolation.level": "read_committed", "enable.auto.commit": False,
          "session.timeout.ms": 6000})]))
     assert (config.starting_offsets, config.consumer_group, config.bootstrap_servers) == (
-        "committed", "app", "k:1")
+        "committed", group, "k:1")
     assert config.consumer_config == {"session.timeout.ms": 6000}
-    assert "auto.offset.reset='earliest' taken as --starting_offsets=committed" in caplog.text
+    assert f"group.id='{group}' taken as --consumer_group={group}" in caplog.text
     with pytest.raises(ConfigError, match="disagree"):
         ZdlConfig.from_options(ZdlOptions(["--topics=t", "--starting_offsets=latest",
                                            '--consumer_config={"auto.offset.reset": "earliest"}']))
