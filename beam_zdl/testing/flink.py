@@ -83,12 +83,9 @@ def _manifest(class_path: list[str]) -> bytes:
     return out.getvalue()
 
 
-def job_server_jar() -> Path:
-    """The launcher jar (resolving the Flink runner's jars with Maven the first time)."""
-    folder = jars.resolve("flink")
-    class_path = sorted(p.name for p in folder.glob("*.jar") if p.name != _LAUNCHER)
-    launcher = folder / _LAUNCHER
-    manifest = _manifest(class_path)
+def _write_launcher(launcher: Path, manifest: bytes) -> Path:
+    """A jar holding only ``manifest`` (its Class-Path names the jars), rewritten only when
+    the manifest changed."""
     if launcher.exists():
         with zipfile.ZipFile(launcher) as existing:
             if existing.read("META-INF/MANIFEST.MF") == manifest:
@@ -99,6 +96,13 @@ def job_server_jar() -> Path:
     tmp.replace(launcher)
     _LOGGER.info("wrote the Flink job server launcher %s", launcher)
     return launcher
+
+
+def job_server_jar() -> Path:
+    """The launcher jar (resolving the Flink runner's jars with Maven the first time)."""
+    folder = jars.resolve("flink")
+    class_path = sorted(p.name for p in folder.glob("*.jar") if p.name != _LAUNCHER)
+    return _write_launcher(folder / _LAUNCHER, _manifest(class_path))
 
 
 def no_staging_jar() -> Path:
@@ -141,17 +145,7 @@ def no_staging_job_server_jar() -> Path:
     extra = no_staging_jar()
     class_path = [f"../{folder.name}/{name}" for name in
                   sorted(p.name for p in folder.glob("*.jar") if p.name != _LAUNCHER)]
-    launcher = extra.parent / _LAUNCHER
-    manifest = _manifest([*class_path, extra.name])
-    if launcher.exists():
-        with zipfile.ZipFile(launcher) as existing:
-            if existing.read("META-INF/MANIFEST.MF") == manifest:
-                return launcher
-    tmp = launcher.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w") as jar:
-        jar.writestr("META-INF/MANIFEST.MF", manifest)
-    tmp.replace(launcher)
-    return launcher
+    return _write_launcher(extra.parent / _LAUNCHER, _manifest([*class_path, extra.name]))
 
 
 def flink_runner_args(parallelism: int = 1, checkpointing_interval_ms: int = 1000) -> list[str]:
