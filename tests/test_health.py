@@ -7,41 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from beam_zdl.testing._process import free_port
+from tests.scrape import get, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUND_S = 3.0
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:  # not listening yet
-        return 0, str(exc)
-
-
-def _sample(text: str, metric: str, **labels: str) -> Optional[float]:
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        name, _, rest = key.partition("{")
-        if name == metric and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == labels:
-            return float(value)
-    return None
 
 
 def _wait(check: Callable[[], bool], what: str, procs: list[subprocess.Popen],
@@ -87,28 +64,28 @@ def test_metrics_and_healthz_of_driver_and_receiver_through_a_hung_broker(kafka,
     receiver_url = f"http://127.0.0.1:{receiver_port}"
 
     def driver_records() -> float:
-        return _sample(_get(f"{driver_url}/metrics")[1], "beam_zdl_records_total") or 0
+        return sample(get(f"{driver_url}/metrics")[1], "beam_zdl_records_total") or 0
 
     def receiver_records() -> float:
-        return _sample(_get(f"{receiver_url}/metrics")[1], "beam_zdl_receiver_records_total") or 0
+        return sample(get(f"{receiver_url}/metrics")[1], "beam_zdl_receiver_records_total") or 0
 
     def health(url: str) -> int:
-        return _get(f"{url}/healthz")[0]
+        return get(f"{url}/healthz")[0]
 
     paused = False
     try:
         _wait(lambda: driver_records() == 200, "driver: 200 records", procs)
         _wait(lambda: receiver_records() == 200, "receiver: 200 records", procs)
-        text = _get(f"{driver_url}/metrics")[1]
+        text = get(f"{driver_url}/metrics")[1]
         for p in (0, 1):
-            assert _sample(text, "beam_zdl_lag_offsets", topic=direct_topic,
+            assert sample(text, "beam_zdl_lag_offsets", topic=direct_topic,
                            partition=str(p)) == 0
         assert health(driver_url) == 200 and health(receiver_url) == 200
-        rtext = _get(f"{receiver_url}/metrics")[1]
-        assert (_sample(rtext, "beam_zdl_receiver_segments_sealed_total") or 0) >= 1
-        assert _sample(rtext, "beam_zdl_receiver_seal_seconds_count") == \
-            _sample(rtext, "beam_zdl_receiver_segments_sealed_total")
-        assert _sample(rtext, "beam_zdl_receiver_buffered_bytes") == 0
+        rtext = get(f"{receiver_url}/metrics")[1]
+        assert (sample(rtext, "beam_zdl_receiver_segments_sealed_total") or 0) >= 1
+        assert sample(rtext, "beam_zdl_receiver_seal_seconds_count") == \
+            sample(rtext, "beam_zdl_receiver_segments_sealed_total")
+        assert sample(rtext, "beam_zdl_receiver_buffered_bytes") == 0
         # idle but turning: still healthy after more than the bound
         time.sleep(BOUND_S + 1)
         assert health(driver_url) == 200 and health(receiver_url) == 200
@@ -118,7 +95,7 @@ def test_metrics_and_healthz_of_driver_and_receiver_through_a_hung_broker(kafka,
         stuck_at = time.monotonic()
         _wait(lambda: health(driver_url) == 503, "driver /healthz 503", procs, 30)
         _wait(lambda: health(receiver_url) == 503, "receiver /healthz 503", procs, 30)
-        stuck_body = json.loads(_get(f"{driver_url}/healthz")[1])
+        stuck_body = json.loads(get(f"{driver_url}/healthz")[1])
         assert stuck_body["status"] == "stuck" and stuck_body["age_s"] > BOUND_S
         # stuck counts from the last turn before the pause: at most an idle cycle (0.5 s for
         # the driver, --health_timeout_s / 3 for the receiver's broker check) earlier
@@ -132,8 +109,8 @@ def test_metrics_and_healthz_of_driver_and_receiver_through_a_hung_broker(kafka,
             kafka.produce(topic, ((None, b"more", i % 2) for i in range(100)))
         _wait(lambda: driver_records() == 300, "driver: 300 records", procs)
         _wait(lambda: receiver_records() == 300, "receiver: 300 records", procs)
-        text = _get(f"{driver_url}/metrics")[1]
-        assert sum(_sample(text, "beam_zdl_lag_offsets", topic=direct_topic,
+        text = get(f"{driver_url}/metrics")[1]
+        assert sum(sample(text, "beam_zdl_lag_offsets", topic=direct_topic,
                            partition=str(p)) or 0 for p in (0, 1)) == 0
         driver.send_signal(signal.SIGINT)
         receiver.send_signal(signal.SIGTERM)

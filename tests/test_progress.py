@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import threading
 import time
-import urllib.error
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,32 +28,12 @@ from beam_zdl.cli import main as cli_main
 from beam_zdl.coordinator import CheckpointCoordinator
 from beam_zdl.progress_history import ProgressHistory, read_history
 from beam_zdl.testing._process import free_port
+from tests.scrape import get, sample
 
 SECRET = "hunter2-progress-secret"
 RECORDS = 300
 BAD = 30  # values that are not JSON: dead letters
 CAP = 120
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def _sample(text: str, metric: str, **labels: str) -> Optional[float]:
-    """The value of one sample of a Prometheus exposition (None when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        name, _, rest = key.partition("{")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if name == metric and found == labels:
-            return float(value)
-    return None
 
 
 class Recorder(beam_zdl.ProgressListener):
@@ -71,15 +49,15 @@ class Recorder(beam_zdl.ProgressListener):
 
     def on_progress(self, progress: beam_zdl.BatchProgress) -> None:
         self.events.append(("progress", progress))
-        self.scrapes.append((*_get(f"http://127.0.0.1:{self.port}/metrics"),
-                             *_get(f"http://127.0.0.1:{self.port}/healthz")))
+        self.scrapes.append((*get(f"http://127.0.0.1:{self.port}/metrics"),
+                             *get(f"http://127.0.0.1:{self.port}/healthz")))
 
     def on_idle(self) -> None:
         self.events.append(("idle", None))
 
     def on_end(self, summary: Any, error: Optional[BaseException]) -> None:
         self.events.append(("end", (summary, error)))
-        self.end_scrape = _get(f"http://127.0.0.1:{self.port}/metrics")[1]
+        self.end_scrape = get(f"http://127.0.0.1:{self.port}/metrics")[1]
 
 
 class Raiser(beam_zdl.ProgressListener):
@@ -192,19 +170,19 @@ def test_metrics_scraped_during_the_run_rise_and_lag_ends_at_zero(run):
     for status, text, health_status, health in scrapes:
         assert status == 200 and health_status == 200, health
         assert json.loads(health)["status"] == "ok"
-        batches.append(_sample(text, "beam_zdl_batches_total", mode="direct", replay="false"))
+        batches.append(sample(text, "beam_zdl_batches_total", mode="direct", replay="false"))
     assert batches == [1.0, 2.0, 3.0]
     last = scrapes[-1][1]
-    assert _sample(last, "beam_zdl_records_total") == RECORDS
-    assert _sample(last, "beam_zdl_dead_letter_records_total") == BAD
-    assert _sample(last, "beam_zdl_batch_duration_seconds_count", step="run") == 3
-    assert _sample(last, "beam_zdl_pipeline_counter_total", namespace="user",
+    assert sample(last, "beam_zdl_records_total") == RECORDS
+    assert sample(last, "beam_zdl_dead_letter_records_total") == BAD
+    assert sample(last, "beam_zdl_batch_duration_seconds_count", step="run") == 3
+    assert sample(last, "beam_zdl_pipeline_counter_total", namespace="user",
                    name="decoded") == RECORDS - BAD
-    assert _sample(last, "beam_zdl_commit_failures_total") == 0
+    assert sample(last, "beam_zdl_commit_failures_total") == 0
     for p in range(3):
-        assert _sample(last, "beam_zdl_lag_offsets", topic=topic, partition=str(p)) == 0
+        assert sample(last, "beam_zdl_lag_offsets", topic=topic, partition=str(p)) == 0
     first = scrapes[0][1]
-    assert sum(_sample(first, "beam_zdl_lag_offsets", topic=topic, partition=str(p)) or 0
+    assert sum(sample(first, "beam_zdl_lag_offsets", topic=topic, partition=str(p)) or 0
                for p in range(3)) > 0
     with pytest.raises(OSError):  # the server stops with the run
         urllib.request.urlopen(f"http://127.0.0.1:{run['port']}/healthz", timeout=5)
@@ -320,12 +298,12 @@ def test_wal_mode_driver_serves_the_receiver_metrics_too(kafka, tmp_path):
     progress = summary.recent_progress
     assert sum(p.wal_segments for p in progress) >= 4 and all(p.mode == "wal" for p in progress)
     last = recorder.scrapes[-1][1]
-    assert _sample(last, "beam_zdl_records_total") == 200
-    assert _sample(last, "beam_zdl_batches_total", mode="wal", replay="false") == len(progress)
+    assert sample(last, "beam_zdl_records_total") == 200
+    assert sample(last, "beam_zdl_batches_total", mode="wal", replay="false") == len(progress)
     end = recorder.end_scrape  # the server serves until the listeners heard on_end
-    assert _sample(end, "beam_zdl_receiver_records_total") == 200
-    assert (_sample(end, "beam_zdl_receiver_segments_sealed_total") or 0) >= 4
-    assert _sample(end, "beam_zdl_receiver_seal_seconds_count") == _sample(
+    assert sample(end, "beam_zdl_receiver_records_total") == 200
+    assert (sample(end, "beam_zdl_receiver_segments_sealed_total") or 0) >= 4
+    assert sample(end, "beam_zdl_receiver_seal_seconds_count") == sample(
         end, "beam_zdl_receiver_segments_sealed_total")
 
 
