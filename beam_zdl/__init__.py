@@ -13,6 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from beam_zdl.lean import install_if_asked
+
+# BEAM_ZDL_LEAN_IMPORTS=1: leave out Beam's unused IOs before anything imports Beam.
+install_if_asked()
+
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on first use
     from beam_zdl.decode import DeadLetter, DecodedRecord, DecodeRecords
     from beam_zdl.batch_progress import (BatchProgress, PartitionProgress,

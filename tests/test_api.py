@@ -179,7 +179,7 @@ def test_no_module_imports_another_modules_private_names():
 _LAYERS: list[tuple[str, set[str]]] = [
     ("base: errors, names, the element type", {
         "errors", "framing", "metrics", "chaos", "secrets", "logs", "compat", "monitoring",
-        "records"}),
+        "records", "lean"}),
     ("durable formats and storage", {
         "storage", "coordinator", "trackers", "wal", "wal.format", "wal.reader",
         "wal.writer", "wal.directory", "wal.epochs"}),
