@@ -99,6 +99,16 @@ def direct_2(args: argparse.Namespace) -> dict:
     return _micro_batches(args, _WORKERS[2])
 
 
+@peer("direct_2_workers_lean")
+def direct_2_lean(args: argparse.Namespace) -> dict:
+    """direct_2_workers with BEAM_ZDL_LEAN_IMPORTS=1 (beam_zdl/lean.py), set before this
+    process imports Beam, so the driver and its worker process are both lean."""
+    os.environ["BEAM_ZDL_LEAN_IMPORTS"] = "1"
+    from beam_zdl import lean
+    lean.install()
+    return _micro_batches(args, _WORKERS[2])
+
+
 @peer("batch_overhead")
 def batch_overhead(args: argparse.Namespace) -> dict:
     """The driver's fixed cost per batch: one batch of a tiny topic (``--topics``), per

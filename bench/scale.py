@@ -5,10 +5,14 @@
 On one LocalKafka:
 
 * throughput: per (partitions, records), a fresh topic; the bare confluent-kafka
-  loop and direct mode with 2 workers (``bench.peers``), each a child process:
-  records/s, us per record, driver and tree RSS, ratio to bare. Batch sizing is
-  run_micro_batches' default (no ``--max_records_per_*`` cap: an
+  loop, direct mode with 1 and 2 workers (2 also with ``BEAM_ZDL_LEAN_IMPORTS=1``)
+  and WAL mode (``bench.peers``), each a child process, in ``--rounds``
+  interleaved rounds: records/s, us per record, driver and tree RSS, and the
+  ratio to the bare loop of the same round (median and spread over rounds).
+  Batch sizing is run_micro_batches' default (no ``--max_records_per_*`` cap: an
   ``available_now`` run reads the whole backlog in one batch).
+* fixed cost: ``bench.peers batch_fixed_cost`` (10 tiny batches against 1) on a
+  small topic of the fewest and of the most partitions, interleaved per round.
 * planning: the driver's Step 2 per batch (end offsets of every partition, the
   plan from the last plan's stops, the plan written), timed on DirectDriver
   itself with ``--trigger=continuous`` (end offsets asked every batch), then
@@ -18,7 +22,8 @@ On one LocalKafka:
   real run_micro_batches of ~50 small batches with ``--retain_batches=10`` to
   confirm the per-batch file pattern.
 
-Writes a table to stdout, ``bench/scale.json`` and ``bench/scale.png``.
+Writes a table to stdout, then each target of issue 27 with its median, spread and
+met or missed (:data:`TARGETS`), ``bench/scale.json`` and ``bench/scale.png``.
 """
 
 from __future__ import annotations
@@ -39,8 +44,21 @@ from beam_zdl.testing import LocalKafka
 from bench.run import run_peer
 
 HERE = Path(__file__).resolve().parent
-PEERS = ["bare_consumer", "direct_2_workers"]
+PEERS = ["bare_consumer", "direct_1_worker", "direct_2_workers", "direct_2_workers_lean",
+         "wal_local"]
 PLANNING_LIMIT_S = 0.5
+# The targets of issue 27, each checked from the rounds of one run.
+RATIO_AT_FEWEST = 0.8   # direct, 2 workers, against the bare loop at the fewest partitions
+FLAT = 0.85             # that ratio at more partitions, against the one at the fewest
+FIXED_COST_GROWTH = 2.0  # fixed cost per batch at the most partitions / at the fewest
+TREE_RSS_MB = 300.0     # direct with 2 workers, peak RSS of the process tree
+PLANNING_PARTITIONS = 1000
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of one figure over the rounds."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
 
 
 def _ints(text: str) -> list[int]:
@@ -62,23 +80,68 @@ def _delete_topic(kafka: LocalKafka, topic: str) -> None:
 
 
 def throughput(kafka: LocalKafka, workdir: str, partitions: int, records: int,
-               value_bytes: int) -> dict[str, Any]:
-    """Both peers over one fresh topic of ``records`` in ``partitions``."""
+               value_bytes: int, rounds: int, peers: list[str]) -> dict[str, Any]:
+    """Every peer over one fresh topic of ``records`` in ``partitions``, ``rounds`` times,
+    interleaved (round 1 runs every peer, then round 2...): load from other work on the
+    machine falls on all peers alike, and each ratio is taken within its round."""
     topic = kafka.create_topic(partitions=partitions)
     produce_s = _produce(kafka, topic, records, partitions, value_bytes)
     args = argparse.Namespace(value_bytes=value_bytes, records=records, partitions=partitions)
-    out: dict[str, Any] = {"produce_s": round(produce_s, 1)}
-    for name in PEERS:
-        r = run_peer(name, kafka, topic, workdir, args, [])
-        if r.get("seconds"):
-            r["records_per_s"] = r["records"] / r["seconds"]
-            r["us_per_record"] = 1e6 * r["seconds"] / r["records"]
-        out[name] = r
-    base = out["bare_consumer"].get("records_per_s")
-    direct = out["direct_2_workers"].get("records_per_s")
-    if base and direct:
-        out["direct_to_bare"] = direct / base
+    out: dict[str, Any] = {"produce_s": round(produce_s, 1), "rounds": []}
+    for _ in range(rounds):
+        one: dict[str, Any] = {}
+        for name in peers:
+            r = run_peer(name, kafka, topic, workdir, args, [])
+            if r.get("seconds"):
+                r["records_per_s"] = r["records"] / r["seconds"]
+                r["us_per_record"] = 1e6 * r["seconds"] / r["records"]
+            one[name] = r
+        out["rounds"].append(one)
+    for name in peers:
+        done = [r[name] for r in out["rounds"] if "records_per_s" in r[name]]
+        if not done:
+            out[name] = out["rounds"][-1][name]
+            continue
+        # The round of the median rate stands for the peer (its RSS too); the spreads
+        # are kept beside it.
+        median = sorted(done, key=lambda r: r["records_per_s"])[(len(done) - 1) // 2]
+        out[name] = {**median, "records_per_s_rounds": _spread([r["records_per_s"] for r in done]),
+                     "peak_tree_rss_mb_rounds": _spread([r.get("peak_tree_rss_mb", 0.0)
+                                                         for r in done])}
+        ratios = [r[name]["records_per_s"] / r["bare_consumer"]["records_per_s"]
+                  for r in out["rounds"]
+                  if "records_per_s" in r[name] and "records_per_s" in r["bare_consumer"]]
+        if ratios and name != "bare_consumer":
+            out[f"{name}_to_bare"] = _spread(ratios)
+    if "direct_2_workers_to_bare" in out:
+        out["direct_to_bare"] = out["direct_2_workers_to_bare"]["median"]
     _delete_topic(kafka, topic)
+    return out
+
+
+def fixed_cost(kafka: LocalKafka, workdir: str, partitions: list[int],
+               rounds: int) -> dict[str, Any]:
+    """``bench.peers batch_fixed_cost`` on a small topic per partition count (250 records
+    per partition), the counts interleaved in each round."""
+    topics = {}
+    for p in partitions:
+        topics[p] = kafka.create_topic(partitions=p)
+        _produce(kafka, topics[p], 250 * p, p, 100)
+    out: dict[str, Any] = {str(p): {"rounds": []} for p in partitions}
+    for _ in range(rounds):
+        for p in partitions:
+            args = argparse.Namespace(value_bytes=100, records=250 * p, partitions=p)
+            out[str(p)]["rounds"].append(run_peer("batch_fixed_cost", kafka, topics[p],
+                                                  workdir, args, []))
+    for p in partitions:
+        cell = out[str(p)]
+        for workers in ("1_worker", "2_worker"):
+            for key in ("fixed_s_per_batch", "fixed_cpu_s_per_batch"):
+                values = [r[workers][key] for r in cell["rounds"] if workers in r]
+                if values:
+                    cell[f"{workers}_{key}"] = _spread(values)
+    for topic in topics.values():
+        _delete_topic(kafka, topic)
     return out
 
 
@@ -152,6 +215,7 @@ def drive_coordinator(kafka: LocalKafka, topic: str, batches: int,
     files, size, per = _files(checkpoint_dir)
     return {"batches": len(plan_s), "retain_batches": config.retain_batches,
             "plan_median_s": statistics.median(plan_s), "plan_max_s": max(plan_s),
+            "plan_min_s": min(plan_s),
             "plan_first_s": plan_s[0], "complete_commit_median_s": statistics.median(commit_s),
             "files": files, "bytes": size, "files_per_folder": per, "after_batches": after}
 
@@ -221,7 +285,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         left.legend(fontsize=8)
     left.set_title("cost per record vs partitions", fontsize=10)
     plan = result["planning"]
-    parts = [p for p in result["partitions"] if str(p) in plan]
+    parts = sorted(int(p) for p in plan)
     right.plot(parts, [plan[str(p)]["plan_median_s"] for p in parts], marker="o",
                color="#4472c4", label="Step 2 (plan), median per batch")
     right.plot(parts, [plan[str(p)]["plan_max_s"] for p in parts], marker=".",
@@ -243,24 +307,91 @@ def chart(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _workers(key: str) -> str:
+    return "1 worker" if key == "1_worker" else "2 workers"
+
+
+def _target(what: str, spread: dict[str, Any], limit: float, at_most: bool,
+            unit: str = "") -> dict[str, Any]:
+    met = spread["median"] <= limit if at_most else spread["median"] >= limit
+    return {"target": what, "limit": f"{'<=' if at_most else '>='} {limit:g}{unit}",
+            **spread, "met": met}
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 27's targets, from the medians of this run's rounds (spread: min-max)."""
+    out = []
+    fewest, most = min(result["partitions"]), max(result["partitions"])
+    for records in result["records"]:
+        first = result["throughput"].get(f"{fewest}x{records}", {})
+        base = first.get("direct_2_workers_to_bare")
+        if not base:
+            continue
+        out.append(_target(f"direct 2 workers / bare loop, {fewest} partitions, "
+                           f"{records / 1e6:g}M records", base, RATIO_AT_FEWEST, False))
+        for p in result["partitions"]:
+            r = result["throughput"].get(f"{p}x{records}", {}).get("direct_2_workers_to_bare")
+            if p == fewest or not r:
+                continue
+            out.append(_target(
+                f"flat: ratio at {p} / ratio at {fewest} partitions, {records / 1e6:g}M",
+                {"median": r["median"] / base["median"], "min": r["min"] / base["max"],
+                 "max": r["max"] / base["min"], "n": r["n"]}, FLAT, False))
+    for name in ("direct_2_workers", "direct_2_workers_lean"):
+        for records in result["records"][:1]:
+            rss = result["throughput"].get(f"{fewest}x{records}", {}).get(name, {}).get(
+                "peak_tree_rss_mb_rounds")
+            if rss:
+                out.append(_target(f"tree peak RSS, {name}, {fewest} partitions, "
+                                   f"{records / 1e6:g}M", rss, TREE_RSS_MB, True, " MB"))
+    plan = result["planning"].get(str(max(int(p) for p in result["planning"]))) \
+        if result["planning"] else None
+    if plan:
+        out.append(_target(f"planning a batch at {max(int(p) for p in result['planning'])} "
+                           "partitions (median; spread over batches)",
+                           {"median": plan["plan_median_s"], "min": plan["plan_min_s"],
+                            "max": plan["plan_max_s"], "n": plan["batches"]},
+                           PLANNING_LIMIT_S, True, " s"))
+    fixed = result.get("fixed_cost", {})
+    low, high = fixed.get(str(fewest), {}), fixed.get(str(most), {})
+    # CPU seconds (driver and workers): the wall time of 10 tiny batches against 1 swings
+    # with the machine's load by more than the fixed cost itself.
+    for workers in ("1_worker", "2_worker"):
+        a = low.get(f"{workers}_fixed_cpu_s_per_batch")
+        b = high.get(f"{workers}_fixed_cpu_s_per_batch")
+        if a and b and fewest != most:
+            out.append(_target(
+                f"fixed CPU per batch, {_workers(workers)}: {most} / {fewest} "
+                f"partitions ({b['median']:.3f} s / {a['median']:.3f} s)",
+                {"median": b["median"] / a["median"], "min": b["min"] / a["max"],
+                 "max": b["max"] / a["min"], "n": min(a["n"], b["n"])},
+                FIXED_COST_GROWTH, True))
+    return out
+
+
 def report(result: dict[str, Any]) -> list[str]:
     lines = [f"\nscale series: {result['cores']} cores, values of {result['value_bytes']} B, "
              f"run in {result['bench_s']} s\n",
-             f"{'partitions':>10}{'records':>11}{'peer':>18}{'records/s':>11}{'us/rec':>8}"
-             f"{'x bare':>8}{'RSS MB':>8}{'tree RSS MB':>12}{'batches':>8}"]
+             f"{'partitions':>10}{'records':>11}{'peer':>22}{'records/s':>11}{'us/rec':>8}"
+             f"{'x bare (spread)':>20}{'RSS MB':>8}{'tree RSS MB':>12}{'batches':>8}"]
     for records in result["records"]:
         for p in result["partitions"]:
             cell = result["throughput"].get(f"{p}x{records}")
-            for name in PEERS if cell else ():
-                r = cell.get(name, {})
+            for name in [n for n in PEERS if n in cell] if cell else ():
+                r = cell[name]
                 if "records_per_s" not in r:
-                    lines.append(f"{p:>10}{records:>11,}{name:>18}  could not run: "
+                    lines.append(f"{p:>10}{records:>11,}{name:>22}  could not run: "
                                  f"{r.get('error')}")
                     continue
                 ratio = r["records_per_s"] / cell["bare_consumer"]["records_per_s"] \
                     if "records_per_s" in cell.get("bare_consumer", {}) else float("nan")
-                lines.append(f"{p:>10}{records:>11,}{name:>18}{r['records_per_s']:>11,.0f}"
+                spread = cell.get(f"{name}_to_bare")
+                if spread:
+                    ratio = spread["median"]
+                lines.append(f"{p:>10}{records:>11,}{name:>22}{r['records_per_s']:>11,.0f}"
                              f"{r['us_per_record']:>8.2f}{ratio:>8.2f}"
+                             + (f" ({spread['min']:.2f}-{spread['max']:.2f})" if spread
+                                else " " * 12) +
                              f"{r.get('peak_rss_mb', 0):>8.0f}{r.get('peak_tree_rss_mb', 0):>12.0f}"
                              f"{r.get('batches', '-'):>8}")
     lines.append(f"\n{'partitions':>10}{'plan median s':>15}{'plan max s':>12}"
@@ -278,6 +409,19 @@ def report(result: dict[str, Any]) -> list[str]:
             for n, at in c.get("after_batches", {}).items():
                 lines.append(f"  after {int(n):>5,} batches: {at['files']:>4} files, "
                              f"{at['bytes']:>9,} bytes")
+    for p, cell in result.get("fixed_cost", {}).items():
+        for workers in ("1_worker", "2_worker"):
+            f = cell.get(f"{workers}_fixed_s_per_batch")
+            c = cell.get(f"{workers}_fixed_cpu_s_per_batch")
+            if f and c:
+                lines.append(f"fixed cost per batch, {p} partitions, {_workers(workers)}: "
+                             f"{f['median']:.3f} s ({f['min']:.3f}-{f['max']:.3f}), "
+                             f"{c['median']:.3f} CPU s, {f['n']} rounds")
+    lines.append(f"\ntargets (issue 27; median of {result.get('rounds', 1)} interleaved "
+                 "rounds, spread min-max):")
+    for t in result.get("targets", []):
+        lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: "
+                     f"{t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f}), target {t['limit']}")
     return lines
 
 
@@ -292,8 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint_batches", type=int, default=1000)
     parser.add_argument("--checkpoint_partitions", type=int, default=256)
     parser.add_argument("--real_batches", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of every throughput and fixed-cost figure")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help="throughput peers (bare_consumer and direct_2_workers needed "
+                             "for the targets)")
+    parser.add_argument("--planning_partitions", type=int, default=PLANNING_PARTITIONS,
+                        help="one more partition count, timed for planning only")
     parser.add_argument("--skip", default="", help="comma-separated: throughput,planning,"
-                                                   "checkpoint,real")
+                                                   "checkpoint,real,fixed_cost")
     parser.add_argument("--out", default=str(HERE), help="folder of scale.json / scale.png")
     args = parser.parse_args(argv)
     partitions = _ints(args.partitions)
@@ -305,16 +456,18 @@ def main(argv: list[str] | None = None) -> int:
                               "value_bytes": args.value_bytes, "cores": os.cpu_count(),
                               # A --quick trial is labelled so it is never read as the series.
                               "quick": args.quick,
-                              "throughput": {}, "planning": {}}
+                              "rounds": args.rounds, "throughput": {}, "planning": {}}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="beam-zdl-scale-") as workdir, LocalKafka() as kafka:
         if "planning" not in skip or "checkpoint" not in skip:
             # One offset per partition per batch: enough for every timed batch.
-            need = max(args.planning_batches, args.checkpoint_batches) + 1
-            for p in sorted(set(partitions) | {args.checkpoint_partitions}):
+            planned = set(partitions) | {args.planning_partitions}
+            for p in sorted(planned | {args.checkpoint_partitions}):
+                need = (max(args.planning_batches, args.checkpoint_batches)
+                        if p == args.checkpoint_partitions else args.planning_batches) + 1
                 topic = kafka.create_topic(partitions=p)
                 _produce(kafka, topic, p * need, p, 10)
-                if "planning" not in skip and p in partitions:
+                if "planning" not in skip and p in planned:
                     r = drive_coordinator(kafka, topic, args.planning_batches,
                                           f"{workdir}/plan-{p}")
                     r["per_partition_watermarks_s"] = per_partition_watermarks_s(kafka, topic, p)
@@ -337,9 +490,15 @@ def main(argv: list[str] | None = None) -> int:
             for n in records:
                 for p in partitions:
                     print(f"throughput {p} partitions, {n:,} records", file=sys.stderr)
-                    result["throughput"][f"{p}x{n}"] = throughput(kafka, workdir, p, n,
-                                                                  args.value_bytes)
+                    result["throughput"][f"{p}x{n}"] = throughput(
+                        kafka, workdir, p, n, args.value_bytes, args.rounds,
+                        args.peers.split(","))
+        if "fixed_cost" not in skip:
+            ends = sorted({min(partitions), max(partitions)})
+            print(f"fixed cost per batch at {ends} partitions", file=sys.stderr)
+            result["fixed_cost"] = fixed_cost(kafka, workdir, ends, args.rounds)
     result["bench_s"] = round(time.monotonic() - started, 1)
+    result["targets"] = targets(result)
     print("\n".join(report(result)))
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     chart(result, out / "scale.png")
