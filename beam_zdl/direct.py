@@ -79,7 +79,8 @@ import beam_zdl.compat as compat
 import beam_zdl.metrics as metrics
 import beam_zdl.records as records
 from beam_zdl.errors import DataLossError, ZdlError
-from beam_zdl.kafka import KafkaSettings, check_gap, is_out_of_range, lost_offsets
+from beam_zdl.kafka import (BOUNDED_READER_CONFIG, KafkaSettings, check_gap,
+                            is_out_of_range, lost_offsets)
 from beam_zdl.ranges import PartitionRange
 
 __all__ = ["ReadSettings", "OffsetRangeProvider", "ReadOffsetRangesFn",
@@ -90,25 +91,8 @@ _LOGGER = logging.getLogger(__name__)
 _POLL_TIMEOUT_S = 1.0
 # How long a range may see no progress before the read fails, naming it.
 _STALL_TIMEOUT_S = 120.0
-# A bounded reader never waits for new data: a fetch that long-polls at a range's end
-# (librdkafka's default is 500 ms) holds back the next range's first fetch on the
-# same broker connection. Even 10 ms made a small range cost 18 ms from assign to its
-# last record (local broker, 25 records), against 4 ms with 1 ms: a batch of small ranges
-# waited on it more than on anything else. A fetch with records to return is answered at
-# once either way (reading 400k records: the same rate and CPU).
-# librdkafka (2.x) postpones a partition's next fetch by fetch.queue.backoff.ms (default
-# 1 s) once its prefetch queue is over queued.min.messages (100k records, a few MB of
-# small records), which made a single-partition read stall several times per range
-# (measured: 5 us/record against 0.6 with 5 ms). Reading one range at a time needs no
-# deep prefetch either: 1 MB fetches into an 8 MB queue (2,000-record polls) read as
-# fast as 8 MB fetches into 64 MB (10,000-record polls) and took a reading worker's
-# peak RSS from +95 MB over its imports to +50 MB (one worker reading 2 x 250k).
-# 512 KB fetches into a 2 MB queue read as fast again (bare consume loop, 2 x 250k records
-# of 100 B, 3 interleaved rounds: 0.93M records/s against 0.80M) and the consumer's share
-# of the read fell from +30 MB to +7 MB (bench/scale.py, issue 27).
-_READER_CONFIG = {"fetch.wait.max.ms": 1, "fetch.queue.backoff.ms": 5,
-                  "max.partition.fetch.bytes": 512 * 1024,
-                  "queued.max.messages.kbytes": 2 * 1024}
+# Its consumer settings: beam_zdl.kafka.BOUNDED_READER_CONFIG (why each, measured, there).
+_READER_CONFIG = BOUNDED_READER_CONFIG
 MIN_SPLIT_RECORDS = int(os.environ.get("BEAM_ZDL_MIN_SPLIT_RECORDS", 500_000))
 SPLITS_PER_RANGE = int(os.environ.get("BEAM_ZDL_SPLITS_PER_RANGE", 4))
 

@@ -44,6 +44,7 @@ from beam_zdl.secrets import is_secret, redact, resolve
 
 __all__ = [
     "KafkaSettings",
+    "BOUNDED_READER_CONFIG",
     "GUARDED_CONSUMER",
     "GUARDED_PRODUCER",
     "CONNECT_TIMEOUT_S",
@@ -76,6 +77,27 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 _METADATA_TIMEOUT_S = 30.0
+# The settings of a reader of exact offset ranges (beam_zdl.direct; bench.peers'
+# bare_consumer_tuned), one range at a time.
+# A bounded reader never waits for new data: a fetch that long-polls at a range's end
+# (librdkafka's default is 500 ms) holds back the next range's first fetch on the
+# same broker connection. Even 10 ms made a small range cost 18 ms from assign to its
+# last record (local broker, 25 records), against 4 ms with 1 ms: a batch of small ranges
+# waited on it more than on anything else. A fetch with records to return is answered at
+# once either way (reading 400k records: the same rate and CPU).
+# librdkafka (2.x) postpones a partition's next fetch by fetch.queue.backoff.ms (default
+# 1 s) once its prefetch queue is over queued.min.messages (100k records, a few MB of
+# small records), which made a single-partition read stall several times per range
+# (measured: 5 us/record against 0.6 with 5 ms). Reading one range at a time needs no
+# deep prefetch either: 1 MB fetches into an 8 MB queue (2,000-record polls) read as
+# fast as 8 MB fetches into 64 MB (10,000-record polls) and took a reading worker's
+# peak RSS from +95 MB over its imports to +50 MB (one worker reading 2 x 250k).
+# 512 KB fetches into a 2 MB queue read as fast again (bare consume loop, 2 x 250k records
+# of 100 B, 3 interleaved rounds: 0.93M records/s against 0.80M) and the consumer's share
+# of the read fell from +30 MB to +7 MB (bench/scale.py, issue 27).
+BOUNDED_READER_CONFIG: dict[str, object] = {
+    "fetch.wait.max.ms": 1, "fetch.queue.backoff.ms": 5,
+    "max.partition.fetch.bytes": 512 * 1024, "queued.max.messages.kbytes": 2 * 1024}
 
 # What consume() reports for a position outside the log. With auto.offset.reset=error,
 # librdkafka gives KafkaError._AUTO_OFFSET_RESET (-140); the broker's

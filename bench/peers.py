@@ -38,10 +38,12 @@ def peer(name: str):
 
 
 @peer("bare_consumer")
-def bare_consumer(args: argparse.Namespace) -> dict:
-    """A plain confluent-kafka consume loop: the practical limit of one Python consumer."""
+def bare_consumer(args: argparse.Namespace, extra: dict | None = None) -> dict:
+    """A plain confluent-kafka consume loop, librdkafka's fetch defaults: what a user's
+    first loop reads. With few partitions it waits on fetch.queue.backoff.ms (1 s once a
+    partition's queue is over 100k records); ``bare_consumer_tuned`` does not."""
     from beam_zdl import kafka
-    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-bare")
+    consumer = kafka.new_consumer(args.bootstrap_servers, "bench-bare", extra)
     parts = kafka.partitions_of(consumer, [args.topics], args.bootstrap_servers)
     marks = kafka.watermarks(consumer, parts, args.bootstrap_servers)
     from confluent_kafka import TopicPartition
@@ -59,6 +61,14 @@ def bare_consumer(args: argparse.Namespace) -> dict:
     seconds = time.monotonic() - started
     consumer.close()
     return {"records": records, "bytes": nbytes, "seconds": seconds}
+
+
+@peer("bare_consumer_tuned")
+def bare_consumer_tuned(args: argparse.Namespace) -> dict:
+    """The bare loop with direct mode's reader settings (kafka.BOUNDED_READER_CONFIG): no
+    fetch backoff, so its rate does not depend on the partition count."""
+    from beam_zdl import kafka
+    return bare_consumer(args, dict(kafka.BOUNDED_READER_CONFIG))
 
 
 def _build(records, batch) -> None:
@@ -784,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("peak_rss_mb", _own_peak_rss_mb())
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
+    # CPU of this process and its reaped children (worker processes, closed by now): unlike
+    # seconds, barely moved by other work on the machine.
+    result["cpu_s"] = round(_tree_cpu_s(), 3)
     print(json.dumps(result))
     return 0
 
