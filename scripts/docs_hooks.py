@@ -148,17 +148,24 @@ def bench_fixed_cost_table() -> str:
 def bench_scale_table() -> str:
     data = _load("scale.json")
     lines = ["| partitions | records | bare loop µs/record | direct, 2 workers µs/record "
-             "| × bare | tree peak RSS |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| × bare (spread) | × tuned bare | tree peak RSS | lean |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for records in data["records"]:
         for parts in data["partitions"]:
             cell = data["throughput"].get(f"{parts}x{records}")
             if not cell:
                 continue
             bare, direct = cell["bare_consumer"], cell["direct_2_workers"]
+            spread = cell.get("direct_2_workers_to_bare")  # over rounds, when measured so
+            ratio = (f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f})"
+                     if spread else f"{cell['direct_to_bare']:.2f}")
+            tuned = cell.get("direct_2_workers_to_tuned")
+            to_tuned = f"{tuned['median']:.2f}" if tuned else "–"
+            lean = cell.get("direct_2_workers_lean", {}).get("peak_tree_rss_mb")
+            lean_rss = f"{lean:,.0f} MB" if lean else "–"
             lines.append(f"| {parts} | {records / 1e6:.0f}M | {bare['us_per_record']:.1f} "
-                         f"| {direct['us_per_record']:.1f} | {cell['direct_to_bare']:.2f} "
-                         f"| {direct['peak_tree_rss_mb']:,.0f} MB |")
+                         f"| {direct['us_per_record']:.1f} | {ratio} | {to_tuned} "
+                         f"| {direct['peak_tree_rss_mb']:,.0f} MB | {lean_rss} |")
     return "\n".join(lines)
 
 
