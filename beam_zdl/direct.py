@@ -197,6 +197,14 @@ class ReadOffsetRangesFn(beam.DoFn):
     def setup(self) -> None:
         self._consumer = self._settings.consumer(_READER_CONFIG)
 
+    def finish_bundle(self) -> None:
+        # A range leaves its partition assigned: the next range's assign replaces it (one
+        # librdkafka op instead of an unassign and an assign: ~0.25 ms a range, a third
+        # of a small range's cost). Once the bundle is done, nothing stays assigned, so an
+        # idle consumer fetches nothing between batches.
+        if self._consumer is not None:
+            self._consumer.unassign()
+
     def teardown(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
@@ -319,8 +327,9 @@ class ReadOffsetRangesFn(beam.DoFn):
             # Claiming stop finishes a range whose last offsets held no records.
             if attempted < stop:
                 tracker.try_claim(stop)
-        finally:
-            consumer.unassign()
+        except BaseException:
+            consumer.unassign()  # a failed or abandoned range fetches no further
+            raise
 
     def _on_missing(self, topic: str, partition: int, first_missing: int,
                     resume_at: int) -> int:
