@@ -115,7 +115,8 @@ def positions(consumer: Any, config: "ZdlConfig", partitions: list[TopicPartitio
 
 
 def plan(consumer: Any, config: "ZdlConfig", known: Optional[Mapping[TopicPartition, int]] = None,
-         ends: Optional[Mapping[TopicPartition, int]] = None) -> list[PartitionRange]:
+         ends: Optional[Mapping[TopicPartition, int]] = None,
+         partitions: Optional[list[TopicPartition]] = None) -> list[PartitionRange]:
     """The next ranges of every partition of ``--topics``.
 
     Args:
@@ -123,8 +124,12 @@ def plan(consumer: Any, config: "ZdlConfig", known: Optional[Mapping[TopicPartit
         config: the validated settings (topics, starting offsets, cap).
         known: positions recorded by a checkpoint (see :func:`positions`).
         ends: where to stop (a run's targets); default: :func:`end_positions`.
+        partitions: every partition of ``--topics``, when the caller just asked (the
+            metadata of a topic of 1,000 partitions takes ~50 ms to ask and read);
+            default: asked here.
     """
-    partitions = kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
+    if partitions is None:
+        partitions = kafka.partitions_of(consumer, config.topics, config.bootstrap_servers)
     if ends is None:
         ends = end_positions(consumer, config, partitions)
     ranges = plan_ranges(partitions, positions(consumer, config, partitions, known), ends,

@@ -83,10 +83,15 @@ class DirectDriver(BatchLoop):
     def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
         # Step 2
         ends = self._targets
+        partitions = None
         if ends is None:
-            ends = ranges.end_positions(self.consumer, self.config)
+            # One metadata lookup serves the end offsets and the plan.
+            partitions = kafka.partitions_of(self.consumer, self.config.topics,
+                                             self.config.bootstrap_servers)
+            ends = ranges.end_positions(self.consumer, self.config, partitions)
             self.progress.planned_to(ends)
-        planned = ranges.plan(self.consumer, self.config, self._checkpointed(), ends)
+        planned = ranges.plan(self.consumer, self.config, self._checkpointed(), ends,
+                              partitions)
         if all(r.stop == r.start for r in planned):
             return None
         return checkpoint_pb2.BatchPlan(
