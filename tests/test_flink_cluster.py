@@ -341,8 +341,8 @@ def test_readmes_word_count_runs_on_the_cluster(kafka, cluster, tmp_path):
 
 def test_a_failing_batch_job_fails_the_batch_within_the_restart_bound(kafka, cluster, tmp_path):
     """LocalFlink restarts a failed job a bounded number of times (restart-strategy), so
-    the driver gets the job's failure, with the worker's reason, instead of waiting forever;
-    the batch stays pending."""
+    the driver gets the job's failure instead of waiting forever: a BatchFailedError naming
+    the batch and quoting the worker's exception; the batch stays pending."""
     topic = kafka.create_topic(partitions=2)
     kafka.produce(topic, ((None, b"poison", i % 2) for i in range(10)))
     flags = _micro_batch_flags(kafka, cluster, tmp_path, topic)
@@ -352,13 +352,20 @@ def test_a_failing_batch_job_fails_the_batch_within_the_restart_bound(kafka, clu
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     took = time.monotonic() - started
     assert proc.returncode != 0
-    assert "poison record at offset" in proc.stderr, proc.stderr[-4000:]
+    assert proc.stdout.strip(), proc.stderr[-4000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    # One of beam_zdl's errors, naming the batch and quoting the worker's exception.
+    assert error["error"] == "BatchFailedError" and error["batch_id"] == 0, error
+    assert error["message"].startswith("batch 0 failed on FlinkRunner (job "), error
+    assert "ValueError: poison record at offset " in error["message"], error
+    assert "stays pending" in error["message"]
     bound = cluster.restart_attempts * 60 + 120
     assert took < bound, f"the failing batch took {took:.0f} s to fail (bound {bound} s)"
     coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
     assert [p.batch_id for p in coord.pending()] == [0]
     assert all(o <= 0 for o in kafka.committed(f"g-{topic}", topic).values())
-    print(f"\n[flink cluster] a failing batch job failed the driver after {took:.0f} s "
+    print(f"\n[flink cluster] {error['message'][:300]}")
+    print(f"[flink cluster] a failing batch job failed the driver after {took:.0f} s "
           f"({cluster.restart_attempts} restarts)")
 
 

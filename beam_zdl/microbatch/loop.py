@@ -53,12 +53,13 @@ from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions, Lis
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
 from beam_zdl.ranges import PartitionRange
-from beam_zdl.errors import ZdlError
+from beam_zdl.errors import BatchFailedError, ZdlError
 from beam_zdl.microbatch.progress import Progress
 from beam_zdl.monitoring import DriverMetrics, Heartbeat, MetricsServer
 from beam_zdl.progress_history import ProgressHistory
 from beam_zdl.options import ZdlConfig
-from beam_zdl.runners import pipeline_runner
+from beam_zdl.runners import (batch_failure, pipeline_runner, reports_failure_as_text,
+                              runner_name)
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["Batch", "BatchLoop", "BuildFn", "RunSummary", "StopFlag", "current_batch",
@@ -141,17 +142,27 @@ def run_batch_pipeline_metrics(build_fn: BuildFn, options: PipelineOptions, batc
         (:func:`~beam_zdl.batch_progress.pipeline_metrics`).
     """
     options = batch_options(options)
-    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
+    runner = pipeline_runner(options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
     with building(batch):
         build_fn(records, batch)
     result = pipeline.run()
-    state = result.wait_until_finish()
+    try:
+        state = result.wait_until_finish()
+    except ZdlError:
+        raise
+    except Exception as exc:
+        # The local runner raises the worker's own exception (a DataLossError stays one);
+        # a cluster's job fails as text (Beam's RuntimeError): name the batch, keep the text.
+        if reports_failure_as_text(runner):
+            raise batch_failure(exc, batch.batch_id, runner) from exc
+        raise
     if state != PipelineState.DONE:
-        raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
-                       "pending and is replayed with the same input on the next start")
+        raise BatchFailedError(batch.batch_id, runner_name(runner), "", f"state {state}",
+                               f"it ended in state {state}, not DONE")
     return pipeline_metrics(result.metrics().query(MetricsFilter()))
 
 
