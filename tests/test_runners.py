@@ -86,3 +86,24 @@ def test_only_the_local_runner_raises_the_workers_own_exception():
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     assert not reports_failure_as_text(FnApiRunner())
     assert reports_failure_as_text("FlinkRunner") and reports_failure_as_text("PrismRunner")
+
+
+def test_batches_on_flink_skip_beams_pip_freeze_for_the_run_only():
+    """Beam runs `pip freeze` for every pipeline it submits to a job service (0.36 s of a
+    tiny batch on Flink); flink_job_server turns it off while the run lasts."""
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    from beam_zdl.runners import flink_job_server
+    options = PipelineOptions(["--runner=FlinkRunner", "--job_endpoint=localhost:1",
+                               "--experiments=mine"])
+    debug = options.view_as(DebugOptions)
+    with flink_job_server(options) as endpoint:
+        assert endpoint == "localhost:1"  # given: used as is, nothing started
+        assert debug.lookup_experiment("disable_logging_submission_environment")
+        assert _forwarded(options)["experiments"] == [
+            "mine", "disable_logging_submission_environment"]
+    assert debug.experiments == ["mine"]
+    streaming = PipelineOptions(["--runner=FlinkRunner", "--streaming"])
+    with flink_job_server(streaming):
+        assert not streaming.view_as(DebugOptions).lookup_experiment(
+            "disable_logging_submission_environment")
