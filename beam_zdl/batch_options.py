@@ -7,8 +7,8 @@ every transform, the options validator, the runner). Over many small batches
 that was the largest single part of the driver's fixed cost per batch.
 
 A view shares its values with the options it came from (one dict of values,
-:func:`beam_zdl.compat.options_values`), so handing back the same view object for the same class changes
-nothing a caller can observe; :func:`batch_options` returns such a view of
+:func:`beam_zdl.compat.options_values`), so handing back the same view object
+for the same class changes nothing a caller can observe; :func:`batch_options` returns such a view of
 the user's options. The memo is dropped when the options are copied or
 pickled (``Pipeline`` deep-copies its options; workers unpickle them).
 
