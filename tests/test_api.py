@@ -174,6 +174,27 @@ def test_no_module_imports_another_modules_private_names():
     assert offenders == []
 
 
+def test_no_class_overrides_a_private_method_of_another_modules_class():
+    """A base class other modules extend offers public hooks (BatchLoop's abstract
+    methods): a subclass elsewhere overrides none of its private names."""
+    import importlib
+    import inspect
+    offenders = []
+    for module in _beam_zdl_modules():
+        loaded = importlib.import_module(module)
+        for cls in vars(loaded).values():
+            if not inspect.isclass(cls) or cls.__module__ != module:
+                continue
+            for base in cls.__mro__[1:]:
+                if not base.__module__.startswith("beam_zdl") or base.__module__ == module:
+                    continue
+                offenders += [f"{module}.{cls.__name__}.{name} overrides {base.__module__}."
+                              f"{base.__name__}.{name}" for name in vars(cls)
+                              if name.startswith("_") and not name.startswith("__")
+                              and name in vars(base) and name != "_abc_impl"]
+    assert offenders == []
+
+
 # Private names of other libraries that are theirs to offer: Beam's documented hook for
 # options classes (STYLE.md), the os module's exit without clean-up.
 _FOREIGN_PRIVATE_ALLOWED = {"_add_argparse_args", "_exit"}
