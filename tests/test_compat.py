@@ -137,13 +137,6 @@ def test_cached_dofn_specs_answer_as_beam_does_and_once_per_class():
     assert calls.count("CallableWrapperDoFn") >= 3, calls  # (Create uses them too)
 
 
-def test_handler_managers_reusable_on_this_beam():
-    assert compat.handler_managers_reusable(), (
-        f"{BEAM}: FnApiRunner no longer builds its WorkerHandlerManager by module name, or "
-        "BundleManager no longer holds _cache_token_generator: every batch now gets its own "
-        "manager (slower, still correct); adapt beam_zdl.compat")
-
-
 def test_reuse_handler_manager_runs_pipelines_on_the_given_manager():
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.fn_api_runner.worker_handlers import (

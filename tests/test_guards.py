@@ -210,6 +210,7 @@ def _entry_points(tmp_path: Path, servers: str):
     yield "sink", sink
 
 
+@pytest.mark.integration  # every entry point, waiting on a dead address
 def test_every_entry_point_fails_fast_naming_servers_and_reason(tmp_path, dead_servers):
     servers, reason = dead_servers
     for name, entry in _entry_points(tmp_path, servers):
@@ -223,6 +224,7 @@ def test_every_entry_point_fails_fast_naming_servers_and_reason(tmp_path, dead_s
             info.value)
 
 
+@pytest.mark.integration  # every entry point, waiting on a dead address
 def test_cli_entry_points_fail_fast_without_raw_librdkafka_lines(tmp_path, dead_servers):
     servers, reason = dead_servers
     commands = [
