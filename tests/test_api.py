@@ -369,7 +369,7 @@ def test_a_missing_topic_to_read_is_a_topic_not_found_error(kafka):
     from beam_zdl.errors import TopicNotFoundError
     consumer = kafka_.new_consumer(kafka.bootstrap_servers, "g-missing-topic")
     try:
-        with pytest.raises(TopicNotFoundError, match="topic 'no-such-topic-y' is not readable"):
+        with pytest.raises(TopicNotFoundError, match="topic 'no-such-topic-y' does not exist"):
             kafka_.partitions_of(consumer, ["no-such-topic-y"], kafka.bootstrap_servers)
     finally:
         consumer.close()
