@@ -314,6 +314,8 @@ class BatchLoop(abc.ABC):
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        """Steps 0-5 until the trigger says stop (see the module doc); the mode's hooks
+        are called as the class doc says. Returns what was done."""
         cfg = self.config
         started = time.monotonic()
         kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
@@ -326,60 +328,10 @@ class BatchLoop(abc.ABC):
             self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
                                                cfg.consumer_config)
             with StopFlag() as stop:
-                # Step 0
-                self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
-                    format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
-                    mode=self.mode, consumer_group=cfg.consumer_group,
-                    wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
-                    created_ms=int(time.time() * 1000)))
-                _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
-                self.history = ProgressHistory(self.coordinator, cfg.retain_batches)
-                bus.post("on_start", cfg.checkpoint_dir, self.epoch)
-                self.on_start(stop)
-                self.heartbeat.beat("start")
-                plan: Optional[checkpoint_pb2.BatchPlan]
-                self.progress.start(self.start_positions(list(self.targets or ())), self.targets)
-                # Step 1
-                for plan in self.coordinator.pending():
+                self._claim(stop)
+                if self._replay_pending(stop):
+                    self._plan_and_run(stop)
                     self.check()
-                    kafka.serve_events(self.consumer)
-                    if stop.stopped or self._reached_max():
-                        return self._finish(started)
-                    batch = self.batch_of(plan, replay=True)
-                    _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
-                                 batch.batch_id, batch.planned_records, len(batch.segments))
-                    self._run_and_complete(batch, time.time(), time.monotonic(), 0.0)
-                # Steps 2-5
-                batch_id = self.coordinator.next_batch_id()
-                while not stop.stopped and not self._reached_max():
-                    self.check()
-                    kafka.serve_events(self.consumer)
-                    next_started = time.monotonic()
-                    trigger_time = time.time()
-                    plan = self.next_plan(batch_id)
-                    if plan is None:
-                        self.heartbeat.beat("idle")
-                        bus.post("on_idle")
-                        if self.done_when_idle():
-                            self.check()
-                            self.confirm_finished()
-                            break
-                        stop.sleep(self.idle_wait_s(next_started))
-                        continue
-                    plan.options_fingerprint = cfg.fingerprint()
-                    plan.created_ms = int(time.time() * 1000)
-                    plan = self.coordinator.write_plan(plan)
-                    crash_point("after_plan")
-                    self.heartbeat.beat(f"plan {plan.batch_id}")
-                    self._run_and_complete(self.batch_of(plan, replay=False), trigger_time,
-                                           next_started, time.monotonic() - next_started)
-                    # This driver is the checkpoint's only writer (write_plan checks the
-                    # fence and the id): the next id needs no listing.
-                    batch_id = plan.batch_id + 1
-                    if cfg.trigger == "continuous":
-                        stop.sleep(max(0.0, cfg.batch_interval_s -
-                                       (time.monotonic() - next_started)))
-                self.check()
                 return self._finish(started)
         except BaseException as exc:
             error = exc
@@ -398,6 +350,70 @@ class BatchLoop(abc.ABC):
                 bus.close()
                 if server is not None:
                     server.stop()
+
+    def _claim(self, stop: StopFlag) -> None:
+        """Step 0: claim the checkpoint (a new epoch), then start the mode (on_start)."""
+        cfg = self.config
+        self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
+            format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
+            mode=self.mode, consumer_group=cfg.consumer_group,
+            wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
+            created_ms=int(time.time() * 1000)))
+        _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
+        self.history = ProgressHistory(self.coordinator, cfg.retain_batches)
+        self._bus.post("on_start", cfg.checkpoint_dir, self.epoch)
+        self.on_start(stop)
+        self.heartbeat.beat("start")
+        self.progress.start(self.start_positions(list(self.targets or ())), self.targets)
+
+    def _replay_pending(self, stop: StopFlag) -> bool:
+        """Step 1: re-run every planned-but-incomplete batch with its recorded input.
+        False when the run was stopped (or reached ``--max_batches``) meanwhile."""
+        for plan in self.coordinator.pending():
+            self.check()
+            kafka.serve_events(self.consumer)
+            if stop.stopped or self._reached_max():
+                return False
+            batch = self.batch_of(plan, replay=True)
+            _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
+                         batch.batch_id, batch.planned_records, len(batch.segments))
+            self._run_and_complete(batch, time.time(), time.monotonic(), 0.0)
+        return True
+
+    def _plan_and_run(self, stop: StopFlag) -> None:
+        """Steps 2-5, batch after batch, until stopped, ``--max_batches``, or idle with
+        :meth:`done_when_idle` (then :meth:`confirm_finished`)."""
+        cfg = self.config
+        batch_id = self.coordinator.next_batch_id()
+        while not stop.stopped and not self._reached_max():
+            self.check()
+            kafka.serve_events(self.consumer)
+            next_started = time.monotonic()
+            trigger_time = time.time()
+            # Step 2
+            plan = self.next_plan(batch_id)
+            if plan is None:
+                self.heartbeat.beat("idle")
+                self._bus.post("on_idle")
+                if self.done_when_idle():
+                    self.check()
+                    self.confirm_finished()
+                    return
+                stop.sleep(self.idle_wait_s(next_started))
+                continue
+            plan.options_fingerprint = cfg.fingerprint()
+            plan.created_ms = int(time.time() * 1000)
+            plan = self.coordinator.write_plan(plan)
+            crash_point("after_plan")
+            self.heartbeat.beat(f"plan {plan.batch_id}")
+            # Steps 3-5
+            self._run_and_complete(self.batch_of(plan, replay=False), trigger_time,
+                                   next_started, time.monotonic() - next_started)
+            # This driver is the checkpoint's only writer (write_plan checks the fence and
+            # the id): the next id needs no listing.
+            batch_id = plan.batch_id + 1
+            if cfg.trigger == "continuous":
+                stop.sleep(max(0.0, cfg.batch_interval_s - (time.monotonic() - next_started)))
 
     def _start_metrics_server(self) -> Optional[MetricsServer]:
         """``--metrics_port``: serve /metrics and /healthz for the run (None without it)."""
