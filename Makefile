@@ -58,7 +58,6 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
-	$(BIN)/python -m bench.flink_batches
 
 # Regenerate beam_zdl/v1/*_pb2.py(i) from protos/ (tests/test_protos.py checks they match).
 protos: $(BIN)/.installed

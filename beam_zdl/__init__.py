@@ -25,11 +25,12 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time names load on 
     from beam_zdl.batch import Batch
     from beam_zdl.microbatch.loop import RunSummary
     from beam_zdl.microbatch.run import run_micro_batches
-    from beam_zdl.errors import (CheckpointConflictError, CheckpointCorruptionError,
-                                 ConfigError, ConfigMismatchError, DataLossError,
-                                 PartitionsUnavailableError, SchemaRegistryUnavailableError,
-                                 SinkConflictError, SinkFencedError, TopicNotFoundError,
-                                 WalCorruptionError, WalOverlapError, ZdlError)
+    from beam_zdl.errors import (BatchFailedError, CheckpointConflictError,
+                                 CheckpointCorruptionError, ConfigError, ConfigMismatchError,
+                                 DataLossError, PartitionsUnavailableError,
+                                 SchemaRegistryUnavailableError, SinkConflictError,
+                                 SinkFencedError, TopicNotFoundError, WalCorruptionError,
+                                 WalOverlapError, ZdlError)
     from beam_zdl.io import ReadFromKafka, ReadFromWal
     from beam_zdl.kafka_sink import WriteToKafka
     from beam_zdl.options import ZdlOptions
@@ -68,6 +69,7 @@ _PUBLIC = {
     "WalOverlapError": "beam_zdl.errors",
     "SinkFencedError": "beam_zdl.errors",
     "SinkConflictError": "beam_zdl.errors",
+    "BatchFailedError": "beam_zdl.errors",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -6,9 +6,9 @@ building and running one pipeline calls it some 150 times (type checks of
 every transform, the options validator, the runner). Over many small batches
 that was the largest single part of the driver's fixed cost per batch.
 
-A view shares its values with the options it came from (``_all_options`` is
-one dict), so handing back the same view object for the same class changes
-nothing a caller can observe; :func:`batch_options` returns such a view of
+A view shares its values with the options it came from (one dict of values,
+:func:`beam_zdl.compat.options_values`), so handing back the same view object
+for the same class changes nothing a caller can observe; :func:`batch_options` returns such a view of
 the user's options. The memo is dropped when the options are copied or
 pickled (``Pipeline`` deep-copies its options; workers unpickle them).
 
@@ -22,6 +22,10 @@ flags, built and run, about 5 ms) is asked twice per batch, by ``Pipeline.run``
 and by the batch's read; its answer depends only on the flags, the values set
 since, its arguments and the options classes defined, so it is remembered by
 all of these (across the copies of one run's options).
+
+The views are built from Beam's private fields (:mod:`beam_zdl.compat`); on a Beam
+where that is not checked (:func:`beam_zdl.compat.option_views_memoizable`), the
+options are used as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import copy
 from typing import Any, TypeVar, cast
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+import beam_zdl.compat as compat
 
 __all__ = ["batch_options"]
 
@@ -58,7 +64,7 @@ class _MemoizedViews(PipelineOptions):
 
     def _new_view(self, cls: type[_T]) -> _T:
         """Beam's ``view_as``, with the flags parsed once per class (see the module doc)."""
-        flags = self._flags
+        flags = compat.options_flags(self)
         if flags is None or cls.__init__ is not PipelineOptions.__init__:
             return super().view_as(cls)  # sys.argv, or a class that builds itself
         key = (cls, tuple(flags))
@@ -67,25 +73,17 @@ class _MemoizedViews(PipelineOptions):
             view = super().view_as(cls)
             if len(_PARSED) >= _PARSED_SIZE:
                 _PARSED.pop(next(iter(_PARSED)))
-            _PARSED[key] = copy.deepcopy(view._visible_options)
+            _PARSED[key] = copy.deepcopy(compat.view_parse(view))
             return view
-        # What PipelineOptions.__init__ and view_as do, but the parse: a copy of the
-        # namespace, so that a list value set into the options is not shared by others.
-        view = cls.__new__(cls)
-        view._flags = flags
-        view._visible_options = copy.deepcopy(parsed)
-        values = self._all_options
-        for name in view._visible_option_list():
-            if name not in values:
-                values[name] = getattr(view._visible_options, name)
-        view._all_options = values
-        return view
+        # A copy of the parse, so that a list value set into the options is not shared.
+        return compat.view_from_parse(cls, flags, copy.deepcopy(parsed),
+                                      compat.options_values(self))
 
     def get_all_options(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        flags = self._flags
+        flags = compat.options_flags(self)
         if flags is None or any(callable(a) for a in (*args, *kwargs.values())):
             return super().get_all_options(*args, **kwargs)  # sys.argv, or a parser hook
-        values = self._all_options
+        values = compat.options_values(self)
         key = (tuple(flags), args, tuple(sorted(kwargs.items())),
                len(PipelineOptions.__subclasses__()), repr(sorted(values.items())))
         answer = _ALL_OPTIONS.get(key)
@@ -104,7 +102,8 @@ class _MemoizedViews(PipelineOptions):
 
 
 def batch_options(options: PipelineOptions) -> PipelineOptions:
-    """``options`` (same values, shared) with memoized views, for one batch's Pipeline."""
-    if isinstance(options, _MemoizedViews):
+    """``options`` (same values, shared) with memoized views, for one batch's Pipeline;
+    ``options`` themselves where this Beam's views cannot be built that way."""
+    if isinstance(options, _MemoizedViews) or not compat.option_views_memoizable():
         return options
     return options.view_as(_MemoizedViews)

@@ -47,7 +47,7 @@ import beam_zdl
 import beam_zdl.kafka as kafka
 from beam_zdl.config import add_zdl_arguments
 from beam_zdl.coordinator import CheckpointCoordinator, migrate_format1
-from beam_zdl.errors import ConfigError, WalCorruptionError, ZdlError
+from beam_zdl.errors import CheckpointCorruptionError, ConfigError, WalCorruptionError, ZdlError
 from beam_zdl.v1 import checkpoint_pb2
 from beam_zdl.wal import SegmentInfo, list_segments, parse_segment_name, verify_segment
 
@@ -295,16 +295,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
                        "check the --checkpoint_dir you passed the pipeline")
     damaged = coord.damaged_files()
     if damaged:
-        if args.json:
-            json.dump({"checkpoint_dir": args.checkpoint_dir, "damaged": [
-                {"uri": d.uri, "reason": d.reason, "advice": d.advice} for d in damaged]},
-                out, indent=2)
-            print(file=out)
-        else:
-            print(f"checkpoint {args.checkpoint_dir}: {len(damaged)} damaged file(s)", file=out)
-            for d in damaged:
-                print(f"DAMAGED {d.uri}: {d.reason}", file=out)
-            print(damaged[0].advice.replace("Nothing in it was used. ", ""), file=out)
+        _print_damaged(args, damaged, out)
         return EXIT_CORRUPT
     config = coord.read_config()
     epoch = coord.current_epoch()
@@ -371,32 +362,54 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             print("(pass --bootstrap_servers to show committed and end offsets and the lag)",
                   file=out)
 
-    print(f"\npending batches: {len(pending)}", file=out)
-    if pending:
-        rows = [["BATCH", "EPOCH", "CREATED", "MODE", "INPUT"]]
-        for plan in pending:
-            inputs = ([f"{r.topic}/{r.partition} [{r.start}, {r.stop}) = {r.stop - r.start} "
-                       "records" for r in plan.ranges]
-                      + [f"{s.uri} ({s.record_count} records, {_size(s.size_bytes)})"
-                         for s in plan.segments]) or ["(empty)"]
-            head = [str(plan.batch_id), str(plan.epoch), _ms(plan.created_ms), _mode(plan.mode)]
-            rows.append(head + [inputs[0]])
-            rows.extend(["", "", "", "", more] for more in inputs[1:])
-        _table(rows, out)
-
+    _print_pending(pending, out)
     _print_history(history, out)
+    _print_wal(wal_dir, segments, out)
+    return EXIT_OK
 
+
+def _print_damaged(args: argparse.Namespace, damaged: list[CheckpointCorruptionError],
+                   out: TextIO) -> None:
+    """``inspect`` of a checkpoint with damaged files: only those, and what to do."""
+    if args.json:
+        json.dump({"checkpoint_dir": args.checkpoint_dir, "damaged": [
+            {"uri": d.uri, "reason": d.reason, "advice": d.advice} for d in damaged]},
+            out, indent=2)
+        print(file=out)
+        return
+    print(f"checkpoint {args.checkpoint_dir}: {len(damaged)} damaged file(s)", file=out)
+    for d in damaged:
+        print(f"DAMAGED {d.uri}: {d.reason}", file=out)
+    print(damaged[0].advice.replace("Nothing in it was used. ", ""), file=out)
+
+
+def _print_pending(pending: list[checkpoint_pb2.BatchPlan], out: TextIO) -> None:
+    print(f"\npending batches: {len(pending)}", file=out)
+    if not pending:
+        return
+    rows = [["BATCH", "EPOCH", "CREATED", "MODE", "INPUT"]]
+    for plan in pending:
+        inputs = ([f"{r.topic}/{r.partition} [{r.start}, {r.stop}) = {r.stop - r.start} "
+                   "records" for r in plan.ranges]
+                  + [f"{s.uri} ({s.record_count} records, {_size(s.size_bytes)})"
+                     for s in plan.segments]) or ["(empty)"]
+        head = [str(plan.batch_id), str(plan.epoch), _ms(plan.created_ms), _mode(plan.mode)]
+        rows.append(head + [inputs[0]])
+        rows.extend(["", "", "", "", more] for more in inputs[1:])
+    _table(rows, out)
+
+
+def _print_wal(wal_dir: Optional[str], segments: list[SegmentInfo], out: TextIO) -> None:
     if wal_dir is None:
         print("\nWAL: none (direct mode; pass --wal_dir to list one)", file=out)
-    else:
-        total = sum(s.size_bytes for s in segments)
-        print(f"\nWAL segments in {wal_dir}: {len(segments)}, {_size(total)}", file=out)
-        if segments:
-            rows = [["SEGMENT", "EPOCH", "SEQ", "SIZE", "BYTES"]]
-            rows.extend([s.name, str(s.epoch), str(s.seq), _size(s.size_bytes), str(s.size_bytes)]
-                        for s in segments)
-            _table(rows, out)
-    return EXIT_OK
+        return
+    total = sum(s.size_bytes for s in segments)
+    print(f"\nWAL segments in {wal_dir}: {len(segments)}, {_size(total)}", file=out)
+    if segments:
+        rows = [["SEGMENT", "EPOCH", "SEQ", "SIZE", "BYTES"]]
+        rows.extend([s.name, str(s.epoch), str(s.seq), _size(s.size_bytes), str(s.size_bytes)]
+                    for s in segments)
+        _table(rows, out)
 
 
 def _print_history(history: Any, out: TextIO) -> None:

@@ -1,11 +1,22 @@
 """Every use of a private Apache Beam or client-library API, behind one door.
 
-beam_zdl depends on ``apache-beam>=2.77,<3`` and ``google-cloud-storage>=3``;
-a minor release may change what is private without notice. Each function
-here wraps one such use, says why it is needed, and has a test in
-``tests/test_compat.py`` that fails naming the installed version when the
-private API changes. Nothing else in beam_zdl touches these internals. Beam
-is imported inside the functions, so importing this module costs nothing.
+beam_zdl pins ``apache-beam`` to the minor versions these were checked against
+(:data:`CHECKED_BEAM`; pyproject.toml says the same) and depends on
+``google-cloud-storage>=3``; a minor release may change what is private without
+notice. Each function here wraps one such use, says why it is needed, and has a test
+in ``tests/test_compat.py`` that names the Beam version it was checked against and
+fails naming the installed one when the private API changes. Nothing else in beam_zdl
+touches these internals (``tests/test_api.py`` checks the package for private names
+of Beam). Beam is imported inside the functions, so importing this module costs
+nothing.
+
+Fast paths
+    Some uses only make beam_zdl faster (a runner session kept across batches,
+    batch ranges as runner data, cached DoFn checks, memoized option views). Each
+    has a check (``..._supported`` / ``..._reusable`` / ``..._memoizable``) that
+    looks at the installed Beam before the fast path is taken; when it fails the
+    slower, Beam-only way is used, with the same results, and a WARNING says once
+    per process which fast path is off and why.
 """
 
 from __future__ import annotations
@@ -13,19 +24,59 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import threading
 import types
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 if TYPE_CHECKING:  # imported lazily: storage (and the CLI) use this module without Beam
     from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
-__all__ = ["windowed_value_maker", "set_tracker_range", "tracker_last_attempt",
-           "tracker_checkpointed", "mark_tracker_checkpointed", "gcs_transient_predicate",
-           "cached_dofn_specs", "handler_managers_reusable", "reuse_handler_manager",
-           "clear_runner_state", "prefix_cache_tokens", "impulse_payloads_supported",
-           "impulse_payloads"]
+__all__ = ["CHECKED_BEAM", "windowed_value_maker", "set_tracker_range",
+           "tracker_last_attempt", "tracker_checkpointed", "mark_tracker_checkpointed",
+           "gcs_transient_predicate", "dofn_checks_cacheable", "cached_dofn_specs",
+           "handler_managers_reusable", "reuse_handler_manager", "clear_runner_state",
+           "prefix_cache_tokens", "hooks_bundle_managers", "runner_provision_info",
+           "register_worker_handler", "abort_control_requests",
+           "impulse_payloads_supported", "impulse_payloads", "option_views_memoizable",
+           "options_flags", "options_values", "view_parse", "view_from_parse"]
+
+_LOGGER = logging.getLogger(__name__)
+
+# The apache-beam minor versions every function here was checked against (the tests in
+# tests/test_compat.py); pyproject.toml pins apache-beam to them.
+CHECKED_BEAM = ("2.77",)
+
+_C = TypeVar("_C", bound=type)
+_T = TypeVar("_T")
+
+
+def beam_version() -> str:
+    """The installed apache-beam version."""
+    from apache_beam import version
+    return str(version.__version__)
+
+
+_off_lock = threading.Lock()
+_off_said: set[str] = set()
+
+
+def _fast_path(name: str, missing: list[str]) -> bool:
+    """True when nothing is ``missing``; else False, and a WARNING, once per process per
+    fast path, that names it and what this Beam lacks."""
+    if not missing:
+        return True
+    with _off_lock:
+        first = name not in _off_said
+        _off_said.add(name)
+    if first:
+        _LOGGER.warning(
+            "beam_zdl: fast path %r is off: apache-beam %s is not what it was checked against "
+            "(%s): %s. Results are the same, only slower; a beam_zdl checked against this "
+            "Beam brings it back", name, beam_version(), ", ".join(CHECKED_BEAM),
+            "; ".join(missing))
+    return False
 
 
 def windowed_value_maker() -> Callable[[Any, int, Iterable[Any]], Any]:
@@ -132,6 +183,24 @@ def _cached_yield_and_return(fn: Any) -> bool:
     return answer
 
 
+@functools.cache
+def dofn_checks_cacheable() -> bool:
+    """Whether this Beam's DoFn checks are the module functions :func:`cached_dofn_specs`
+    replaces: ``userstate.get_dofn_specs``, looked up by name by ``is_stateful_dofn``, and
+    ``core._check_fn_use_yield_and_return``, called by ``ParDo.__init__``. Each that is
+    there is cached; a WARNING names one that is not (once)."""
+    from apache_beam.transforms import core, userstate
+    missing = []
+    stateful = getattr(getattr(userstate, "is_stateful_dofn", None), "__code__", None)
+    if not callable(getattr(userstate, "get_dofn_specs", None)) or \
+            "get_dofn_specs" not in getattr(stateful, "co_names", ()):
+        missing.append("userstate.is_stateful_dofn no longer calls userstate.get_dofn_specs")
+    if not callable(getattr(core, "_check_fn_use_yield_and_return", None)) or \
+            "_check_fn_use_yield_and_return" not in core.ParDo.__init__.__code__.co_names:
+        missing.append("ParDo.__init__ no longer calls core._check_fn_use_yield_and_return")
+    return _fast_path("cached DoFn checks", missing)
+
+
 @contextlib.contextmanager
 def cached_dofn_specs() -> Iterator[None]:
     """Inside the block, Beam's ``userstate.get_dofn_specs`` answers once per DoFn class,
@@ -140,14 +209,17 @@ def cached_dofn_specs() -> Iterator[None]:
     Patches the module functions Beam's callers look up (``is_stateful_dofn``,
     ``validate_stateful_dofn``, ``ParDo.to_runner_api_parameter``; ``ParDo.__init__``);
     restored when the last user leaves the block. The specs cache holds classes weakly
-    (a batch's DoFn classes unpickled by value come and go).
+    (a batch's DoFn classes unpickled by value come and go). Where
+    :func:`dofn_checks_cacheable` finds one missing, Beam's own is left in place.
     """
     global _specs_users, _specs_original, _yield_original
     from apache_beam.transforms import core, userstate
+    dofn_checks_cacheable()  # says once which one is left uncached
     with _specs_lock:
         if _specs_users == 0:
-            _specs_original = userstate.get_dofn_specs
-            userstate.get_dofn_specs = _cached_get_dofn_specs
+            _specs_original = getattr(userstate, "get_dofn_specs", None)
+            if _specs_original is not None:
+                userstate.get_dofn_specs = _cached_get_dofn_specs
             _yield_original = getattr(core, "_check_fn_use_yield_and_return", None)
             if _yield_original is not None:
                 setattr(core, "_check_fn_use_yield_and_return", _cached_yield_and_return)
@@ -158,7 +230,8 @@ def cached_dofn_specs() -> Iterator[None]:
         with _specs_lock:
             _specs_users -= 1
             if _specs_users == 0:
-                userstate.get_dofn_specs = _specs_original
+                if _specs_original is not None:
+                    userstate.get_dofn_specs = _specs_original
                 if _yield_original is not None:
                     setattr(core, "_check_fn_use_yield_and_return", _yield_original)
                 _yield_cache.clear()
@@ -176,20 +249,31 @@ _manager_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "beam_zdl_handler_manager", default=None)
 
 
+@functools.cache
 def handler_managers_reusable() -> bool:
     """Whether this Beam builds its WorkerHandlerManager the way
     :func:`reuse_handler_manager` expects: ``run_stages`` looks the class up by its
-    module name, and a bundle manager takes its cache tokens from a generator it
-    holds. False makes :class:`~beam_zdl.worker_pool.WarmRunner` build one per
-    pipeline, as Beam does."""
+    module name, a runner builds a stage's bundle manager in ``_get_bundle_manager``
+    (:func:`hooks_bundle_managers`), a bundle manager takes its cache tokens from a
+    generator it holds (:func:`prefix_cache_tokens`), and a runner keeps its
+    ``_provision_info`` (:func:`runner_provision_info`). False makes
+    :class:`~beam_zdl.worker_pool.WarmRunner` build one per pipeline, as Beam does (a
+    WARNING says so, once)."""
     import inspect
     from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+    missing = []
     run_stages = inspect.unwrap(fn_runner.FnApiRunner.run_stages)
-    return ("WorkerHandlerManager" in run_stages.__code__.co_names
-            and fn_runner.WorkerHandlerManager in (worker_handlers.WorkerHandlerManager,
-                                                   _manager_factory)
-            and "_cache_token_generator" in fn_runner.BundleManager.__init__.__code__.co_names
-            and hasattr(fn_runner.FnApiRunner, "_get_bundle_manager"))
+    if "WorkerHandlerManager" not in run_stages.__code__.co_names or \
+            fn_runner.WorkerHandlerManager not in (worker_handlers.WorkerHandlerManager,
+                                                   _manager_factory):
+        missing.append("FnApiRunner.run_stages no longer builds fn_runner.WorkerHandlerManager")
+    if "_cache_token_generator" not in fn_runner.BundleManager.__init__.__code__.co_names:
+        missing.append("BundleManager no longer holds _cache_token_generator")
+    if not hasattr(fn_runner.FnApiRunner, "_get_bundle_manager"):
+        missing.append("FnApiRunner has no _get_bundle_manager")
+    if "_provision_info" not in fn_runner.FnApiRunner.__init__.__code__.co_names:
+        missing.append("FnApiRunner keeps no _provision_info")
+    return _fast_path("runner session", missing)
 
 
 def _manager_factory(environments: Any, provision_info: Any) -> Any:
@@ -263,6 +347,52 @@ class _PrefixedTokens:
         return copy
 
 
+def hooks_bundle_managers(runner_class: _C) -> _C:
+    """Class decorator for an FnApiRunner subclass that defines
+    ``bundle_manager_made(self, manager)``: every bundle manager the runner builds for a
+    stage (in ``FnApiRunner._get_bundle_manager``) passes through it before its first
+    bundle (:class:`~beam_zdl.worker_pool.WarmRunner` prefixes its cache tokens there).
+    On a Beam without that method nothing is hooked, and
+    :func:`handler_managers_reusable` says False."""
+    original = getattr(runner_class, "_get_bundle_manager", None)
+    if original is None:
+        return runner_class
+
+    def _get_bundle_manager(self: Any, bundle_context_manager: Any) -> Any:
+        manager = original(self, bundle_context_manager)
+        self.bundle_manager_made(manager)
+        return manager
+
+    setattr(runner_class, "_get_bundle_manager", _get_bundle_manager)
+    return runner_class
+
+
+def runner_provision_info(runner: Any) -> Any:
+    """What an FnApiRunner hands its WorkerHandlerManagers to provision workers with
+    (``FnApiRunner._provision_info``): a manager built outside ``run_stages`` needs it."""
+    return runner._provision_info
+
+
+def register_worker_handler(urn: str, payload_type: Optional[type], handler: type) -> None:
+    """Make the FnApiRunner serve environments of ``urn`` with ``handler`` (a
+    ``WorkerHandler`` built from the environment's payload parsed as ``payload_type``):
+    ``WorkerHandler.register_environment``, a process-wide registry of Beam's. Called
+    again with the same arguments it changes nothing."""
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import WorkerHandler
+    WorkerHandler.register_environment(urn, payload_type)(handler)
+
+
+def abort_control_requests(handler: Any, error: Exception) -> None:
+    """Fail every control request ``handler``'s runner is waiting on with ``error``
+    (``ControlConnection.abort`` of its ``control_conn``): without an answer from a dead
+    worker, a stage with no outputs would wait forever.
+
+    Raises:
+        RuntimeError: requests were added while they were failed (call again).
+    """
+    handler.control_conn.abort(error)
+
+
 # The FnApiRunner feeds every Impulse of a pipeline one empty element (b""), as data from
 # the runner, not as part of the stage. beam_zdl.worker_pool.WarmRunner hands a chosen
 # Impulse other bytes instead (a batch's ranges), so the stage reading them is the same in
@@ -279,20 +409,28 @@ def impulse_payloads_supported() -> bool:
     """Whether this Beam's FnApiRunner enqueues an Impulse's element the way
     :func:`impulse_payloads` expects: in ``_enqueue_stage_initial_inputs`` of its execution
     context, as an encoded ``WindowedValue(b"")`` in a ``ListBuffer`` of the stage's ready
-    inputs, keyed by the Impulse's name."""
+    inputs, keyed by the Impulse's name. False makes a batch's read take its ranges from
+    a ``Create`` (a WARNING says so, once)."""
     import inspect
     from apache_beam.runners import common
     from apache_beam.runners.portability.fn_api_runner import execution, translations
     enqueue = getattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
                       None)
-    if enqueue is None or not hasattr(execution, "_ProcessingQueueManager"):
-        return False
-    names = inspect.unwrap(enqueue).__code__.co_names
-    return ("ENCODED_IMPULSE_VALUE" in names and "ready_inputs" in names
-            and hasattr(translations, "IMPULSE_BUFFER")
-            and hasattr(common, "IMPULSE_VALUE_CODER_IMPL")
-            and hasattr(execution.ListBuffer, "append")
-            and hasattr(execution._ProcessingQueueManager.KeyedQueue(), "_q"))
+    missing = []
+    if enqueue is None:
+        missing.append("FnApiRunnerExecutionContext has no _enqueue_stage_initial_inputs")
+    elif not {"ENCODED_IMPULSE_VALUE", "ready_inputs"} <= set(
+            inspect.unwrap(enqueue).__code__.co_names):
+        missing.append("_enqueue_stage_initial_inputs no longer enqueues ENCODED_IMPULSE_VALUE "
+                       "in ready_inputs")
+    queues = getattr(execution, "_ProcessingQueueManager", None)
+    if queues is None or not hasattr(queues.KeyedQueue(), "_q"):
+        missing.append("execution._ProcessingQueueManager.KeyedQueue holds no _q")
+    if not hasattr(translations, "IMPULSE_BUFFER") or \
+            not hasattr(common, "IMPULSE_VALUE_CODER_IMPL") or \
+            not hasattr(execution.ListBuffer, "append"):
+        missing.append("IMPULSE_BUFFER, IMPULSE_VALUE_CODER_IMPL or ListBuffer.append is gone")
+    return _fast_path("impulse payloads", missing)
 
 
 def _enqueue_with_payloads(context: Any, stage: Any) -> None:
@@ -358,3 +496,67 @@ def impulse_payloads(payloads: dict[str, bytes]) -> Iterator[None]:
                 setattr(execution.FnApiRunnerExecutionContext, "_enqueue_stage_initial_inputs",
                         _impulse_original)
 
+
+
+# PipelineOptions keeps the flags it was made from (_flags), their parse by its own class
+# (_visible_options, an argparse Namespace) and the values all its views share
+# (_all_options), in private fields. beam_zdl.batch_options builds a view from an earlier
+# parse with them instead of parsing the flags again (about 2 ms a view, 20 views a batch).
+
+@functools.cache
+def option_views_memoizable() -> bool:
+    """Whether :func:`view_from_parse` builds the view Beam's ``view_as`` builds (checked
+    once, on a small options object). False makes
+    :func:`beam_zdl.batch_options.batch_options` hand back the options as they are (a
+    WARNING says so, once)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    missing = []
+    try:
+        flags = ["--runner=Checked"]
+        options = PipelineOptions(flags)
+        beams = options.view_as(StandardOptions)
+        view = view_from_parse(StandardOptions, flags, view_parse(beams), options_values(options))
+        view.streaming = True
+        if options_flags(options) != flags or view.runner != "Checked" or \
+                not beams.streaming or options_values(beams) is not options_values(options):
+            missing.append("a view built from a parse differs from view_as's")
+    except (AttributeError, TypeError) as exc:
+        missing.append(f"PipelineOptions' private fields changed ({exc})")
+    return _fast_path("memoized option views", missing)
+
+
+def options_flags(options: Any) -> Optional[list[str]]:
+    """The flags ``options`` were made from (``_flags``; shared by its views), or None when
+    they come from ``sys.argv``."""
+    flags: Optional[list[str]] = options._flags
+    return flags
+
+
+def options_values(options: Any) -> dict[str, Any]:
+    """The values ``options`` and every view of them share (``_all_options``): a value set
+    in one view is set in all."""
+    values: dict[str, Any] = options._all_options
+    return values
+
+
+def view_parse(view: Any) -> Any:
+    """The parse of the flags by ``view``'s class (``_visible_options``, a Namespace)."""
+    return view._visible_options
+
+
+def view_from_parse(cls: type[_T], flags: Optional[list[str]], parse: Any,
+                    values: dict[str, Any]) -> _T:
+    """A view of class ``cls`` of options with these ``flags`` and shared ``values``, as
+    ``PipelineOptions.view_as`` builds it but with the flags' ``parse`` by ``cls`` given
+    (see :func:`view_parse`; the caller hands over a copy it owns) instead of parsed again.
+    Values the parse has and ``values`` not yet are added to ``values``, as ``view_as``
+    does."""
+    view: Any = cls.__new__(cls)
+    view._flags = flags
+    view._visible_options = parse
+    for name in view._visible_option_list():
+        if name not in values:
+            values[name] = getattr(parse, name)
+    view._all_options = values
+    built: _T = view
+    return built

@@ -26,6 +26,7 @@ __all__ = [
     "SinkConflictError",
     "SchemaRegistryUnavailableError",
     "WorkerLostError",
+    "BatchFailedError",
 ]
 
 
@@ -130,3 +131,36 @@ class SchemaRegistryUnavailableError(ZdlError):
 class WorkerLostError(ZdlError):
     """An SDK worker process died while running a batch; the batch is run again from its
     recorded plan (see :mod:`beam_zdl.worker_pool`)."""
+
+
+class BatchFailedError(ZdlError):
+    """A batch's pipeline failed on a runner that reports a failure as text, not as the
+    worker's exception (Flink, or any runner behind a Beam job service): names the batch,
+    the runner and its job, and carries the runner's reason. The batch stays pending and
+    is replayed with the same input on the next start, as after a failure on the local
+    runner.
+
+    Attributes:
+        batch_id: the batch.
+        runner: the runner's name.
+        job_id: the runner's job id ("" when unknown).
+        reason: the runner's own text, whole (Java and Python tracebacks).
+        summary: the part of ``reason`` the message quotes (the worker's exception).
+    """
+
+    def __init__(self, batch_id: int, runner: str, job_id: str, reason: str,
+                 summary: str) -> None:
+        job = f" (job {job_id})" if job_id else ""
+        super().__init__(
+            f"batch {batch_id} failed on {runner}{job}: {summary}. The batch stays pending "
+            "and is replayed with the same input on the next start: fix the cause first "
+            "(the error's `reason` holds the runner's whole text; the runner's logs say "
+            "more)")
+        self.batch_id = batch_id
+        self.runner = runner
+        self.job_id = job_id
+        self.reason = reason
+        self.summary = summary
+
+    def __reduce__(self) -> "tuple[type[BatchFailedError], tuple[int, str, str, str, str]]":
+        return type(self), (self.batch_id, self.runner, self.job_id, self.reason, self.summary)

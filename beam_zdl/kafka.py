@@ -65,6 +65,7 @@ __all__ = [
     "consumer_settings",
     "new_consumer",
     "partitions_of",
+    "topic_partitions",
     "watermarks",
     "end_offsets",
     "committed_offsets",
@@ -431,19 +432,34 @@ def partitions_of(consumer: Any, topics: Iterable[str],
     out: list[tuple[str, int]] = []
     for topic in topics:
         try:
-            meta = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
+            partitions = topic_partitions(consumer, topic, _METADATA_TIMEOUT_S,
+                                          f"--bootstrap_servers={bootstrap_servers}",
+                                          "create it or fix --topics")
         except KafkaException as exc:
             raise KafkaUnavailableError(
                 f"could not read metadata of topic {topic!r} from --bootstrap_servers="
                 f"{bootstrap_servers} within {_METADATA_TIMEOUT_S:.0f} s ({exc.args[0]}); "
                 "check that the brokers are reachable from here") from exc
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            reason = info.error if info is not None and info.error else "no partitions"
-            raise TopicNotFoundError(f"topic {topic!r} is not readable on --bootstrap_servers="
-                           f"{bootstrap_servers}: {reason}; create it or fix --topics")
-        out.extend((topic, p) for p in sorted(info.partitions))
+        out.extend((topic, p) for p in partitions)
     return out
+
+
+def topic_partitions(client: Any, topic: str, timeout_s: float, where: str,
+                     what_to_do: str) -> list[int]:
+    """The partition numbers of ``topic`` from a consumer's or an admin client's metadata.
+
+    The one existence check of readers and sink: a missing topic, one with a metadata
+    error or with no partitions raises ``TopicNotFoundError`` naming the topic, ``where``
+    (the brokers) and ``what_to_do``. A metadata request that times out raises
+    confluent-kafka's ``KafkaException``: each caller says what was unreachable its way.
+    """
+    info = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        reason = info.error if info is not None and info.error else "no partitions"
+        raise TopicNotFoundError(
+            f"topic {topic!r} does not exist or is not accessible on {where} ({reason}); "
+            f"{what_to_do}")
+    return sorted(info.partitions)
 
 
 def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]],

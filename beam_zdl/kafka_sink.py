@@ -90,7 +90,7 @@ import beam_zdl.metrics as metrics
 import beam_zdl.secrets as secrets
 from beam_zdl.chaos import crash_point
 from beam_zdl.errors import (ConfigError, KafkaUnavailableError, SinkConflictError, SinkFencedError,
-                             TopicNotFoundError, ZdlError)
+                             ZdlError)
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -668,19 +668,16 @@ class WriteToKafka(beam.PTransform[beam.PCollection[Any], beam.PCollection[Any]]
         wait_s = self._connect_timeout_s if self._connect_timeout_s > 0 else self._timeout_s
         for name in {self._topic, self._progress_topic}:
             try:
-                info = admin.list_topics(name, timeout=wait_s).topics.get(name)
+                kafka.topic_partitions(
+                    admin, name, wait_s, self._bootstrap_servers,
+                    "WriteToKafka writes to an existing topic: create it first. Nothing was "
+                    "written; in run_micro_batches the batch stays pending.")
             except KafkaException as exc:
                 admin.poll(0)  # serves the error callbacks: the reason
                 raise kafka.unreachable_error(
                     self._bootstrap_servers, wait_s, reasons, exc.args[0],
                     flag="WriteToKafka: bootstrap_servers",
                     timeout_flag="WriteToKafka(connect_timeout_s=...)", default=None) from exc
-            if info is None or info.error is not None or not info.partitions:
-                reason = info.error if info is not None and info.error else "no partitions"
-                raise TopicNotFoundError(
-                    f"WriteToKafka: topic {name!r} does not exist or cannot be written on "
-                    f"{self._bootstrap_servers} ({reason}); create it first. Nothing was "
-                    "written; in run_micro_batches the batch stays pending.")
         limit = int(self._producer_config.get("message.max.bytes", _DEFAULT_MAX_BYTES))
         try:
             resource = ConfigResource(ConfigResource.Type.TOPIC, self._topic)

@@ -32,19 +32,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from apache_beam.options.pipeline_options import (FlinkRunnerOptions, PipelineOptions,
-                                                  PortableOptions, StandardOptions)
+from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptions,
+                                                  PipelineOptions, PortableOptions,
+                                                  StandardOptions)
 
+from beam_zdl.errors import BatchFailedError
 from beam_zdl.options import parse_bool
 
 if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineRunner
 
 __all__ = ["FlinkOptions", "pipeline_runner", "is_flink", "apply_runner_defaults",
-           "flink_job_server"]
+           "flink_job_server", "runner_name", "reports_failure_as_text", "batch_failure"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -139,6 +142,46 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | str | None:
     return runner
 
 
+def runner_name(runner: object) -> str:
+    """A runner's name for messages: the ``--runner`` string, or its class name."""
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def reports_failure_as_text(runner: object) -> bool:
+    """Whether a failed pipeline on ``runner`` surfaces as the runner's text rather than
+    the worker's exception: every runner but the local FnApiRunner (Flink and the other
+    runners behind a Beam job service raise a RuntimeError holding the job's last error)."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    return not isinstance(runner, FnApiRunner)
+
+
+# Beam's PortableRunner: "Pipeline <job id> failed in state FAILED: <the job's last error>".
+_JOB_FAILED = re.compile(r"Pipeline (\S+) failed in state (\w+): (.*)", re.S)
+# The exception line that ends a Python traceback (the worker's error, quoted in the
+# runner's text after Java's); Beam appends " [while running '<step>']".
+_PYTHON_ERROR = re.compile(r"^((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)"
+                           r"(?:: .*)?)$", re.M)
+_SUMMARY_CHARS = 600
+
+
+def batch_failure(exc: BaseException, batch_id: int, runner: object) -> BatchFailedError:
+    """The :class:`~beam_zdl.errors.BatchFailedError` for a batch whose pipeline failed on
+    ``runner`` with ``exc``: the job id and the worker's exception picked out of the
+    runner's text (all of which the error keeps as ``reason``)."""
+    text = str(exc) or type(exc).__name__
+    job_id = ""
+    if found := _JOB_FAILED.match(text):
+        job_id, text = found.group(1), found.group(3)
+    reason = text.strip()
+    _, traceback, tail = text.rpartition("Traceback (most recent call last):")
+    worker_error = _PYTHON_ERROR.search(tail) if traceback else None
+    summary = (worker_error.group(1) if worker_error
+               else reason.splitlines()[0] if reason else "")
+    if len(summary) > _SUMMARY_CHARS:
+        summary = summary[:_SUMMARY_CHARS] + " ..."
+    return BatchFailedError(batch_id, runner_name(runner), job_id, reason, summary)
+
+
 @contextlib.contextmanager
 def flink_job_server(options: PipelineOptions) -> Iterator[str | None]:
     """One Flink job server for every bounded pipeline run inside (see module doc).
@@ -149,10 +192,37 @@ def flink_job_server(options: PipelineOptions) -> Iterator[str | None]:
     do nothing. Yields the endpoint, or None.
     """
     portable = options.view_as(PortableOptions)
-    if (not is_flink(options) or options.view_as(StandardOptions).streaming
-            or portable.job_endpoint):
+    if not is_flink(options) or options.view_as(StandardOptions).streaming:
         yield portable.job_endpoint
         return
+    debug = options.view_as(DebugOptions)
+    # Beam runs `pip freeze` in a subprocess for every pipeline it submits to a job
+    # service and stages the list with the job, where workers may log how their packages
+    # differ: a diagnostic, and 0.35 s of a tiny batch's 3.5 s on Flink here.
+    added = not debug.lookup_experiment(_NO_PIP_FREEZE)
+    if added:
+        debug.add_experiment(_NO_PIP_FREEZE)
+        _LOGGER.info("beam_zdl: batches on Flink are submitted with --experiments=%s "
+                     "(Beam would run `pip freeze` for every batch)", _NO_PIP_FREEZE)
+    try:
+        if portable.job_endpoint:
+            yield portable.job_endpoint
+        else:
+            with _job_server(options) as endpoint:
+                yield endpoint
+    finally:
+        if added:
+            debug.experiments.remove(_NO_PIP_FREEZE)
+
+
+_NO_PIP_FREEZE = "disable_logging_submission_environment"
+
+
+@contextlib.contextmanager
+def _job_server(options: PipelineOptions) -> Iterator[str]:
+    """Beam's Flink job server for ``--flink_master``, its address in ``--job_endpoint``
+    while inside."""
+    portable = options.view_as(PortableOptions)
     from apache_beam.runners.portability.flink_runner import FlinkJarJobServer, FlinkRunner
     flink = options.view_as(FlinkRunnerOptions)
     flink.flink_master = FlinkRunner.add_http_scheme(flink.flink_master)

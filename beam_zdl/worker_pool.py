@@ -111,7 +111,7 @@ from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
-    FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandler, WorkerHandlerManager)
+    FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler, WorkerHandlerManager)
 
 import apache_beam as beam
 
@@ -416,9 +416,9 @@ def warm_runner(options: PipelineOptions) -> Optional["WarmRunner"]:
     return runner
 
 
-@WorkerHandler.register_environment(WORKER_URN, bytes)
 class _WarmWorkerHandler(GrpcWorkerHandler):
-    """Serves a pipeline with a leased warm worker instead of a new process."""
+    """Serves a pipeline with a leased warm worker instead of a new process (the handler of
+    ``WORKER_URN``, registered with Beam when a :class:`WarmRunner` is made)."""
 
     def __init__(self, payload: bytes, state: Any, provision_info: Any,
                  grpc_server: Any) -> None:
@@ -445,7 +445,7 @@ class _WarmWorkerHandler(GrpcWorkerHandler):
         def abort() -> None:
             while not self._closed.is_set():
                 with contextlib.suppress(RuntimeError):  # futures added meanwhile
-                    self.control_conn.abort(error)
+                    compat.abort_control_requests(self, error)
                 self._closed.wait(0.2)
         threading.Thread(target=abort, name="beam-zdl-abort", daemon=True).start()
 
@@ -541,6 +541,7 @@ def _fingerprints(environments: Any) -> dict[str, bytes]:
     return {k: v.SerializeToString(deterministic=True) for k, v in environments.items()}
 
 
+@compat.hooks_bundle_managers
 class WarmRunner(FnApiRunner):
     """An FnApiRunner for the batches of one run: its worker processes come from a
     :class:`WorkerPool` (with ``multi_processing``), and its workers, harnesses and bundle
@@ -557,6 +558,7 @@ class WarmRunner(FnApiRunner):
 
     def __init__(self, pool: Optional[WorkerPool], mode: str) -> None:
         super().__init__()
+        compat.register_worker_handler(WORKER_URN, bytes, _WarmWorkerHandler)
         self._pool = pool
         self.mode = mode
         self._session: Optional[_SessionHandlers] = None
@@ -620,15 +622,16 @@ class WarmRunner(FnApiRunner):
             self.close()  # a worker died since the last pipeline, or the environments changed
             session = None
         if session is None:
-            session = self._session = _SessionHandlers(environments, self._provision_info,
-                                                       self._lost())
+            session = self._session = _SessionHandlers(
+                environments, compat.runner_provision_info(self), self._lost())
         return session
 
-    def _get_bundle_manager(self, bundle_context_manager: Any) -> Any:
-        manager = super()._get_bundle_manager(bundle_context_manager)
+    def bundle_manager_made(self, manager: Any) -> None:
+        """Each stage's bundle manager, before its first bundle (see
+        :func:`beam_zdl.compat.hooks_bundle_managers`): a session's pipeline gets cache
+        tokens of its own."""
         if self._token_prefix is not None:
             compat.prefix_cache_tokens(manager, self._token_prefix)
-        return manager
 
     def close(self) -> None:
         """Close the session's workers and servers (a new session opens on the next run)."""

@@ -718,6 +718,95 @@ def flink_cluster_streaming(args: argparse.Namespace) -> dict:
         return _streaming_job(args, flink.runner_args(parallelism=2))
 
 
+def _spread(seconds: list[float]) -> dict:
+    """Median, quartiles and range of a list of durations (at least 2)."""
+    import statistics
+    ordered = sorted(seconds)
+    q = statistics.quantiles(ordered, n=4)
+    return {"n": len(ordered), "median_s": round(statistics.median(ordered), 3),
+            "p25_s": round(q[0], 3), "p75_s": round(q[2], 3), "min_s": round(ordered[0], 3),
+            "max_s": round(ordered[-1], 3), "all_s": [round(x, 3) for x in seconds]}
+
+
+def _empty_batches(args: argparse.Namespace, flags: list[str], count: int) -> list[float]:
+    """``count`` batch pipelines reading empty ranges (no record), through one job server:
+    build, submit, run to DONE, metrics. What a batch with nothing to read costs (the loop
+    plans none; its plan, completion and commit take milliseconds)."""
+    import beam_zdl
+    from beam_zdl.batch import Batch
+    from beam_zdl.batch_options import batch_options
+    from beam_zdl.io import ReadFromKafka
+    from beam_zdl.microbatch.batch_ranges import BatchRanges
+    from beam_zdl.microbatch.loop import run_batch_pipeline_metrics
+    from beam_zdl.ranges import PartitionRange
+    from beam_zdl.runners import flink_job_server
+    options = beam_zdl.ZdlOptions(flags)
+    ranges = tuple(PartitionRange(args.small_topic, p, 0, 0) for p in range(args.partitions))
+    took = []
+    with flink_job_server(options):
+        for batch_id in range(count):
+            batch = Batch(batch_id, ranges)
+            started = time.monotonic()
+            run_batch_pipeline_metrics(
+                _build, options, batch,
+                ReadFromKafka(ranges=ranges, options=batch_options(options),
+                              ranges_input=BatchRanges()))
+            took.append(time.monotonic() - started)
+    return took
+
+
+@peer("flink_batches")
+def flink_batches(args: argparse.Namespace) -> dict:
+    """Micro-batches on a LocalFlink session cluster (2 TaskManagers of 2 slots,
+    parallelism 2, jobs staging no jars, beam_zdl.external_pool), one cluster for all:
+
+    * ``empty``: 1 + ``--flink_batches`` batch pipelines reading nothing (the first, which
+      pays the job server's start, left out);
+    * ``tiny``: ``run_micro_batches`` over ``--small_topic``, 2 records per partition per
+      batch, 1 + ``--flink_batches`` batches; each batch's cycle (from its pipeline's start
+      to the next one's: submit, run, complete, commit, plan), the first left out;
+    * ``one_batch``: ``run_micro_batches`` over ``--topics`` (the run's 1M records) in one
+      batch: records/s of the whole call (job server start included) and of the batch.
+    """
+    from beam_zdl.testing import LocalFlink
+    workdir = Path(tempfile.mkdtemp(prefix="localflink-", dir=args.workdir))
+    count = args.flink_batches + 1
+    out: dict = {}
+    with LocalFlink(taskmanagers=2, slots=2, workdir=workdir) as flink:
+        runner = flink.runner_args(parallelism=2, checkpointing_interval_ms=None)
+        small = argparse.Namespace(**{**vars(args), "topics": args.small_topic})
+        empty = _empty_batches(args, _zdl_flags(small, f"{args.workdir}/ckpt-empty", *runner),
+                               count)
+        out["empty"] = {**_spread(empty[1:]), "first_s": round(empty[0], 3)}
+        starts: list[float] = []
+
+        def build(records, batch) -> None:
+            starts.append(time.monotonic())
+            _build(records, batch)
+
+        r = _micro_batches(small, [*runner, "--max_records_per_partition=2",
+                                   f"--max_batches={count}"], build=build)
+        ended = time.monotonic()
+        cycles = [b - a for a, b in zip(starts, starts[1:] + [ended])]
+        out["tiny"] = {**_spread(cycles[1:]), "first_s": round(cycles[0], 3),
+                       "records_per_batch": r["records"] // max(1, r["batches"])}
+        import beam_zdl
+
+        class _Durations(beam_zdl.ProgressListener):
+            def on_progress(self, progress) -> None:
+                batches.append(progress.durations_s["total"])
+
+        batches: list[float] = []
+        started = time.monotonic()
+        summary = beam_zdl.run_micro_batches(_build, beam_zdl.ZdlOptions(_zdl_flags(
+            args, f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *runner)), [_Durations()])
+        out["one_batch"] = {"records": summary.records, "batches": summary.batches,
+                            "seconds": round(time.monotonic() - started, 3),
+                            "batch_s": round(sum(batches), 3)}
+    shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
 class _TreeRss:
     """Peak RSS (and PSS) summed over this process and its descendants, sampled every
     0.1 s: a peer's memory with its worker processes. RSS counts pages shared between
@@ -786,6 +875,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gcs_bucket", default="")
     parser.add_argument("--group", default="")
     parser.add_argument("--batch_per_partition", type=int, default=62_500)
+    parser.add_argument("--small_topic", default="", help="flink_batches: the tiny batches' topic")
+    parser.add_argument("--flink_batches", type=int, default=12,
+                        help="flink_batches: batches measured per kind (the first is extra)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tree = _TreeRss().start()

@@ -26,7 +26,10 @@ THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local
               "quixstreams_exactly_once", "quixstreams_at_least_once",
               "spark_structured_streaming", "pyflink", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
-OTHER = ["batch_overhead", "batch_fixed_cost", "batch_fixed_cost_metrics", "recovery"]
+OTHER = ["batch_overhead", "batch_fixed_cost", "batch_fixed_cost_metrics", "recovery",
+         "flink_batches"]
+# Issue 25's goals for a micro-batch's fixed cost on a Flink session cluster.
+FLINK_BATCH_TARGET_S, FLINK_BATCH_FLOOR_S = 2.0, 5.0
 # Kafka sink peers; "sink_bare_producer" is the baseline of their ratios.
 SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
 DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
@@ -47,6 +50,7 @@ LABELS = {
     "sink_exactly_once": "(g) Kafka→Kafka, WriteToKafka exactly-once",
     "flink_local_streaming": "(h) streaming, Flink [local]",
     "flink_cluster_streaming": "(h) streaming, Flink cluster",
+    "flink_batches": "(j) micro-batches, Flink cluster",
 }
 PEER_TIMEOUT_S = 600
 
@@ -139,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             with tqdm(peers, desc="peers", file=sys.stderr) as bar:
                 for name in bar:
                     bar.set_postfix_str(name)
+                    own = [f"--small_topic={small}"] if name == "flink_batches" else []
                     results[name] = run_peer(name, kafka, small if name in ("batch_overhead",
                                                                           "batch_fixed_cost",
                                                                           "batch_fixed_cost_metrics")
-                                             else topic, workdir, args, extra)
+                                             else topic, workdir, args, [*extra, *own])
         finally:
             if gcs is not None:
                 gcs.stop()
@@ -229,6 +234,7 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
             f"{rec['batches_after_restart']} batches, {rec['replayed']} replayed)")
     elif rec:
         lines.append(f"(e) recovery: could not run: {rec.get('error')}")
+    lines.extend(flink_batches_report(results, meta))
     for name in ("quixstreams_exactly_once", "quixstreams_at_least_once", "pyflink",
                  "spark_structured_streaming"):
         q = results.get(name, {})
@@ -261,6 +267,40 @@ def report(results: dict, base: float | None, meta: dict) -> list[str]:
                      f"MB); driver, 1 worker in process {d1.get('peak_rss_mb', 0):.0f} MB; "
                      f"driver with 2 workers {d2.get('peak_rss_mb', 0):.0f} MB + "
                      f"{d2.get('peak_children_rss_mb', 0):.0f} MB per worker process")
+    return lines
+
+
+def flink_batches_report(results: dict, meta: dict) -> list[str]:
+    """(j) micro-batches on a Flink session cluster: the fixed cost per batch against the
+    goals, and one batch of the run's records against direct mode on the local runner."""
+    fb = results.get("flink_batches")
+    if not fb:
+        return []
+    if "empty" not in fb:
+        return [f"(j) micro-batches on Flink: could not run: {fb.get('error')}"]
+    lines = []
+    for kind, what in (("empty", "empty batches (a pipeline reading nothing)"),
+                       ("tiny", f"tiny batches ({fb['tiny']['records_per_batch']} records)")):
+        f = fb[kind]
+        verdict = ", ".join(f"{goal} {limit:.0f} s {'met' if f['median_s'] <= limit else 'MISSED'}"
+                            for goal, limit in (("target", FLINK_BATCH_TARGET_S),
+                                                ("floor", FLINK_BATCH_FLOOR_S)))
+        lines.append(f"(j) Flink cluster (2 TaskManagers, parallelism 2), fixed cost per batch, "
+                     f"{what}: median {f['median_s']:.2f} s (p25-p75 {f['p25_s']:.2f}-"
+                     f"{f['p75_s']:.2f}, min-max {f['min_s']:.2f}-{f['max_s']:.2f}, "
+                     f"{f['n']} batches; the run's first {f['first_s']:.1f} s): {verdict}")
+    ob = fb["one_batch"]
+    if ob.get("records") and ob.get("batch_s"):
+        rate, whole = ob["records"] / ob["batch_s"], ob["records"] / ob["seconds"]
+        ratios = "; ".join(
+            f"{rate / r['records_per_s']:.2f}x {LABELS[name]} on the local runner"
+            for name in ("direct_2_workers", "direct_1_worker")
+            if "records_per_s" in (r := results.get(name, {})))
+        lines.append(f"(j) {ob['records']:,} records ({meta['partitions']} partitions) in "
+                     f"{ob['batches']} batch on the Flink cluster: {ob['batch_s']:.1f} s, "
+                     f"{rate:,.0f} records/s ({whole:,.0f} records/s over the whole call, "
+                     f"{ob['seconds']:.1f} s with the job server's start)"
+                     + (f": {ratios}" if ratios else ""))
     return lines
 
 

@@ -196,21 +196,21 @@ def drive_coordinator(kafka: LocalKafka, topic: str, batches: int,
             format_version=CONFIG_FORMAT_VERSION, topics=list(config.topics),
             mode=driver.mode, consumer_group=config.consumer_group,
             created_ms=int(time.time() * 1000)))
-        driver._start(StopFlag())
+        driver.on_start(StopFlag())
         for _ in range(batches):
             t0 = time.monotonic()
             # Step 2, as BatchLoop.run does it
-            plan = driver._next_plan(driver.coordinator.next_batch_id())
+            plan = driver.next_plan(driver.coordinator.next_batch_id())
             if plan is None:
                 break
             plan.options_fingerprint = config.fingerprint()
             plan.created_ms = int(time.time() * 1000)
             plan = driver.coordinator.write_plan(plan)
             t1 = time.monotonic()
-            batch = driver._batch_of(plan, replay=False)
+            batch = driver.batch_of(plan, replay=False)
             # Steps 4-5
             driver.coordinator.complete(batch.batch_id, batch.planned_records)
-            driver._after_complete(batch)
+            driver.after_complete(batch)
             plan_s.append(t1 - t0)
             commit_s.append(time.monotonic() - t1)
             if len(plan_s) in (10, 100, 1000, 10000):

@@ -8,6 +8,9 @@ uses only ``any_storage_uri[local]`` starts neither GCS nor HDFS.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import re
 import uuid
 
 import pytest
@@ -75,3 +78,46 @@ def any_storage_uri(request, tmp_path) -> str:
     if not cluster.alive():  # an earlier test killed it: restart on its storage
         cluster.restart()
     return f"{cluster.url}/{unique}"
+
+
+# --- the kind of each test: unit, integration or crash --------------------------------------
+# Set here for every test that does not say it itself (a pytest.mark.unit / integration /
+# crash of its own, on the test or its module): `pytest -m unit` runs the tests that need
+# no broker, storage server or runner process, in seconds (docs/development.md).
+KINDS = ("unit", "integration", "crash")
+# Fixtures that start a real component: a test using one (directly or through another
+# fixture) is an integration test.
+_COMPONENT_FIXTURES = {"kafka", "gcs", "gcs_bucket", "hdfs", "schema_registry", "flink",
+                       "cluster"}
+# ... or that starts one of its own (a harness of beam_zdl.testing, or a test's subclass)
+_STARTS_COMPONENT = re.compile(
+    r"\b(Local(Kafka|Gcs|Hdfs|Flink|SchemaRegistry)|_NoTransactionsKafka)\(")
+# Files that run a tool on the checkout (pip and a venv, mkdocs, mypy): integration too.
+_TOOL_FILES = {"test_wheel.py", "test_docs.py", "test_types.py"}
+# A test that SIGKILLs a real process (a crash point, a killed driver, worker, receiver or
+# broker) says so in its name or docstring, or sets a crash point.
+_KILLS = re.compile(r"sigkill|(?<![a-z])kill(ed|s)?(?![a-z])", re.IGNORECASE)
+_CRASH_POINT = re.compile(r"crash_at=|BEAM_ZDL_CRASH_AT=|_crash_and_recover\(")
+
+
+def _kind(item: pytest.Item) -> str:
+    function = getattr(item, "function", None)
+    source = ""
+    if function is not None:
+        with contextlib.suppress(OSError, TypeError):
+            source = inspect.getsource(function)
+    said = f"{getattr(function, '__name__', item.name)} {getattr(function, '__doc__', '') or ''}"
+    if _KILLS.search(said) or _CRASH_POINT.search(source):
+        return "crash"
+    callspec = getattr(item, "callspec", None)
+    remote = callspec is not None and callspec.params.get("any_storage_uri") in ("gcs", "hdfs")
+    if remote or _COMPONENT_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+            _STARTS_COMPONENT.search(source) or item.path.name in _TOOL_FILES:
+        return "integration"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(getattr(pytest.mark, _kind(item)))

@@ -1,10 +1,13 @@
 """A micro-batch driver whose batch always fails on the workers (a poison record).
 
 Usage: python -m tests.flink_failing_batch <ZdlOptions flags...>
+The run's error is printed on stdout as one JSON line (class, batch id, message) before
+it is raised.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -24,7 +27,12 @@ def main(argv: list[str]) -> None:
     def build(records, batch):
         records | beam.Map(_check)
 
-    beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(argv))
+    try:
+        beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(argv))
+    except Exception as exc:
+        print(json.dumps({"error": type(exc).__name__, "batch_id": getattr(exc, "batch_id", None),
+                          "message": str(exc)}), flush=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
 """Every private Beam / client API beam_zdl uses (beam_zdl/compat.py) still behaves.
 
-Each test fails naming the installed version, so an upgrade that changes a
-private API is caught here, not as a silent misbehaviour in a read.
+Each test names the Beam version it was checked against (``compat.CHECKED_BEAM``,
+the minor versions pyproject.toml pins) and fails naming the installed one, so an
+upgrade that changes a private API is caught here, not as a silent misbehaviour in a
+read. When a fast path's check fails, a WARNING says so once per process.
 """
 
 from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
 
 import apache_beam as beam
 import google.api_core.exceptions as gexc
@@ -16,7 +25,9 @@ from google.cloud import storage as gcs
 
 import beam_zdl.compat as compat
 
-BEAM = f"apache-beam {beam.__version__}"
+BEAM = (f"apache-beam {beam.__version__} (beam_zdl.compat checked against "
+        f"{', '.join(compat.CHECKED_BEAM)})")
+ROOT = Path(__file__).resolve().parents[1]
 GCS = f"google-cloud-storage {gcs.__version__}"
 
 
@@ -126,13 +137,6 @@ def test_cached_dofn_specs_answer_as_beam_does_and_once_per_class():
     assert calls.count("CallableWrapperDoFn") >= 3, calls  # (Create uses them too)
 
 
-def test_handler_managers_reusable_on_this_beam():
-    assert compat.handler_managers_reusable(), (
-        f"{BEAM}: FnApiRunner no longer builds its WorkerHandlerManager by module name, or "
-        "BundleManager no longer holds _cache_token_generator: every batch now gets its own "
-        "manager (slower, still correct); adapt beam_zdl.compat")
-
-
 def test_reuse_handler_manager_runs_pipelines_on_the_given_manager():
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
@@ -156,7 +160,7 @@ def test_reuse_handler_manager_runs_pipelines_on_the_given_manager():
         def run_stages(self, stage_context, stages):
             if not kept:
                 kept.append(Kept(stage_context.components.environments,
-                                 self._provision_info))
+                                 compat.runner_provision_info(self)))
             with compat.reuse_handler_manager(kept[0]):
                 return super().run_stages(stage_context, stages)
 
@@ -250,3 +254,161 @@ def test_yield_and_return_check_answers_as_beam_does_once_per_code_object():
         core._check_fn_use_yield_and_return = original
     # Once per code object: Both.process, Yields.process, the Map's wrapper.
     assert len(calls) <= 3, calls
+
+
+def test_beam_is_pinned_to_the_checked_minor_versions():
+    """pyproject.toml allows exactly the minor versions compat was checked against, and
+    the installed Beam is one of them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    beam_req = next(r for r in project["dependencies"] if r.startswith("apache-beam"))
+    pin = re.fullmatch(r"apache-beam>=(\d+)\.(\d+),<(\d+)\.(\d+)", beam_req)
+    assert pin, f"pin apache-beam to minor versions (>=2.X,<2.Y): {beam_req}"
+    low, high = (int(pin[1]), int(pin[2])), (int(pin[3]), int(pin[4]))
+    allowed = {f"{low[0]}.{minor}" for minor in range(low[1], high[1])}
+    assert low[0] == high[0] and allowed == set(compat.CHECKED_BEAM), (beam_req, BEAM)
+    installed = ".".join(beam.__version__.split(".")[:2])
+    assert installed in compat.CHECKED_BEAM, f"{BEAM}: not a checked version"
+
+
+def test_every_fast_path_is_on_for_this_beam(caplog):
+    checks = [compat.handler_managers_reusable, compat.impulse_payloads_supported,
+              compat.dofn_checks_cacheable, compat.option_views_memoizable]
+    with caplog.at_level("WARNING", logger="beam_zdl.compat"):
+        assert [check() for check in checks] == [True] * len(checks), \
+            f"{BEAM}: a fast path is off: " + " | ".join(r.getMessage() for r in caplog.records)
+    assert caplog.records == []
+
+
+def test_a_fast_path_turned_off_is_said_once_per_process_with_the_reason():
+    """A Beam that differs (here: a private method removed, in a child process) turns the
+    fast path off, and one WARNING names it and what is missing, however often it is
+    asked."""
+    script = """
+import logging
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+del fn_runner.FnApiRunner._get_bundle_manager
+del execution.FnApiRunnerExecutionContext._enqueue_stage_initial_inputs
+import beam_zdl.compat as compat
+from beam_zdl.worker_pool import feeds_payload_impulses, WarmRunner
+print([compat.handler_managers_reusable() for _ in range(3)],
+      [feeds_payload_impulses(WarmRunner(None, "in_memory")) for _ in range(3)],
+      compat.option_views_memoizable(), flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[False, False, False] [False, False, False] True"
+    warnings = [line for line in proc.stderr.splitlines()
+                if line.startswith("WARNING beam_zdl.compat")]
+    assert len(warnings) == 2, proc.stderr[-3000:]
+    session, impulse = sorted(warnings, key=lambda w: "impulse" in w)
+    assert "fast path 'runner session' is off" in session
+    assert "FnApiRunner has no _get_bundle_manager" in session
+    assert f"apache-beam {beam.__version__}" in session
+    assert "fast path 'impulse payloads' is off" in impulse
+    assert "has no _enqueue_stage_initial_inputs" in impulse
+    assert "Results are the same, only slower" in impulse
+
+
+def test_option_views_built_from_a_parse_are_beams_views():
+    import copy
+
+    from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
+                                                      StandardOptions)
+    flags = ["--runner=FnApiRunner", "--experiments=a"]
+    options = PipelineOptions(flags)
+    assert compat.options_flags(options) == flags, f"{BEAM}: PipelineOptions._flags changed"
+    assert compat.options_flags(PipelineOptions()) is None, \
+        f"{BEAM}: options from sys.argv no longer keep _flags None"
+    beams = options.view_as(DebugOptions)
+    view = compat.view_from_parse(DebugOptions, flags, copy.deepcopy(compat.view_parse(beams)),
+                                  compat.options_values(options))
+    assert type(view) is DebugOptions and view.experiments == beams.experiments == ["a"], \
+        f"{BEAM}: PipelineOptions._visible_options changed"
+    assert compat.options_values(view) is compat.options_values(options), \
+        f"{BEAM}: views no longer share _all_options"
+    view.experiments = ["b"]  # set in one view: seen in all, as Beam's views do
+    assert options.view_as(DebugOptions).experiments == ["b"]
+    standard = compat.view_from_parse(
+        StandardOptions, flags, copy.deepcopy(compat.view_parse(options.view_as(StandardOptions))),
+        compat.options_values(options))
+    standard.streaming = True
+    assert options.view_as(StandardOptions).streaming is True
+    assert standard.runner == "FnApiRunner"
+    assert compat.option_views_memoizable(), f"{BEAM}: a view built from a parse differs"
+
+
+def _in_thread_handler_class(started):
+    """A GrpcWorkerHandler that serves a pipeline with an SDK harness thread."""
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import (
+        FNAPI_RUNNER_CAPABILITIES, GrpcWorkerHandler)
+    from apache_beam.runners.worker.sdk_worker import SdkHarness
+
+    class InThread(GrpcWorkerHandler):
+        def __init__(self, payload, state, provision_info, grpc_server):
+            super().__init__(state, provision_info, grpc_server)
+            started.append(payload)
+
+        def start_worker(self):
+            threading.Thread(target=SdkHarness(
+                self.control_address, worker_id=self.worker_id,
+                runner_capabilities=frozenset(FNAPI_RUNNER_CAPABILITIES)).run,
+                daemon=True).start()
+
+        def stop_worker(self):
+            pass  # the harness ends when the runner closes its control stream
+
+    return InThread
+
+
+def test_register_worker_handler_serves_an_environment_urn():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    urn = "beam:env:beam_zdl_compat_test:v1"
+    started = []
+    compat.register_worker_handler(urn, bytes, _in_thread_handler_class(started))
+
+    class OwnEnvironment(FnApiRunner):
+        def run_via_runner_api(self, pipeline_proto, options):
+            for env in pipeline_proto.components.environments.values():
+                env.urn, env.payload = urn, b"the payload"
+            return super().run_via_runner_api(pipeline_proto, options)
+
+    with beam.Pipeline(runner=OwnEnvironment()) as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 10), equal_to([10, 20]))
+    assert started and set(started) == {b"the payload"}, \
+        f"{BEAM}: WorkerHandler.register_environment no longer serves the URN"
+
+
+def test_bundle_managers_pass_through_the_hook_and_tokens_are_prefixed():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    made = []
+
+    @compat.hooks_bundle_managers
+    class Hooked(FnApiRunner):
+        def bundle_manager_made(self, manager):
+            compat.prefix_cache_tokens(manager, b"zdl-hooked-")
+            made.append(manager)
+
+    with beam.Pipeline(runner=Hooked()) as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x + 1), equal_to([2, 3]))
+    assert made, f"{BEAM}: FnApiRunner no longer builds bundle managers in _get_bundle_manager"
+    token = next(made[0]._cache_token_generator)
+    assert token.token.startswith(b"zdl-hooked-"), f"{BEAM}: cache tokens changed shape"
+    assert compat.runner_provision_info(Hooked()).provision_info.retrieval_token, \
+        f"{BEAM}: FnApiRunner._provision_info changed"
+
+
+def test_abort_control_requests_fails_what_the_runner_waits_on():
+    from apache_beam.portability.api import beam_fn_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import ControlConnection
+
+    class Handler:  # what a worker handler is to Beam's runner here: its control connection
+        control_conn = ControlConnection()
+
+    future = Handler.control_conn.push(beam_fn_api_pb2.InstructionRequest(instruction_id="i1"))
+    lost = RuntimeError("worker lost")
+    compat.abort_control_requests(Handler(), lost)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        future.get(timeout=5)

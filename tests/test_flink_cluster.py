@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 
 from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.progress_history import read_history
 from beam_zdl.testing.flink_cluster import LocalFlink
 from tests.driver_proc import read_batches
 from tests.test_streaming import _ids, _Job, _Producer
+from tests.test_wal_mode import _assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -339,8 +341,8 @@ def test_readmes_word_count_runs_on_the_cluster(kafka, cluster, tmp_path):
 
 def test_a_failing_batch_job_fails_the_batch_within_the_restart_bound(kafka, cluster, tmp_path):
     """LocalFlink restarts a failed job a bounded number of times (restart-strategy), so
-    the driver gets the job's failure, with the worker's reason, instead of waiting forever;
-    the batch stays pending."""
+    the driver gets the job's failure instead of waiting forever: a BatchFailedError naming
+    the batch and quoting the worker's exception; the batch stays pending."""
     topic = kafka.create_topic(partitions=2)
     kafka.produce(topic, ((None, b"poison", i % 2) for i in range(10)))
     flags = _micro_batch_flags(kafka, cluster, tmp_path, topic)
@@ -350,11 +352,105 @@ def test_a_failing_batch_job_fails_the_batch_within_the_restart_bound(kafka, clu
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     took = time.monotonic() - started
     assert proc.returncode != 0
-    assert "poison record at offset" in proc.stderr, proc.stderr[-4000:]
+    assert proc.stdout.strip(), proc.stderr[-4000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    # One of beam_zdl's errors, naming the batch and quoting the worker's exception.
+    assert error["error"] == "BatchFailedError" and error["batch_id"] == 0, error
+    assert error["message"].startswith("batch 0 failed on FlinkRunner (job "), error
+    assert "ValueError: poison record at offset " in error["message"], error
+    assert "stays pending" in error["message"]
     bound = cluster.restart_attempts * 60 + 120
     assert took < bound, f"the failing batch took {took:.0f} s to fail (bound {bound} s)"
     coord = CheckpointCoordinator(str(tmp_path / "ckpt"))
     assert [p.batch_id for p in coord.pending()] == [0]
     assert all(o <= 0 for o in kafka.committed(f"g-{topic}", topic).values())
-    print(f"\n[flink cluster] a failing batch job failed the driver after {took:.0f} s "
+    print(f"\n[flink cluster] {error['message'][:300]}")
+    print(f"[flink cluster] a failing batch job failed the driver after {took:.0f} s "
           f"({cluster.restart_attempts} restarts)")
+
+
+# --- one checkpoint across runners -------------------------------------------------------------
+
+def _run_phase(out: Path, flags: list[str], crash_at: str | None) -> dict:
+    """One driver run of the cross-runner test: SIGKILLed at ``crash_at``, or (without it)
+    run to the end; the run's summary (empty when killed)."""
+    proc = _run_driver(out, flags, crash_at=crash_at)
+    if crash_at:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
+        return {}
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _finished_jobs(cluster) -> set[str]:
+    return {j["id"] for j in cluster.jobs() if j["status"] == "FINISHED"}
+
+
+@pytest.mark.parametrize("mode", ["direct", "wal"])
+def test_one_checkpoint_continues_across_runners_exactly_once(
+        kafka, cluster, hdfs, tmp_path, mode):
+    """The local runner is SIGKILLed mid-batch, Flink (the session cluster) continues the
+    same --checkpoint_dir and is SIGKILLed mid-batch too, the local runner finishes. The
+    checkpoint holds only plans and offsets, no runner state: each runner replays the
+    other's pending batch with the same input, and the idempotent sink (a file per batch)
+    holds every record once. WAL mode keeps its WAL on HDFS, where the Flink job's SDK
+    workers read the segments the local runner's receiver wrote."""
+    topic = kafka.create_topic(partitions=4)
+    group = f"g-{topic}"
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    coord = CheckpointCoordinator(str(ckpt))
+    flags = [f"--bootstrap_servers={kafka.bootstrap_servers}", f"--topics={topic}",
+             f"--checkpoint_dir={ckpt}", f"--consumer_group={group}",
+             "--starting_offsets=earliest", f"--zdl_mode={mode}",
+             "--max_records_per_partition=300"]
+    if mode == "wal":
+        flags += [f"--wal_dir={hdfs.url}/{topic}/wal", "--wal_segment_records=250",
+                  "--wal_segment_age_s=0.5",
+                  '--consumer_config={"session.timeout.ms": 4000, "heartbeat.interval.ms": 500}']
+    flink = [*flags, *cluster.runner_args(parallelism=2, checkpointing_interval_ms=None)]
+    produced = 0
+
+    def produce(n: int) -> None:
+        nonlocal produced
+        kafka.produce(topic, ((f"k{i}".encode(), f"v{i}".encode(), i % 4)
+                              for i in range(produced, produced + n)))
+        produced += n
+
+    plans: dict[int, bytes] = {}
+
+    def pending_after(phase: str) -> int:
+        [batch_id] = [p.batch_id for p in coord.pending()]
+        plans[batch_id] = coord.read_plan(batch_id).SerializeToString()
+        print(f"[cross-runner {mode}] {phase} SIGKILLed with batch {batch_id} pending")
+        return batch_id
+
+    # 1. The local runner (FnApiRunner): killed after its 2nd batch ran, not completed.
+    produce(3000)
+    _run_phase(out, flags, "after_run:2")
+    on_local = pending_after("local runner")
+    # 2. Flink replays that batch (the 1st after_run), runs the next, and is killed after it.
+    produce(1200)
+    finished = _finished_jobs(cluster)
+    _run_phase(out, flink, "after_run:2")
+    on_flink = pending_after("Flink")
+    assert len(_finished_jobs(cluster) - finished) == 2, "the batches did not run on Flink"
+    assert on_flink > on_local
+    # 3. The local runner replays Flink's pending batch and plans the rest.
+    produce(1200)
+    summary = _run_phase(out, flags, None)
+    assert summary["replayed"] == 1 and summary["batch_ids"][0] == on_flink
+    assert len(summary["batch_ids"]) > 1, "nothing was planned after the replay"
+
+    # Every runner replayed the same plan the other had written.
+    assert {b: coord.read_plan(b).SerializeToString() for b in plans} == plans
+    assert coord.pending() == []
+    if mode == "wal":
+        _assert_exactly_once(kafka, topic, out, ckpt, f"{hdfs.url}/{topic}/wal")
+    else:
+        rows = [row for batch in read_batches(out).values() for row in batch]
+        assert len(rows) == len(set(rows)), "a record appears twice in the output"
+        assert sorted(rows) == sorted((topic, p, o) for p, o in _all_offsets(kafka, topic))
+    assert sum(kafka.end_offsets(topic).values()) == produced
+    assert kafka.committed(group, topic) == kafka.end_offsets(topic)
+    history = read_history(str(ckpt))
+    assert sorted(p.batch_id for p in history.progress if p.replay) == [on_local, on_flink]

@@ -1,13 +1,17 @@
-"""Runner flags beam_zdl sets: pure option logic, no runner started."""
+"""Runner flags beam_zdl sets, and how a runner's failure text becomes an error: pure
+logic, no runner started."""
 
 from __future__ import annotations
 
 import logging
+import pickle
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_zdl.runners import FlinkOptions, apply_runner_defaults, is_flink
+from beam_zdl.errors import BatchFailedError
+from beam_zdl.runners import (FlinkOptions, apply_runner_defaults, batch_failure, is_flink,
+                              reports_failure_as_text)
 
 
 def _forwarded(options: PipelineOptions) -> dict:
@@ -42,3 +46,64 @@ def test_other_runners_are_left_alone(runner):
     apply_runner_defaults(options)
     assert not is_flink(options)
     assert "finish_bundle_before_checkpointing" not in _forwarded(options)
+
+
+# The shape of Beam's error for a batch that failed on Flink (tests/test_flink_cluster.py
+# asserts the same on the real cluster): Java's wrapper, the worker's Python traceback,
+# then Java frames and causes.
+_FLINK_FAILURE = (
+    "Pipeline BeamApp-root-1203-faeda93c failed in state FAILED: java.lang.RuntimeException: "
+    "Error received from SDK harness for instruction 4: Traceback (most recent call last):\n"
+    '  File "apache_beam/runners/common.py", line 1498, in process\n'
+    "    return self.do_fn_invoker.invoke_process(windowed_value)\n"
+    "ValueError: poison record at offset 0 of partition 1 [while running 'Map(_check)']\n"
+    "\n\tat org.apache.beam.runners.fnexecution.control.FnApiControlClient.onNext(X.java:1)\n"
+    "java.lang.IllegalStateException: a later Java cause\n")
+
+
+def test_a_batch_failed_on_flink_names_the_batch_job_and_worker_error():
+    error = batch_failure(RuntimeError(_FLINK_FAILURE), 7, "FlinkRunner")
+    assert isinstance(error, BatchFailedError)
+    assert (error.batch_id, error.runner, error.job_id) == (7, "FlinkRunner",
+                                                            "BeamApp-root-1203-faeda93c")
+    assert error.summary == ("ValueError: poison record at offset 0 of partition 1 "
+                             "[while running 'Map(_check)']")
+    assert str(error).startswith("batch 7 failed on FlinkRunner (job BeamApp-root-1203-"
+                                 f"faeda93c): {error.summary}. The batch stays pending")
+    assert error.reason.endswith("a later Java cause")  # the runner's whole text
+    again = pickle.loads(pickle.dumps(error))
+    assert (str(again), again.reason) == (str(error), error.reason)
+
+
+def test_a_failure_without_a_python_traceback_quotes_its_first_line():
+    error = batch_failure(RuntimeError("Pipeline j1 failed in state CANCELLED: cancelled by "
+                                       "the user\nmore"), 2, "PrismRunner")
+    assert str(error).startswith("batch 2 failed on PrismRunner (job j1): cancelled by the "
+                                 "user. ")
+
+
+def test_only_the_local_runner_raises_the_workers_own_exception():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    assert not reports_failure_as_text(FnApiRunner())
+    assert reports_failure_as_text("FlinkRunner") and reports_failure_as_text("PrismRunner")
+
+
+def test_batches_on_flink_skip_beams_pip_freeze_for_the_run_only():
+    """Beam runs `pip freeze` for every pipeline it submits to a job service (0.36 s of a
+    tiny batch on Flink); flink_job_server turns it off while the run lasts."""
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    from beam_zdl.runners import flink_job_server
+    options = PipelineOptions(["--runner=FlinkRunner", "--job_endpoint=localhost:1",
+                               "--experiments=mine"])
+    debug = options.view_as(DebugOptions)
+    with flink_job_server(options) as endpoint:
+        assert endpoint == "localhost:1"  # given: used as is, nothing started
+        assert debug.lookup_experiment("disable_logging_submission_environment")
+        assert _forwarded(options)["experiments"] == [
+            "mine", "disable_logging_submission_environment"]
+    assert debug.experiments == ["mine"]
+    streaming = PipelineOptions(["--runner=FlinkRunner", "--streaming"])
+    with flink_job_server(streaming):
+        assert not streaming.view_as(DebugOptions).lookup_experiment(
+            "disable_logging_submission_environment")

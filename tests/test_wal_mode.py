@@ -577,6 +577,7 @@ def test_overlapping_segments_are_refused_not_duplicated(kafka, tmp_path):
     assert CheckpointCoordinator(str(ckpt)).planned_ids() == []
 
 
+@pytest.mark.integration  # (no kill: its docstring speaks of one)
 def test_an_assignment_that_arrives_while_closing_is_not_taken(kafka, tmp_path):
     """close() can serve one last rebalance (a killed member's session ended); its lookups
     would fail on the terminating client and fail the run, so the partitions are left."""

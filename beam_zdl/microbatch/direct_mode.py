@@ -22,16 +22,19 @@ commit repairs: the checkpoint, not Kafka, decides where reading resumes.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.kafka as kafka
 from beam_zdl.batch_options import batch_options
 import beam_zdl.ranges as ranges
 from beam_zdl.io import ReadFromKafka
 from beam_zdl.microbatch.batch_ranges import BatchRanges
-from beam_zdl.microbatch.loop import Batch, BatchLoop, StopFlag
+from beam_zdl.batch_progress import ProgressListener
+from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
+from beam_zdl.options import ZdlConfig
 from beam_zdl.ranges import Offsets, PartitionRange
 from beam_zdl.v1 import checkpoint_pb2
 
@@ -48,41 +51,43 @@ class DirectDriver(BatchLoop):
 
     mode = checkpoint_pb2.MODE_DIRECT
 
-    _last_stops: Optional[Offsets] = None  # the newest plan's stops, once known
-    _commit: Optional[threading.Thread] = None  # the last batch's Kafka commit, if running
-    _commit_error: Optional[BaseException] = None  # what that commit raised
+    def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
+                 listeners: Sequence[ProgressListener] = ()) -> None:
+        super().__init__(build_fn, options, config, listeners)
+        self._last_stops: Optional[Offsets] = None  # the newest plan's stops, once known
+        self._commit: Optional[threading.Thread] = None  # the last batch's Kafka commit
+        self._commit_error: Optional[BaseException] = None  # what that commit raised
 
-    def _start(self, stop: StopFlag) -> None:
+    def on_start(self, stop: StopFlag) -> None:
         # A run with targets ends there: --ending_offsets, or what available_now saw at start.
-        self._targets: Optional[Offsets] = None
         if self.config.trigger == "available_now" or self.config.ending_offsets:
-            self._targets = ranges.end_positions(self.consumer, self.config)
+            self.targets = ranges.end_positions(self.consumer, self.config)
 
-    def _done_when_idle(self) -> bool:
-        return self._targets is not None
+    def done_when_idle(self) -> bool:
+        return self.targets is not None
 
-    def _start_positions(self, partitions: list[tuple[str, int]]) -> Offsets:
+    def start_positions(self, partitions: list[tuple[str, int]]) -> Offsets:
         return ranges.positions(self.consumer, self.config, partitions, self._checkpointed())
 
-    def _finished(self) -> None:
+    def confirm_finished(self) -> None:
         # Every batch up to the targets is complete, so the next positions are safe to
         # commit: this repairs a commit that failed after its batch completed, and commits
         # the start of a partition nothing was planned for (--starting_offsets=latest).
-        assert self._targets is not None
+        assert self.targets is not None
         self._join_commit()
         kafka.commit_offsets(self.consumer, ranges.positions(
-            self.consumer, self.config, list(self._targets), self._checkpointed()))
-        self._verify_finished(self._targets)
+            self.consumer, self.config, list(self.targets), self._checkpointed()))
+        self.verify_committed(self.targets)
 
-    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+    def batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         if not replay:  # just written: the newest plan
             self._last_stops = _stops(plan.ranges)
         return Batch(plan.batch_id, tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
                                           for r in plan.ranges), replay=replay)
 
-    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+    def next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
         # Step 2
-        ends = self._targets
+        ends = self.targets
         partitions = None
         if ends is None:
             # One metadata lookup serves the end offsets and the plan.
@@ -100,15 +105,15 @@ class DirectDriver(BatchLoop):
                                                start=r.start, stop=r.stop) for r in planned],
             epoch=self.epoch)
 
-    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
+    def read(self, batch: Batch) -> beam.PTransform[Any, Any]:
         return ReadFromKafka(ranges=batch.ranges, options=batch_options(self.options),
                              ranges_input=BatchRanges())
 
-    def _after_complete(self, batch: Batch) -> None:
+    def after_complete(self, batch: Batch) -> None:
         # Step 5. The commit (a broker round trip, ~10 ms) runs beside the next batch's
         # planning and pipeline: one at a time, so commits reach Kafka in batch order; the
         # next completion waits for it (Kafka's view never lags the checkpoint by more than
-        # the batch in flight), and so does the end of the run (_finished, _stop).
+        # the batch in flight), and so does the end of the run (confirm_finished, on_stop).
         self._join_commit()
         stops = _stops(batch.ranges)
 
@@ -131,10 +136,10 @@ class DirectDriver(BatchLoop):
         if error is not None:
             raise error
 
-    def _before_complete(self, batch: Batch) -> None:
+    def before_complete(self, batch: Batch) -> None:
         self._join_commit()
 
-    def _stop(self) -> None:
+    def on_stop(self) -> None:
         self._join_commit()  # before the loop closes the consumer
 
     def _checkpointed(self) -> Optional[Offsets]:

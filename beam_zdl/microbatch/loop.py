@@ -18,7 +18,8 @@ in the code (``# Step N``) and in :func:`beam_zdl.run_micro_batches`:
 
 :class:`BatchLoop` is the loop both modes share; direct mode
 (:class:`~beam_zdl.microbatch.direct_mode.DirectDriver`) and WAL mode
-(:class:`~beam_zdl.microbatch.wal_mode.WalDriver`) supply Steps 2, 3 and 5;
+(:class:`~beam_zdl.microbatch.wal_mode.WalDriver`) supply Steps 2, 3 and 5 through
+its public hooks (the abstract methods, listed in its docstring);
 :func:`~beam_zdl.microbatch.run.run_micro_batches` picks the mode.
 
 A crash before Step 4 leaves the batch pending: on restart it is re-run with
@@ -35,7 +36,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -52,13 +53,14 @@ from beam_zdl.batch_progress import (BatchProgress, Counters, Distributions, Lis
                                      merge_distributions, pipeline_metrics)
 from beam_zdl.chaos import crash_point
 from beam_zdl.coordinator import CONFIG_FORMAT_VERSION, CheckpointCoordinator
-from beam_zdl.ranges import PartitionRange
-from beam_zdl.errors import ZdlError
+from beam_zdl.ranges import Offsets, PartitionRange
+from beam_zdl.errors import BatchFailedError, ZdlError
 from beam_zdl.microbatch.progress import Progress
 from beam_zdl.monitoring import DriverMetrics, Heartbeat, MetricsServer
 from beam_zdl.progress_history import ProgressHistory
 from beam_zdl.options import ZdlConfig
-from beam_zdl.runners import pipeline_runner
+from beam_zdl.runners import (batch_failure, pipeline_runner, reports_failure_as_text,
+                              runner_name)
 from beam_zdl.v1 import checkpoint_pb2
 
 __all__ = ["Batch", "BatchLoop", "BuildFn", "RunSummary", "StopFlag", "current_batch",
@@ -141,30 +143,68 @@ def run_batch_pipeline_metrics(build_fn: BuildFn, options: PipelineOptions, batc
         (:func:`~beam_zdl.batch_progress.pipeline_metrics`).
     """
     options = batch_options(options)
-    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
+    runner = pipeline_runner(options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     # One label for every batch: a stage that is the same in two batches then has the same
     # descriptor, and the run's warm runner reuses its bundle processors (worker_pool).
     records = pipeline | "ReadBatch" >> read
     with building(batch):
         build_fn(records, batch)
     result = pipeline.run()
-    state = result.wait_until_finish()
+    try:
+        state = result.wait_until_finish()
+    except ZdlError:
+        raise
+    except Exception as exc:
+        # The local runner raises the worker's own exception (a DataLossError stays one);
+        # a cluster's job fails as text (Beam's RuntimeError): name the batch, keep the text.
+        if reports_failure_as_text(runner):
+            raise batch_failure(exc, batch.batch_id, runner) from exc
+        raise
     if state != PipelineState.DONE:
-        raise ZdlError(f"batch {batch.batch_id} ended in state {state}, not DONE; it stays "
-                       "pending and is replayed with the same input on the next start")
+        raise BatchFailedError(batch.batch_id, runner_name(runner), "", f"state {state}",
+                               f"it ended in state {state}, not DONE")
     return pipeline_metrics(result.metrics().query(MetricsFilter()))
 
 
 class BatchLoop(abc.ABC):
     """The batch loop both modes share: replay pending, then plan → run → complete.
 
-    A mode supplies what differs: how the next plan is found (:meth:`_next_plan`),
-    how a batch reads its input (:meth:`_read`), what follows a completion
-    (:meth:`_after_complete`: a Kafka commit in direct mode, segment cleanup in
-    WAL mode) and when an idle loop is finished (:meth:`_done_when_idle`).
+    :meth:`run` is the loop (Steps 0-5, the module doc). A mode subclasses this and
+    implements its hooks, which the loop calls in this order:
+
+    * :meth:`on_start` once the checkpoint is claimed (Step 0); it sets :attr:`targets`
+      for a run that ends at known offsets;
+    * :meth:`start_positions`, for the progress report;
+    * per batch: :meth:`next_plan` (Step 2; None when there is nothing new; the loop
+      writes the plan), :meth:`batch_of` (also for each pending plan of Step 1),
+      :meth:`read` (Step 3's input), :meth:`before_complete`, then, after Step 4,
+      :meth:`after_complete` (Step 5: a Kafka commit in direct mode, segment cleanup
+      in WAL mode);
+    * with nothing to plan: :meth:`done_when_idle`, then :meth:`confirm_finished`
+      (True) or a wait of :meth:`idle_wait_s` (False);
+    * :meth:`check` between batches, :meth:`on_stop` once at the end (also on errors).
+
+    The optional hooks (:meth:`before_complete`, :meth:`check`,
+    :meth:`register_metrics`, :meth:`receiver_status`, :meth:`idle_wait_s`) have
+    defaults that do nothing or answer for both modes; the abstract ones each mode
+    answers itself. A mode uses the loop's state (:attr:`config`, :attr:`consumer`,
+    :attr:`coordinator`, :attr:`epoch`, :attr:`progress`, :attr:`targets`) and its
+    helpers :meth:`end_offsets` and :meth:`verify_committed`.
+
+    Attributes:
+        mode: the checkpoint's mode (a class constant of each mode).
+        epoch: this driver's epoch, claimed in Step 0 (0 before; claimed epochs start
+            at 1).
+        consumer: the driver's Kafka consumer (never assigned: end offsets, commits),
+            open while :meth:`run` runs.
+        targets: the end offsets this run stops at (``--ending_offsets``, or what an
+            ``available_now`` run saw at start), set by :meth:`on_start`; None for a
+            run without an end.
+        commit_failures: Kafka commits that failed after every retry.
     """
 
-    mode = checkpoint_pb2.MODE_DIRECT
+    mode: ClassVar[checkpoint_pb2.Mode]
 
     def __init__(self, build_fn: BuildFn, options: PipelineOptions, config: ZdlConfig,
                  listeners: Sequence[ProgressListener] = ()) -> None:
@@ -175,76 +215,89 @@ class BatchLoop(abc.ABC):
         assert config.checkpoint_dir is not None  # ZdlConfig(need_checkpoint=True) has one
         self.coordinator = CheckpointCoordinator(config.checkpoint_dir)
         self.summary = RunSummary()
+        self.epoch = 0
         self.consumer: Any = None
+        self.targets: Optional[Offsets] = None
         self.progress = Progress()
         self.listeners = list(listeners)
         self.history: Optional[ProgressHistory] = None
         # When the loop last turned (a plan, a batch, an idle check): /healthz reads it.
         self.heartbeat = Heartbeat()
-        self.commit_failures = 0  # Kafka commits that failed after every retry
+        self.commit_failures = 0
+        self.metrics_server: Optional[MetricsServer] = None
         self._last_trigger: Optional[float] = None  # monotonic trigger of the previous batch
         self._metrics: Optional[DriverMetrics] = None
-        self.metrics_server: Optional[MetricsServer] = None
         self._bus = ListenerBus(())
 
-    # --- hooks ----------------------------------------------------------------------------
+    # --- hooks every mode implements ------------------------------------------------------
 
-    def _start(self, stop: "StopFlag") -> None:
-        """Called after the checkpoint is claimed, before pending batches are replayed."""
+    @abc.abstractmethod
+    def on_start(self, stop: StopFlag) -> None:
+        """Called after the checkpoint is claimed, before pending batches are replayed:
+        start what the mode needs (WAL mode: its receiver) and set :attr:`targets`."""
 
-    def _stop(self) -> None:
-        """Called once when the loop ends, also on errors."""
+    @abc.abstractmethod
+    def on_stop(self) -> None:
+        """Called once when the loop ends, also on errors, before the consumer closes."""
 
-    def _before_complete(self, batch: Batch) -> None:
+    @abc.abstractmethod
+    def start_positions(self, partitions: list[tuple[str, int]]) -> Offsets:
+        """Where this run starts reading each partition (for the progress report)."""
+
+    @abc.abstractmethod
+    def next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+        """Step 2: the next batch's plan, with id ``batch_id`` (the loop writes it), or None
+        when there is nothing new."""
+
+    @abc.abstractmethod
+    def batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+        """The batch of a written plan: one just planned, or a pending one (``replay``)."""
+
+    @abc.abstractmethod
+    def read(self, batch: Batch) -> beam.PTransform[Any, Any]:
+        """Step 3: the transform that reads exactly the batch's input."""
+
+    @abc.abstractmethod
+    def after_complete(self, batch: Batch) -> None:
+        """Step 5, after the batch's completion is written."""
+
+    @abc.abstractmethod
+    def done_when_idle(self) -> bool:
+        """With nothing to plan: True ends the run (after :meth:`confirm_finished`), False
+        waits for more."""
+
+    @abc.abstractmethod
+    def confirm_finished(self) -> None:
+        """Called when a run that :meth:`done_when_idle` ends has nothing left to plan;
+        raise if it is not really finished (see :meth:`verify_committed`)."""
+
+    # --- optional hooks -------------------------------------------------------------------
+
+    def before_complete(self, batch: Batch) -> None:
         """Called after the batch's pipeline ran, before its completion is written."""
 
-    def _check(self) -> None:
-        """Raise if a helper (the WAL receiver) failed."""
+    def check(self) -> None:
+        """Raise if a helper (the WAL receiver) failed; called between batches."""
 
-    @abc.abstractmethod
-    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
-        """The next batch's plan (not yet written), or None when there is nothing new."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    def _after_complete(self, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def _start_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Where this run starts reading each partition (for the progress report)."""
-        return {}
-
-    def _register_metrics(self, registry: CollectorRegistry) -> None:
+    def register_metrics(self, registry: CollectorRegistry) -> None:
         """Add a mode's own metrics to the driver's /metrics (WAL mode: the receiver's)."""
 
-    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+    def receiver_status(self) -> tuple[Optional[int], Optional[int]]:
         """WAL mode: the receiver's buffered bytes and lag (see BatchProgress)."""
         return None, None
 
-    def _done_when_idle(self) -> bool:
-        """With nothing to plan: True ends the run, False waits for more."""
-        return self.config.trigger == "available_now"
-
-    def _finished(self) -> None:
-        """Called when an ``available_now`` run has nothing left to plan; raise if it is
-        not really finished."""
-
-    def _idle_wait_s(self, since: float) -> float:
+    def idle_wait_s(self, since: float) -> float:
+        """Seconds to wait after an idle check that began at ``since`` (monotonic)."""
         return max(0.0, self.config.batch_interval_s - (time.monotonic() - since))
 
-    def _end_offsets(self) -> dict[tuple[str, int], int]:
+    # --- helpers for modes ----------------------------------------------------------------
+
+    def end_offsets(self) -> Offsets:
+        """Every partition's end offset now (of ``--topics``)."""
         cfg = self.config
         return kafka.end_offsets(self.consumer, cfg.topics, cfg.bootstrap_servers)
 
-    def _verify_finished(self, targets: dict[tuple[str, int], int]) -> None:
+    def verify_committed(self, targets: Offsets) -> None:
         """An ``available_now`` run ends only with the group's offsets at the end offsets
         seen at start (every batch below them completed first).
 
@@ -272,6 +325,8 @@ class BatchLoop(abc.ABC):
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        """Steps 0-5 until the trigger says stop (see the module doc); the mode's hooks
+        are called as the class doc says. Returns what was done."""
         cfg = self.config
         started = time.monotonic()
         kafka.check_brokers(cfg.bootstrap_servers, cfg.consumer_config,
@@ -284,61 +339,10 @@ class BatchLoop(abc.ABC):
             self.consumer = kafka.new_consumer(cfg.bootstrap_servers, cfg.consumer_group,
                                                cfg.consumer_config)
             with StopFlag() as stop:
-                # Step 0
-                self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
-                    format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
-                    mode=self.mode, consumer_group=cfg.consumer_group,
-                    wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
-                    created_ms=int(time.time() * 1000)))
-                _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
-                self.history = ProgressHistory(self.coordinator, cfg.retain_batches)
-                bus.post("on_start", cfg.checkpoint_dir, self.epoch)
-                self._start(stop)
-                self.heartbeat.beat("start")
-                plan: Optional[checkpoint_pb2.BatchPlan]
-                targets = getattr(self, "_targets", None)
-                self.progress.start(self._start_positions(list(targets or ())), targets)
-                # Step 1
-                for plan in self.coordinator.pending():
-                    self._check()
-                    kafka.serve_events(self.consumer)
-                    if stop.stopped or self._reached_max():
-                        return self._finish(started)
-                    batch = self._batch_of(plan, replay=True)
-                    _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
-                                 batch.batch_id, batch.planned_records, len(batch.segments))
-                    self._run_and_complete(batch, time.time(), time.monotonic(), 0.0)
-                # Steps 2-5
-                batch_id = self.coordinator.next_batch_id()
-                while not stop.stopped and not self._reached_max():
-                    self._check()
-                    kafka.serve_events(self.consumer)
-                    next_started = time.monotonic()
-                    trigger_time = time.time()
-                    plan = self._next_plan(batch_id)
-                    if plan is None:
-                        self.heartbeat.beat("idle")
-                        bus.post("on_idle")
-                        if self._done_when_idle():
-                            self._check()
-                            self._finished()
-                            break
-                        stop.sleep(self._idle_wait_s(next_started))
-                        continue
-                    plan.options_fingerprint = cfg.fingerprint()
-                    plan.created_ms = int(time.time() * 1000)
-                    plan = self.coordinator.write_plan(plan)
-                    crash_point("after_plan")
-                    self.heartbeat.beat(f"plan {plan.batch_id}")
-                    self._run_and_complete(self._batch_of(plan, replay=False), trigger_time,
-                                           next_started, time.monotonic() - next_started)
-                    # This driver is the checkpoint's only writer (write_plan checks the
-                    # fence and the id): the next id needs no listing.
-                    batch_id = plan.batch_id + 1
-                    if cfg.trigger == "continuous":
-                        stop.sleep(max(0.0, cfg.batch_interval_s -
-                                       (time.monotonic() - next_started)))
-                self._check()
+                self._claim(stop)
+                if self._replay_pending(stop):
+                    self._plan_and_run(stop)
+                    self.check()
                 return self._finish(started)
         except BaseException as exc:
             error = exc
@@ -347,7 +351,7 @@ class BatchLoop(abc.ABC):
             self.progress.close()
             try:
                 if self.consumer is not None:
-                    self._stop()
+                    self.on_stop()
             finally:
                 if self.consumer is not None:
                     self.consumer.close()
@@ -358,6 +362,70 @@ class BatchLoop(abc.ABC):
                 if server is not None:
                     server.stop()
 
+    def _claim(self, stop: StopFlag) -> None:
+        """Step 0: claim the checkpoint (a new epoch), then start the mode (on_start)."""
+        cfg = self.config
+        self.epoch = self.coordinator.open(checkpoint_pb2.CheckpointConfig(
+            format_version=CONFIG_FORMAT_VERSION, topics=list(cfg.topics),
+            mode=self.mode, consumer_group=cfg.consumer_group,
+            wal_dir=(cfg.wal_dir or "") if self.mode == checkpoint_pb2.MODE_WAL else "",
+            created_ms=int(time.time() * 1000)))
+        _LOGGER.info("driver epoch %d on %s", self.epoch, cfg.checkpoint_dir)
+        self.history = ProgressHistory(self.coordinator, cfg.retain_batches)
+        self._bus.post("on_start", cfg.checkpoint_dir, self.epoch)
+        self.on_start(stop)
+        self.heartbeat.beat("start")
+        self.progress.start(self.start_positions(list(self.targets or ())), self.targets)
+
+    def _replay_pending(self, stop: StopFlag) -> bool:
+        """Step 1: re-run every planned-but-incomplete batch with its recorded input.
+        False when the run was stopped (or reached ``--max_batches``) meanwhile."""
+        for plan in self.coordinator.pending():
+            self.check()
+            kafka.serve_events(self.consumer)
+            if stop.stopped or self._reached_max():
+                return False
+            batch = self.batch_of(plan, replay=True)
+            _LOGGER.info("replaying pending batch %d (%d offsets, %d segments)",
+                         batch.batch_id, batch.planned_records, len(batch.segments))
+            self._run_and_complete(batch, time.time(), time.monotonic(), 0.0)
+        return True
+
+    def _plan_and_run(self, stop: StopFlag) -> None:
+        """Steps 2-5, batch after batch, until stopped, ``--max_batches``, or idle with
+        :meth:`done_when_idle` (then :meth:`confirm_finished`)."""
+        cfg = self.config
+        batch_id = self.coordinator.next_batch_id()
+        while not stop.stopped and not self._reached_max():
+            self.check()
+            kafka.serve_events(self.consumer)
+            next_started = time.monotonic()
+            trigger_time = time.time()
+            # Step 2
+            plan = self.next_plan(batch_id)
+            if plan is None:
+                self.heartbeat.beat("idle")
+                self._bus.post("on_idle")
+                if self.done_when_idle():
+                    self.check()
+                    self.confirm_finished()
+                    return
+                stop.sleep(self.idle_wait_s(next_started))
+                continue
+            plan.options_fingerprint = cfg.fingerprint()
+            plan.created_ms = int(time.time() * 1000)
+            plan = self.coordinator.write_plan(plan)
+            crash_point("after_plan")
+            self.heartbeat.beat(f"plan {plan.batch_id}")
+            # Steps 3-5
+            self._run_and_complete(self.batch_of(plan, replay=False), trigger_time,
+                                   next_started, time.monotonic() - next_started)
+            # This driver is the checkpoint's only writer (write_plan checks the fence and
+            # the id): the next id needs no listing.
+            batch_id = plan.batch_id + 1
+            if cfg.trigger == "continuous":
+                stop.sleep(max(0.0, cfg.batch_interval_s - (time.monotonic() - next_started)))
+
     def _start_metrics_server(self) -> Optional[MetricsServer]:
         """``--metrics_port``: serve /metrics and /healthz for the run (None without it)."""
         port = self.config.metrics_port
@@ -365,7 +433,7 @@ class BatchLoop(abc.ABC):
             return None
         registry = CollectorRegistry()
         self._metrics = DriverMetrics(registry, lambda: self.commit_failures)
-        self._register_metrics(registry)
+        self.register_metrics(registry)
         server = MetricsServer(port, registry, self.heartbeat, self.config.health_timeout_s)
         self.metrics_server = server.start()
         return server
@@ -383,17 +451,17 @@ class BatchLoop(abc.ABC):
         t0 = time.monotonic()
         # Step 3
         counters, distributions, gauges = run_batch_pipeline_metrics(
-            self.build_fn, self.options, batch, self._read(batch))
+            self.build_fn, self.options, batch, self.read(batch))
         records = counters.get(metrics.NAMESPACE, {}).get(metrics.RECORDS, 0)
         crash_point("after_run")
         t_run = time.monotonic()
-        self._before_complete(batch)
+        self.before_complete(batch)
         # Step 4
         self.coordinator.complete(batch.batch_id, records)
         crash_point("after_complete")
         t_complete = time.monotonic()
         # Step 5
-        self._after_complete(batch)
+        self.after_complete(batch)
         t_commit = time.monotonic()
         took = t_commit - t0
         self.summary.batches += 1
@@ -430,7 +498,7 @@ class BatchLoop(abc.ABC):
                 latest_offset=end, records=r.stop - r.start,
                 lag=None if end is None else max(0, end - r.stop)))
         lags = [p.lag for p in partitions]
-        buffered, receiver_lag = self._receiver_status()
+        buffered, receiver_lag = self.receiver_status()
         return BatchProgress(
             batch_id=batch.batch_id, mode=checkpoint_pb2.Mode.Name(self.mode)
             .removeprefix("MODE_").lower(), replay=batch.replay,

@@ -56,7 +56,7 @@ from beam_zdl.io import ReadFromWal
 from beam_zdl.monitoring import ReceiverCollector
 from beam_zdl.microbatch.loop import Batch, BatchLoop, BuildFn, StopFlag
 from beam_zdl.options import ZdlConfig
-from beam_zdl.ranges import PartitionRange
+from beam_zdl.ranges import Offsets, PartitionRange
 from beam_zdl.receiver_process import ReceiverProcess
 from beam_zdl.storage import open_storage
 from beam_zdl.v1 import checkpoint_pb2
@@ -91,29 +91,29 @@ class WalDriver(BatchLoop):
 
     # --- the receiver process -------------------------------------------------------------
 
-    def _start(self, stop: StopFlag) -> None:
+    def on_start(self, stop: StopFlag) -> None:
         drain = self.config.trigger == "available_now"
-        self._targets = self._end_offsets() if drain else None
+        self.targets = self.end_offsets() if drain else None
         self._receiver = ReceiverProcess(self.config, checkpoint_dir=self.config.checkpoint_dir,
-                                         drain=drain, targets=self._targets)
+                                         drain=drain, targets=self.targets)
         self._receiver.start()
 
-    def _stop(self) -> None:
+    def on_stop(self) -> None:
         if self._receiver is not None:
             self._receiver.stop()
 
-    def _check(self) -> None:
+    def check(self) -> None:
         error = self._receiver.error() if self._receiver is not None else None
         if error is not None:
             raise error
 
-    def _register_metrics(self, registry: CollectorRegistry) -> None:
+    def register_metrics(self, registry: CollectorRegistry) -> None:
         # The receiver process' stats, as beam-zdl receive serves them (its last status).
         registry.register(ReceiverCollector(
             lambda: self._receiver.stats if self._receiver is not None else {},
             lambda: (self._receiver.buffered_bytes or 0) if self._receiver is not None else 0))
 
-    def _receiver_status(self) -> tuple[Optional[int], Optional[int]]:
+    def receiver_status(self) -> tuple[Optional[int], Optional[int]]:
         receiver = self._receiver
         if receiver is None or receiver.buffered_bytes is None:
             return None, None
@@ -133,7 +133,7 @@ class WalDriver(BatchLoop):
             plan = self._plans[batch_id] = self.coordinator.read_plan(batch_id)
         return plan
 
-    def _next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
+    def next_plan(self, batch_id: int) -> Optional[checkpoint_pb2.BatchPlan]:
         # Step 2
         self._receiver_done_before_listing = not self._receiver_running()
         planned = {_name(seg.uri) for i in self.coordinator.planned_ids()
@@ -195,48 +195,48 @@ class WalDriver(BatchLoop):
                         "(beam-zdl verify / inspect), delete the duplicate one from the WAL "
                         "directory, and restart.")
 
-    def _start_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    def start_positions(self, partitions: list[tuple[str, int]]) -> Offsets:
         # The receiver resumes past the group's commits (or the WAL's, which are ahead).
         return positions.resolve_text(self.consumer, "committed", partitions,
                                       flag="--starting_offsets",
                                       bootstrap_servers=self.config.bootstrap_servers)
 
-    def _done_when_idle(self) -> bool:
+    def done_when_idle(self) -> bool:
         # Only when the receiver had stopped before the listing found nothing new.
         return self.config.trigger == "available_now" and self._receiver_done_before_listing
 
-    def _finished(self) -> None:
-        assert self._receiver is not None  # started by _start
+    def confirm_finished(self) -> None:
+        assert self._receiver is not None  # started by on_start
         if not self._receiver.drained:
             raise ZdlError("--trigger=available_now: the WAL receiver stopped before every "
                            "partition was drained; the run is not finished (run it again)")
-        assert self._targets is not None  # set by _start under available_now
-        self._verify_finished(self._targets)
+        assert self.targets is not None  # set by on_start under available_now
+        self.verify_committed(self.targets)
 
-    def _idle_wait_s(self, since: float) -> float:
+    def idle_wait_s(self, since: float) -> float:
         if self.config.trigger == "available_now":
             return _IDLE_POLL_S
-        return super()._idle_wait_s(since)
+        return super().idle_wait_s(since)
 
     # --- batches --------------------------------------------------------------------------
 
-    def _batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
+    def batch_of(self, plan: checkpoint_pb2.BatchPlan, replay: bool) -> Batch:
         self._plans[plan.batch_id] = plan
         return Batch(plan.batch_id,
                      tuple(PartitionRange(r.topic, r.partition, r.start, r.stop)
                            for r in plan.ranges),
                      replay=replay, segments=tuple(s.uri for s in plan.segments))
 
-    def _read(self, batch: Batch) -> beam.PTransform[Any, Any]:
+    def read(self, batch: Batch) -> beam.PTransform[Any, Any]:
         # Step 3. The end offsets are what the lag gauges and the progress line count to.
-        ends = self._targets
+        ends = self.targets
         if ends is None:
-            ends = self._end_offsets()
+            ends = self.end_offsets()
             self.progress.planned_to(ends)
         return ReadFromWal(segments=list(batch.segments), end_offsets=ends,
                            options=batch_options(self.options))
 
-    def _after_complete(self, batch: Batch) -> None:
+    def after_complete(self, batch: Batch) -> None:
         """Delete the segments of completed batches beyond --retain_batches, then their plans."""
         # Step 5
         keep = self.config.retain_batches

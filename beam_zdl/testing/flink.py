@@ -28,7 +28,8 @@ from beam_zdl.errors import ZdlError
 from beam_zdl.runners import FlinkOptions
 
 __all__ = ["MAIN_CLASS", "NO_STAGING", "FlinkCheckpointOptions", "job_server_jar",
-           "no_staging_jar", "no_staging_job_server_jar", "flink_runner_args"]
+           "no_staging_jar", "client_poll_jar", "no_staging_job_server_jar",
+           "flink_runner_args"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,6 +61,47 @@ public class NoStagingDetectorFactory implements PipelineResourcesDetector.Facto
   }
 }
 """
+
+
+# Flink's RestClusterClient, which the job server uses to submit a batch's job and wait for
+# its result, polls the result with `new ExponentialWaitStrategy(10, 2000)`, hard-coded:
+# 10 ms doubling to at most 2 s, so a job ending 2.1 s after its submission is seen at
+# 2.55 s and one ending at 2.6 s at 4.55 s (0.9 s per tiny batch, median, measured on
+# LocalFlink). The same class, capped at _POLL_CAP_MS, in a jar ahead of Flink's on the job
+# server's classpath (and only there) has the job server see a job's end within that.
+_POLL_CAP_MS = 200
+_POLL_JAR = "beam-zdl-flink-client-poll.jar"
+_POLL_SRC = """package org.apache.flink.client.program.rest.retry;
+
+/**
+ * beam_zdl: Flink's ExponentialWaitStrategy (same name, constructor and result up to the
+ * cap), its wait capped at %d ms, so that a client polling a job's result sees its end
+ * within that rather than within 2 s.
+ */
+public class ExponentialWaitStrategy implements WaitStrategy {
+  private static final long CAP_MS = %d;
+  private final long initialWait;
+  private final long maxWait;
+
+  public ExponentialWaitStrategy(long initialWait, long maxWait) {
+    if (initialWait <= 0 || maxWait <= 0) {
+      throw new IllegalArgumentException("initialWait and maxWait must be positive, were "
+          + initialWait + " and " + maxWait);
+    }
+    this.initialWait = initialWait;
+    this.maxWait = Math.min(maxWait, CAP_MS);
+  }
+
+  @Override
+  public long sleepTime(long attempt) {
+    if (attempt < 0) {
+      throw new IllegalArgumentException("attempts must not be negative, was " + attempt);
+    }
+    long wait = attempt < 62 ? initialWait << attempt : maxWait;
+    return wait > 0 && wait < maxWait ? wait : maxWait;
+  }
+}
+""" % (_POLL_CAP_MS, _POLL_CAP_MS)
 
 
 # Declared in beam_zdl.runners (declaring a flag twice breaks every PipelineOptions);
@@ -105,47 +147,65 @@ def job_server_jar() -> Path:
     return _write_launcher(folder / _LAUNCHER, _manifest(class_path))
 
 
-def no_staging_jar() -> Path:
-    """A jar holding :data:`NO_STAGING` (compiled with ``javac`` the first time), in a
+def _compiled_jar(name: str, java_class: str, source: str, against: str) -> Path:
+    """A jar holding ``java_class`` compiled from ``source`` with ``javac`` (the first time,
+    or when the source changed) against the runner's jars matching ``against``, in a
     folder of its own beside the runner's jars (their folder is the job server's
     classpath, see :func:`job_server_jar`)."""
     folder = jars.resolve("flink")
     out_dir = folder.parent / "flink-extra"
-    jar = out_dir / _NO_STAGING_JAR
-    marker = out_dir / (_NO_STAGING_JAR + ".src")
-    if jar.exists() and marker.exists() and marker.read_text() == _NO_STAGING_SRC:
+    jar = out_dir / name
+    marker = out_dir / (name + ".src")
+    if jar.exists() and marker.exists() and marker.read_text() == source:
         return jar
     javac = shutil.which("javac") or str(Path(jars.java_binary()).with_name("javac"))
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "beam_zdl" / "flink" / "NoStagingDetectorFactory.java"
+        src = Path(tmp).joinpath(*java_class.split(".")).with_suffix(".java")
         src.parent.mkdir(parents=True)
-        src.write_text(_NO_STAGING_SRC)
-        core = [str(p) for p in folder.glob("beam-sdks-java-core-*.jar")]
+        src.write_text(source)
+        core = [str(p) for p in folder.glob(against)]
         proc = subprocess.run([javac, "--release", "11", "-cp", os.pathsep.join(core),
                                "-d", str(Path(tmp) / "classes"), str(src)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ZdlError(f"javac could not compile {NO_STAGING} with {javac}: "
+            raise ZdlError(f"javac could not compile {java_class} with {javac}: "
                            f"{proc.stderr[-2000:]}; a JDK 17 (javac) is needed")
         tmp_jar = jar.with_suffix(".tmp")
         with zipfile.ZipFile(tmp_jar, "w") as out:
             for cls in (Path(tmp) / "classes").rglob("*.class"):
                 out.write(cls, str(cls.relative_to(Path(tmp) / "classes")))
         tmp_jar.replace(jar)
-    marker.write_text(_NO_STAGING_SRC)
-    _LOGGER.info("compiled %s into %s", NO_STAGING, jar)
+    marker.write_text(source)
+    _LOGGER.info("compiled %s into %s", java_class, jar)
     return jar
 
 
-def no_staging_job_server_jar() -> Path:
+def no_staging_jar() -> Path:
+    """A jar holding :data:`NO_STAGING` (compiled with ``javac`` the first time)."""
+    return _compiled_jar(_NO_STAGING_JAR, NO_STAGING, _NO_STAGING_SRC,
+                         "beam-sdks-java-core-*.jar")
+
+
+def client_poll_jar() -> Path:
+    """A jar holding Flink's client ``ExponentialWaitStrategy`` capped at 200 ms (see
+    ``_POLL_SRC``), for the job server's classpath ahead of Flink's own, and only there."""
+    return _compiled_jar(_POLL_JAR, "org.apache.flink.client.program.rest.retry."
+                         "ExponentialWaitStrategy", _POLL_SRC, "flink-clients-*.jar")
+
+
+def no_staging_job_server_jar(capped_poll: bool = True) -> Path:
     """A job server launcher like :func:`job_server_jar` whose classpath also holds
-    :data:`NO_STAGING` (in the folder of :func:`no_staging_jar`)."""
+    :data:`NO_STAGING` and, first (``capped_poll``), :func:`client_poll_jar` (both in the
+    folder of :func:`no_staging_jar`)."""
     folder = jars.resolve("flink")
     extra = no_staging_jar()
     class_path = [f"../{folder.name}/{name}" for name in
                   sorted(p.name for p in folder.glob("*.jar") if p.name != _LAUNCHER)]
-    return _write_launcher(extra.parent / _LAUNCHER, _manifest([*class_path, extra.name]))
+    first = [client_poll_jar().name] if capped_poll else []
+    launcher = "beam-zdl-flink-job-server-capped-poll.jar" if capped_poll else _LAUNCHER
+    return _write_launcher(extra.parent / launcher,
+                           _manifest([*first, *class_path, extra.name]))
 
 
 def flink_runner_args(parallelism: int = 1, checkpointing_interval_ms: int = 1000) -> list[str]:

@@ -172,7 +172,7 @@ def test_a_failed_background_commit_is_raised_in_the_driver(kafka, tmp_path: Pat
         consumer_group=f"g-{topic}"))
     driver.consumer = kafka_client.new_consumer(kafka.bootstrap_servers, f"g-{topic}")
     driver.consumer.close()  # a commit on a closed client raises RuntimeError
-    driver._after_complete(Batch(0, (PartitionRange(topic, 0, 0, 1),), replay=False))
+    driver.after_complete(Batch(0, (PartitionRange(topic, 0, 0, 1),), replay=False))
     with pytest.raises(RuntimeError, match="[Cc]losed"):
-        driver._join_commit()
-    driver._join_commit()  # raised once
+        driver.on_stop()  # waits for the commit, as the end of a run does
+    driver.on_stop()  # raised once

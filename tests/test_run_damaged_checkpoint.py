@@ -12,7 +12,7 @@ from beam_zdl.coordinator import CheckpointCoordinator
 from beam_zdl.storage import open_storage
 from tests.driver_proc import read_batches, run_driver
 from tests.test_checkpoint_format import _flip, _replace, _truncate
-from tests.test_driver import _assert_exactly_once, _flags
+from tests.test_direct_mode import _assert_exactly_once, _flags
 from tests import test_wal_mode
 
 
