@@ -22,7 +22,7 @@ from beam_zdl.testing import LocalKafka
 
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
-THROUGHPUT = ["bare_consumer", "direct_1_worker", "direct_2_workers", "wal_local", "wal_gcs",
+THROUGHPUT = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers", "direct_2_workers_lean", "wal_local", "wal_gcs",
               "quixstreams_exactly_once", "quixstreams_at_least_once",
               "spark_structured_streaming", "pyflink", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
@@ -35,8 +35,10 @@ SINK = ["sink_bare_producer", "sink_at_least_once", "sink_exactly_once"]
 DEFAULT_PEERS = THROUGHPUT + OTHER + SINK
 LABELS = {
     "bare_consumer": "(a) bare confluent-kafka loop",
+    "bare_consumer_tuned": "(a) bare loop, reader's settings",
     "direct_1_worker": "(b) direct, 1 worker",
     "direct_2_workers": "(b) direct, 2 workers",
+    "direct_2_workers_lean": "(b) direct, 2 workers, lean",
     "wal_local": "(c) WAL, local disk",
     "wal_gcs": "(c) WAL, GCS emulator",
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",
