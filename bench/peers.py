@@ -863,9 +863,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="flink_batches: batches measured per kind (the first is extra)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    # Reading every descendant's smaps_rollup (a walk of each JVM's page tables) ten times
-    # a second doubled a Flink micro-batch's fixed cost (median 7.2 s against 3.6 s not
-    # sampled, at the same load): peers running JVMs are sampled every 2 s.
+    # Reading every descendant's smaps_rollup walks each JVM's page tables; ten times a
+    # second it competes with a Flink cluster for the 2 cores (a micro-batch's median cost
+    # was 7.2 s sampled so, 3.6 s not sampled, minutes apart on a shared machine): peers
+    # running JVMs are sampled every 2 s.
     tree = _TreeRss(2.0 if args.peer in _CLUSTER_PEERS else 0.1).start()
     result = PEERS[args.peer](args)
     # A peer that measures another process (receiver_rss) reports that one's peak.
