@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 PEERS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+# Peers that run a Flink cluster or embedded Flink (JVMs among their descendants).
+_CLUSTER_PEERS = {"flink_batches", "flink_cluster_streaming", "flink_local_streaming"}
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -812,7 +814,8 @@ class _TreeRss:
     0.1 s: a peer's memory with its worker processes. RSS counts pages shared between
     processes once per process; PSS splits them."""
 
-    def __init__(self) -> None:
+    def __init__(self, period_s: float = 0.1) -> None:
+        self.period_s = period_s
         self.peak = (0.0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -840,7 +843,7 @@ class _TreeRss:
         return out
 
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(self.period_s):
             rss = pss = 0
             for pid in self._pids(os.getpid()):
                 try:
@@ -880,7 +883,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="flink_batches: batches measured per kind (the first is extra)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    tree = _TreeRss().start()
+    # Reading every descendant's smaps_rollup walks each JVM's page tables; ten times a
+    # second it competes with a Flink cluster for the 2 cores (a micro-batch's median cost
+    # was 7.2 s sampled so, 3.6 s not sampled, minutes apart on a shared machine): peers
+    # running JVMs are sampled every 2 s.
+    tree = _TreeRss(2.0 if args.peer in _CLUSTER_PEERS else 0.1).start()
     result = PEERS[args.peer](args)
     # A peer that measures another process (receiver_rss) reports that one's peak.
     result.setdefault("peak_rss_mb", _own_peak_rss_mb())
