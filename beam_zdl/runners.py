@@ -40,7 +40,8 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
                                                   PipelineOptions, PortableOptions,
                                                   StandardOptions)
 
-from beam_zdl.errors import BatchFailedError
+import beam_zdl.errors as errors
+from beam_zdl.errors import BatchFailedError, ZdlError
 from beam_zdl.options import parse_bool
 
 if TYPE_CHECKING:
@@ -164,10 +165,15 @@ _PYTHON_ERROR = re.compile(r"^((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Excepti
 _SUMMARY_CHARS = 600
 
 
-def batch_failure(exc: BaseException, batch_id: int, runner: object) -> BatchFailedError:
-    """The :class:`~beam_zdl.errors.BatchFailedError` for a batch whose pipeline failed on
-    ``runner`` with ``exc``: the job id and the worker's exception picked out of the
-    runner's text (all of which the error keeps as ``reason``)."""
+def batch_failure(exc: BaseException, batch_id: int, runner: object) -> ZdlError:
+    """The error for a batch whose pipeline failed on ``runner`` with ``exc``.
+
+    A :class:`~beam_zdl.errors.BatchFailedError`: the job id and the worker's exception
+    picked out of the runner's text (all of which the error keeps as ``reason``). When the
+    worker raised one of beam_zdl's own errors (a ``DataLossError``, a
+    ``WalCorruptionError``, ...), that class again, so ``except DataLossError`` means the
+    same on every runner; its cause is the ``BatchFailedError``, whose cause is ``exc``.
+    """
     text = str(exc) or type(exc).__name__
     job_id = ""
     if found := _JOB_FAILED.match(text):
@@ -179,7 +185,30 @@ def batch_failure(exc: BaseException, batch_id: int, runner: object) -> BatchFai
                else reason.splitlines()[0] if reason else "")
     if len(summary) > _SUMMARY_CHARS:
         summary = summary[:_SUMMARY_CHARS] + " ..."
-    return BatchFailedError(batch_id, runner_name(runner), job_id, reason, summary)
+    failed = BatchFailedError(batch_id, runner_name(runner), job_id, reason, summary)
+    failed.__cause__, failed.__suppress_context__ = exc, True
+    name, _, message = summary.partition(": ")
+    worker_class = _own_error_class(name)
+    if worker_class is None:
+        return failed
+    job = f" (job {job_id})" if job_id else ""
+    error = worker_class(
+        f"{message} (raised in batch {batch_id} on {runner_name(runner)}{job}; the batch "
+        "stays pending and is replayed with the same input on the next start)")
+    error.__cause__, error.__suppress_context__ = failed, True
+    return error
+
+
+def _own_error_class(name: str) -> type[ZdlError] | None:
+    """beam_zdl's error class a worker's traceback names (``beam_zdl.errors.X``), if its
+    constructor takes the message alone."""
+    module, _, class_name = name.rpartition(".")
+    found = getattr(errors, class_name, None) if module == errors.__name__ else None
+    if not (isinstance(found, type) and issubclass(found, ZdlError)):
+        return None
+    own_init = any("__init__" in vars(cls) for cls in found.__mro__
+                   if cls.__module__ == errors.__name__)
+    return None if own_init else found
 
 
 @contextlib.contextmanager

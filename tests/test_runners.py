@@ -107,3 +107,29 @@ def test_batches_on_flink_skip_beams_pip_freeze_for_the_run_only():
     with flink_job_server(streaming):
         assert not streaming.view_as(DebugOptions).lookup_experiment(
             "disable_logging_submission_environment")
+
+
+def test_a_beam_zdl_error_raised_on_a_worker_is_the_same_class_on_every_runner():
+    """`except DataLossError` catches a gap found on a Flink worker as on the local runner;
+    the runner's text stays reachable through the cause."""
+    from beam_zdl.errors import ConfigError, DataLossError, WalCorruptionError
+    for cls, text in [(DataLossError, "offsets [10, 40) of partition t-1 are gone"),
+                      (WalCorruptionError, "segment s-0001: bad CRC at byte 4096"),
+                      (ConfigError, "--topics is empty")]:
+        failure = _FLINK_FAILURE.replace("ValueError: poison record at offset 0 of "
+                                         "partition 1", f"{cls.__module__}.{cls.__name__}: "
+                                         f"{text}")
+        cause = RuntimeError(failure)
+        error = batch_failure(cause, 7, "FlinkRunner")
+        assert type(error) is cls
+        assert str(error).startswith(f"{text} [while running 'Map(_check)'] (raised in batch "
+                                     "7 on FlinkRunner (job BeamApp-root-1203-faeda93c); the "
+                                     "batch stays pending")
+        assert isinstance(error.__cause__, BatchFailedError)
+        assert error.__cause__.__cause__ is cause
+        assert error.__cause__.reason.endswith("a later Java cause")
+
+
+def test_an_error_of_another_package_with_a_beam_zdl_name_stays_a_batch_failure():
+    failure = _FLINK_FAILURE.replace("ValueError:", "mypkg.errors.DataLossError:")
+    assert type(batch_failure(RuntimeError(failure), 1, "FlinkRunner")) is BatchFailedError

@@ -157,9 +157,10 @@ def run_batch_pipeline_metrics(build_fn: BuildFn, options: PipelineOptions, batc
         raise
     except Exception as exc:
         # The local runner raises the worker's own exception (a DataLossError stays one);
-        # a cluster's job fails as text (Beam's RuntimeError): name the batch, keep the text.
+        # a cluster's job fails as text (Beam's RuntimeError): name the batch, keep the text
+        # (batch_failure chains exc as the cause).
         if reports_failure_as_text(runner):
-            raise batch_failure(exc, batch.batch_id, runner) from exc
+            raise batch_failure(exc, batch.batch_id, runner)  # noqa: B904
         raise
     if state != PipelineState.DONE:
         raise BatchFailedError(batch.batch_id, runner_name(runner), "", f"state {state}",
