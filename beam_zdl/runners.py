@@ -25,6 +25,15 @@ One job server per run
     batch and keep one per batch alive. :func:`flink_job_server` starts one
     for a whole :func:`beam_zdl.run_micro_batches` call and points every
     batch at it; a ``--job_endpoint`` given by the user is used as is.
+
+The job server's output
+    Beam relays every line the job server prints to Python logging at INFO:
+    about 550 lines per batch on a cluster (900 on ``[local]``, which starts
+    an embedded Flink per job), JSON dumps of accumulators among them.
+    :class:`_JobServerLog` writes them all to a file (its path logged once,
+    when the job server starts) and relays to the logger
+    ``beam_zdl.runners.flink_job_server`` only the job server's WARN lines
+    (the first line of each) and ERROR lines (with their stack traces).
 """
 
 from __future__ import annotations
@@ -32,7 +41,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import logging.handlers
+import os
 import re
+import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Iterator
 
@@ -48,7 +61,8 @@ if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineRunner
 
 __all__ = ["FlinkOptions", "pipeline_runner", "is_flink", "apply_runner_defaults",
-           "flink_job_server", "runner_name", "reports_failure_as_text", "batch_failure"]
+           "flink_job_server", "JOB_SERVER_LOGGER", "runner_name", "reports_failure_as_text",
+           "batch_failure"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -265,16 +279,108 @@ def _job_server(options: PipelineOptions) -> Iterator[str]:
             self.endpoint = endpoint
             return cmd, endpoint
 
+    # Beam relays the job server's output to the logger named after this class, through
+    # the filter in _log_filter (the hook Beam's Prism runner uses for its own output).
+    _JobServer.__name__ = JOB_SERVER_LOGGER
     server = _JobServer(options)  # type: ignore[no-untyped-call]
+    job_server_log = _JobServerLog()
+    server._log_filter = job_server_log
+    _LOGGER.info("beam_zdl: the Flink job server's output goes to %s (only its WARN and "
+                 "ERROR lines to the logger %s)", job_server_log.path, JOB_SERVER_LOGGER)
     started = time.monotonic()
-    server.start()  # type: ignore[no-untyped-call]  # returns once the service answers
-    endpoint = server.endpoint
-    _LOGGER.info("beam_zdl: Flink job server for %s at %s, started in %.1f s; every batch of "
-                 "this run is submitted through it", flink.flink_master, endpoint,
-                 time.monotonic() - started)
-    portable.job_endpoint = endpoint
     try:
-        yield endpoint
+        try:
+            server.start()  # type: ignore[no-untyped-call]  # returns once the service answers
+        except Exception:
+            _LOGGER.error("beam_zdl: the Flink job server did not start; its output is in %s",
+                          job_server_log.path)
+            raise
+        endpoint = server.endpoint
+        _LOGGER.info("beam_zdl: Flink job server for %s at %s, started in %.1f s; every "
+                     "batch of this run is submitted through it", flink.flink_master,
+                     endpoint, time.monotonic() - started)
+        portable.job_endpoint = endpoint
+        try:
+            yield endpoint
+        finally:
+            portable.job_endpoint = None
+            server.stop()  # type: ignore[no-untyped-call]
     finally:
-        portable.job_endpoint = None
-        server.stop()  # type: ignore[no-untyped-call]
+        job_server_log.close()
+
+
+JOB_SERVER_LOGGER = "beam_zdl.runners.flink_job_server"
+# A job server line of its own (slf4j-simple's format): "[<thread>] <LEVEL> <logger> - ...".
+# Other lines (stack traces, JSON dumps, protos) continue the last one. A thread's name
+# may hold brackets ("[MapPartition (MapPartition at [3]{...}) (1/1)#0] WARN ...").
+_JAVA_LINE = re.compile(r"^\[.*?\] (TRACE|DEBUG|INFO|WARN|ERROR) ")
+_JAVA_LEVELS = {"WARN": logging.WARNING, "ERROR": logging.ERROR}
+# An ERROR's stack trace is relayed up to this many lines; the file holds the rest.
+_RELAYED_LINES = 40
+# The file rotates: a run on the continuous trigger prints 550 lines a batch for days.
+_LOG_FILE_BYTES = 32 << 20
+_LOG_FILE_BACKUPS = 3
+
+
+class _JobServerLog(logging.Filter):
+    """Beam's log filter for the job server's output (see module doc): writes every line
+    to a file in the temp directory, lets through WARN (first line) and ERROR lines.
+
+    Lines before the first line of the job server's own format (the JVM's, e.g. a jar
+    that cannot be opened) are let through as WARNING: nothing explains them otherwise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        handle, self.path = tempfile.mkstemp(prefix="beam_zdl-flink-job-server-",
+                                             suffix=".log")
+        os.close(handle)
+        self._file = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=_LOG_FILE_BYTES, backupCount=_LOG_FILE_BACKUPS,
+            encoding="utf-8")
+        self._file.setFormatter(logging.Formatter("%(message)s"))
+        self._lock = threading.Lock()
+        self._seen_own_line = False
+        self._level: int | None = None  # relayed level of the line being continued
+        self._continued = 0
+        self._closed = False
+        logging.getLogger(JOB_SERVER_LOGGER).removeFilter(_LATE_LINES)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName != "log_stdout":  # not a line of the job server's output
+            return True
+        with self._lock:
+            if self._closed:
+                return False
+            self._file.handle(record)
+            if found := _JAVA_LINE.match(record.getMessage()):
+                self._seen_own_line, self._continued = True, 0
+                self._level = level = _JAVA_LEVELS.get(found.group(1))
+            elif not self._seen_own_line:
+                level = logging.WARNING
+            else:
+                self._continued += 1
+                level = (logging.ERROR if self._level == logging.ERROR
+                         and self._continued <= _RELAYED_LINES else None)
+        if level is None:
+            return False
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        return True
+
+    def close(self) -> None:
+        """Stop writing (the relaying thread may outlive the job server by a line)."""
+        with self._lock:
+            self._closed = True
+            self._file.close()
+        logger = logging.getLogger(JOB_SERVER_LOGGER)
+        logger.removeFilter(self)
+        logger.addFilter(_LATE_LINES)
+
+
+def _drop_late_line(record: logging.LogRecord) -> bool:
+    """Drops the lines a stopped job server prints while Beam's thread drains its pipe
+    (each job server has its own filter, so one for all would drop the next one's)."""
+    return record.funcName != "log_stdout"
+
+
+_LATE_LINES = _drop_late_line

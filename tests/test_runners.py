@@ -1,5 +1,5 @@
-"""Runner flags beam_zdl sets, and how a runner's failure text becomes an error: pure
-logic, no runner started."""
+"""Runner flags beam_zdl sets, how a runner's failure text becomes an error, how the Flink
+job server's output is filtered: pure logic, no runner started."""
 
 from __future__ import annotations
 
@@ -133,3 +133,40 @@ def test_a_beam_zdl_error_raised_on_a_worker_is_the_same_class_on_every_runner()
 def test_an_error_of_another_package_with_a_beam_zdl_name_stays_a_batch_failure():
     failure = _FLINK_FAILURE.replace("ValueError:", "mypkg.errors.DataLossError:")
     assert type(batch_failure(RuntimeError(failure), 1, "FlinkRunner")) is BatchFailedError
+
+
+def test_the_job_servers_lines_go_to_a_file_and_only_warnings_and_errors_on():
+    """The filter beam_zdl gives Beam for the Flink job server's output (relayed by Beam's
+    thread `log_stdout`): a JVM line before the job server's first is let through, an INFO
+    line and its continuation are not, a WARN's first line is, an ERROR's trace is."""
+    from pathlib import Path
+
+    from beam_zdl.runners import JOB_SERVER_LOGGER, _JobServerLog
+    lines = [
+        ("SLF4J: Class path contains multiple SLF4J bindings.", logging.WARNING),
+        ("[main] INFO org.apache.beam.runners.jobsubmission.JobServerDriver - JobService "
+         "started on localhost:8099", None),
+        ("[flink-runner-job-invoker-0] INFO org.apache.flink.X - accumulators:", None),
+        ('{ "NAMESPACE": "beam_zdl" }', None),
+        ("[MapPartition (MapPartition at [3]{ReadBatch}) (1/1)#0] WARN org.apache.beam.Y - "
+         "Error cleaning up servers urn: \"beam:env:external:v1\"", logging.WARNING),
+        ("java.lang.IllegalStateException: call already closed", None),
+        ("[grpc-default-executor-0] ERROR org.apache.beam.Z - job failed", logging.ERROR),
+        ("java.lang.RuntimeException: ValueError: poison", logging.ERROR),
+        ("\tat org.apache.beam.Z.run(Z.java:1)", logging.ERROR),
+        ("[main] INFO org.apache.beam.W - done", None),
+    ]
+    log = _JobServerLog()
+    try:
+        relayed = []
+        for line, want in lines:
+            record = logging.LogRecord(JOB_SERVER_LOGGER, logging.INFO, __file__, 1, line,
+                                       None, None, func="log_stdout")
+            relayed.append(record.levelno if log.filter(record) else None)
+        assert relayed == [want for _, want in lines]
+        other = logging.LogRecord(JOB_SERVER_LOGGER, logging.INFO, __file__, 1, "x", None, None)
+        assert log.filter(other)  # not a line of the job server's output: left alone
+    finally:
+        log.close()
+    assert Path(log.path).read_text().splitlines() == [line for line, _ in lines]
+    Path(log.path).unlink()
