@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -299,6 +300,10 @@ def test_cli_help_lists_every_flag_with_its_default(capsys):
                  "--bootstrap_servers", "--drain_to_end"):
         assert flag in out
     assert "(default: 67108864)" in out and "(default: localhost:9092)" in out
+    # A default said once: not for a flag whose help says it, nor "None" for one not given.
+    said = " ".join(out.split())
+    assert "(default: None)" not in said
+    assert not re.search(r"Default: [^.()]*(\([^)]*\))?\. \(default:", said)
 
 
 def test_driver_warns_of_a_near_miss_flag(caplog):
