@@ -36,6 +36,7 @@ or unreadable storage.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -184,16 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: X)" after a flag's help, unless the help already says its
-    default, or there is none to say (None: not given; a switch: off)."""
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to a flag's help, unless the help already says its default, or
+    there is none to say (None: not given; a switch: off). Decided when the help is
+    shown: ``set_defaults`` may change a default after the flag was added."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if ("default" in text.lower() or action.default is None or action.nargs == 0
-                or action.default is argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
+    def add_argument(self, action: argparse.Action) -> None:
+        text = action.help
+        if text and text is not argparse.SUPPRESS and "default" not in text.lower() and \
+                action.default not in (None, argparse.SUPPRESS) and action.nargs != 0:
+            action = copy.copy(action)
+            action.help = f"{text} (default: %(default)s)"
+        super().add_argument(action)
 
 
 class _SubParser(argparse.ArgumentParser):

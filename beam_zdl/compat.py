@@ -40,7 +40,8 @@ __all__ = ["CHECKED_BEAM", "windowed_value_maker", "set_tracker_range",
            "prefix_cache_tokens", "hooks_bundle_managers", "runner_provision_info",
            "register_worker_handler", "abort_control_requests",
            "impulse_payloads_supported", "impulse_payloads", "option_views_memoizable",
-           "options_flags", "options_values", "view_parse", "view_from_parse"]
+           "options_flags", "options_values", "view_parse", "view_from_parse",
+           "filter_job_server_output"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -371,6 +372,15 @@ def runner_provision_info(runner: Any) -> Any:
     """What an FnApiRunner hands its WorkerHandlerManagers to provision workers with
     (``FnApiRunner._provision_info``): a manager built outside ``run_stages`` needs it."""
     return runner._provision_info
+
+
+def filter_job_server_output(job_server: Any, log_filter: logging.Filter) -> None:
+    """Have ``job_server`` (a ``SubprocessJobServer`` not started yet) pass every line of
+    its process's output through ``log_filter`` (``_log_filter``, the hook Beam's Prism
+    runner sets): Beam relays each line to the logger named after the job server's class,
+    at INFO, from a thread whose function is ``log_stdout``; the filter may drop the
+    record or change its level."""
+    job_server._log_filter = log_filter
 
 
 def register_worker_handler(urn: str, payload_type: Optional[type], handler: type) -> None:

@@ -54,6 +54,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
                                                   StandardOptions)
 
 import beam_zdl.errors as errors
+from beam_zdl.compat import filter_job_server_output
 from beam_zdl.errors import BatchFailedError, ZdlError
 from beam_zdl.options import parse_bool
 
@@ -280,11 +281,11 @@ def _job_server(options: PipelineOptions) -> Iterator[str]:
             return cmd, endpoint
 
     # Beam relays the job server's output to the logger named after this class, through
-    # the filter in _log_filter (the hook Beam's Prism runner uses for its own output).
+    # the filter set by filter_job_server_output.
     _JobServer.__name__ = JOB_SERVER_LOGGER
     server = _JobServer(options)  # type: ignore[no-untyped-call]
     job_server_log = _JobServerLog()
-    server._log_filter = job_server_log
+    filter_job_server_output(server, job_server_log)
     _LOGGER.info("beam_zdl: the Flink job server's output goes to %s (only its WARN and "
                  "ERROR lines to the logger %s)", job_server_log.path, JOB_SERVER_LOGGER)
     started = time.monotonic()

@@ -8,6 +8,7 @@ read. When a fast path's check fails, a WARNING says so once per process.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -412,3 +413,38 @@ def test_abort_control_requests_fails_what_the_runner_waits_on():
     compat.abort_control_requests(Handler(), lost)
     with pytest.raises(RuntimeError, match="worker lost"):
         future.get(timeout=5)
+
+
+def test_filter_job_server_output_sees_every_line_the_job_server_prints():
+    """Beam relays a job server's output line by line through the filter, from its thread
+    function `log_stdout` (beam_zdl.runners writes the lines to a file and relays only
+    warnings and errors). A process that prints and exits without serving is enough: Beam
+    gives up on it after its retries."""
+    import sys
+
+    from apache_beam.runners.portability.job_server import SubprocessJobServer
+
+    class Printer(SubprocessJobServer):
+        def subprocess_cmd_and_endpoint(self):
+            return ([sys.executable, "-c",
+                     "import time; print('[main] WARN x - from the job server', flush=True); "
+                     "time.sleep(0.5)"], "localhost:1")
+
+    seen = []
+
+    class Seen(logging.Filter):
+        def filter(self, record):
+            seen.append((record.funcName, record.getMessage()))
+            return False
+
+    server, log_filter = Printer(), Seen()
+    compat.filter_job_server_output(server, log_filter)
+    try:
+        with pytest.raises(RuntimeError):
+            server.start()
+    finally:
+        logging.getLogger("Printer").removeFilter(log_filter)
+        server.stop()
+    assert ("log_stdout", "[main] WARN x - from the job server") in seen, \
+        f"{BEAM}: a job server's output no longer passes through SubprocessJobServer's " \
+        f"_log_filter (seen: {seen[:3]})"
