@@ -345,7 +345,11 @@ class _JobServerLog(logging.Filter):
         self._level: int | None = None  # relayed level of the line being continued
         self._continued = 0
         self._closed = False
-        logging.getLogger(JOB_SERVER_LOGGER).removeFilter(_LATE_LINES)
+        logger = logging.getLogger(JOB_SERVER_LOGGER)
+        logger.removeFilter(_LATE_LINES)
+        # Beam sets the logger's level to INFO when it starts the job server (its filter
+        # then sees every line); the level the user gave it still decides what is relayed.
+        self._own_level, self._min_level = logger.level, logger.getEffectiveLevel()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.funcName != "log_stdout":  # not a line of the job server's output
@@ -363,7 +367,7 @@ class _JobServerLog(logging.Filter):
                 self._continued += 1
                 level = (logging.ERROR if self._level == logging.ERROR
                          and self._continued <= _RELAYED_LINES else None)
-        if level is None:
+        if level is None or level < self._min_level:
             return False
         record.levelno, record.levelname = level, logging.getLevelName(level)
         return True
@@ -376,6 +380,7 @@ class _JobServerLog(logging.Filter):
         logger = logging.getLogger(JOB_SERVER_LOGGER)
         logger.removeFilter(self)
         logger.addFilter(_LATE_LINES)
+        logger.setLevel(self._own_level)
 
 
 def _drop_late_line(record: logging.LogRecord) -> bool:

@@ -156,6 +156,7 @@ def test_the_job_servers_lines_go_to_a_file_and_only_warnings_and_errors_on():
         ("\tat org.apache.beam.Z.run(Z.java:1)", logging.ERROR),
         ("[main] INFO org.apache.beam.W - done", None),
     ]
+    logging.getLogger(JOB_SERVER_LOGGER).setLevel(logging.INFO)  # as a user may leave it
     log = _JobServerLog()
     try:
         relayed = []
@@ -170,3 +171,19 @@ def test_the_job_servers_lines_go_to_a_file_and_only_warnings_and_errors_on():
         log.close()
     assert Path(log.path).read_text().splitlines() == [line for line, _ in lines]
     Path(log.path).unlink()
+
+    # The level the user gave the logger still holds (Beam sets INFO when it starts).
+    logger = logging.getLogger(JOB_SERVER_LOGGER)
+    logger.setLevel(logging.ERROR)
+    log = _JobServerLog()
+    logger.setLevel(logging.INFO)
+    try:
+        kept = [log.filter(logging.LogRecord(JOB_SERVER_LOGGER, logging.INFO, __file__, 1,
+                                             line, None, None, func="log_stdout"))
+                for line, _ in lines[1:]]
+    finally:
+        log.close()
+    Path(log.path).unlink()
+    assert kept == [want == logging.ERROR for _, want in lines[1:]]
+    assert logger.level == logging.ERROR
+    logger.setLevel(logging.NOTSET)
