@@ -28,7 +28,7 @@ One job server per run
 
 The job server's output
     Beam relays every line the job server prints to Python logging at INFO:
-    about 550 lines per batch on a cluster (900 on ``[local]``, which starts
+    about 550 lines per batch on a cluster (930 on ``[local]``, which starts
     an embedded Flink per job), JSON dumps of accumulators among them.
     :class:`_JobServerLog` writes them all to a file (its path logged once,
     when the job server starts) and relays to the logger
