@@ -13,13 +13,14 @@ from __future__ import annotations
 import abc
 import json
 import logging
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union, cast
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.ranges as ranges_
-from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
+from beam_zdl.direct import (BatchPollFn, Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn,
+                             split_range)
 from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.options import ZdlConfig, warn_near_misses
 from beam_zdl.ranges import PartitionRange
@@ -67,8 +68,8 @@ _BEAM_KEYWORDS: dict[str, tuple[tuple[Any, ...], str]] = {
 _OWN_KEYWORDS = ("consumer_config", "topics", "bootstrap_servers", "consumer_group",
                  "starting_offsets", "ending_offsets", "start_read_time", "stop_read_time",
                  "max_records_per_partition", "fail_on_data_loss", "with_metadata",
-                 "commit_offset_in_finalize", "redistribute", "ranges", "ranges_input",
-                 "options")
+                 "commit_offset_in_finalize", "redistribute", "record_batches", "ranges",
+                 "ranges_input", "options")
 
 
 class RangesInput(abc.ABC):
@@ -134,6 +135,10 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
     ``timestamp_policy`` CreateTime/LogAppendTime, ``allow_duplicates``, defaults);
     anything else is a :class:`ConfigError` saying what beam_zdl does instead.
 
+    With ``record_batches=True`` (``--record_batches``) each element is a batch of
+    records instead of one record: a ``list`` of KafkaRecord, the records of one poll, all
+    of one topic-partition in offset order (see the argument).
+
     A bounded read never commits the group's offsets: ``run_micro_batches`` commits them
     after each completed batch, and the streaming read after the runner finalized a
     bundle.
@@ -171,6 +176,12 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             (``--max_records_per_partition``).
         fail_on_data_loss: False skips, counts and logs records that no longer exist
             (``--fail_on_data_loss``).
+        record_batches: ``True`` yields ``List[KafkaRecord]`` elements, one per poll (up
+            to a few thousand records of one topic-partition, offsets ascending; each
+            record in exactly one batch; the batch's timestamp is its earliest record's),
+            so that Beam's cost per element is paid per batch (``--record_batches``;
+            default ``False``: one element per record). A bounded read only; not with
+            ``with_metadata=False``.
         ranges: the exact offset ranges to read (what a micro-batch planned).
         options: pipeline options to take the other settings from (default: the
             pipeline's). For compatibility it may also be the first positional argument.
@@ -195,6 +206,7 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
                  with_metadata: Optional[bool] = None,
                  commit_offset_in_finalize: Optional[bool] = None,
                  redistribute: Optional[bool] = None,
+                 record_batches: Optional[bool] = None,
                  **beam_keywords: Any) -> None:
         super().__init__()
         if isinstance(consumer_config, PipelineOptions):  # ReadFromKafka(options, ...)
@@ -212,7 +224,7 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             ending_offsets=_time_position("ending_offsets", ending_offsets, "stop_read_time",
                                           stop_read_time),
             max_records_per_partition=max_records_per_partition,
-            fail_on_data_loss=fail_on_data_loss))
+            fail_on_data_loss=fail_on_data_loss, record_batches=record_batches))
         self._pairs = with_metadata is False
         self._redistribute = bool(redistribute)
         self._commit_in_finalize = commit_offset_in_finalize
@@ -244,12 +256,15 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             shown.update(topics=",".join(cfg.topics), starting_offsets=cfg.starting_offsets)
             if cfg.ending_offsets:
                 shown.update(ending_offsets=cfg.ending_offsets)
+            if cfg.record_batches:
+                shown.update(record_batches=True)
         if self._ranges is not None:
             shown.update(ranges=len(self._ranges),
                          planned_records=sum(r.stop - r.start for r in self._ranges))
         return shown
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
+        # Records, or with record_batches lists of them (typed List[KafkaRecord]).
         records = self._read(pbegin)
         if self._redistribute:
             records = records | "Redistribute" >> beam.Reshuffle()
@@ -258,7 +273,7 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             return cast("beam.PCollection[KafkaRecord]", pairs)
         return records
 
-    def _read(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
+    def _read(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
         options = self._options or pbegin.pipeline.options
         config = self._config = ZdlConfig.from_options(options, overrides=self._overrides,
                                                        source="ReadFromKafka")
@@ -271,7 +286,11 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
                               "sink made its records durable). Use run_micro_batches, which "
                               "commits after each completed batch, or --streaming, which "
                               "commits when the runner finalizes a bundle")
+        if config.record_batches and self._pairs:
+            raise ConfigError(_NO_BATCHES_OF_PAIRS)
         if streaming:
+            if config.record_batches:
+                raise ConfigError(_NO_STREAMING_BATCHES)
             if config.ending_offsets:
                 raise ConfigError("ReadFromKafka: ending_offsets (--ending_offsets) bounds a "
                                   "read, but the pipeline is --streaming; drop one of them")
@@ -288,12 +307,27 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         # Chunks of the initial split as elements, for the runner to spread over workers.
         chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
         chunked = self._ranges_input.expand(pbegin, chunks)
+        polls = (chunked
+                 | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
+                 .with_output_types(Poll))
+        if config.record_batches:  # one element per poll (List[KafkaRecord]: a ListCoder)
+            batches: beam.PCollection[List[KafkaRecord]] = (
+                polls | "Batches" >> beam.ParDo(BatchPollFn())
+                .with_output_types(List[KafkaRecord]))
+            return batches
         read: beam.PCollection[KafkaRecord] = (
-            chunked
-            | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
-            .with_output_types(Poll)
-            | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
+            polls | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
         return read
+
+
+_NO_BATCHES_OF_PAIRS = (
+    "ReadFromKafka: with_metadata=False yields one (key, value) pair per element, "
+    "record_batches (--record_batches) lists of KafkaRecord; give one of them (a batch's "
+    "records have .key and .value)")
+_NO_STREAMING_BATCHES = (
+    "ReadFromKafka: record_batches (--record_batches) is for bounded reads "
+    "(run_micro_batches, a bounded ReadFromKafka, ReadFromWal); the --streaming read "
+    "yields one record per element. Drop one of them")
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:
@@ -356,9 +390,10 @@ def _overrides(source: str, consumer_config: Optional[Mapping[str, Any]],
     for name in ("max_records_per_partition",):
         if name in out and (not isinstance(out[name], int) or isinstance(out[name], bool)):
             raise ConfigError(f"{source}({name}=...) must be an int, got {out[name]!r}")
-    if "fail_on_data_loss" in out and not isinstance(out["fail_on_data_loss"], bool):
-        raise ConfigError(f"{source}(fail_on_data_loss=...) must be True or False, got "
-                          f"{out['fail_on_data_loss']!r}")
+    for name in ("fail_on_data_loss", "record_batches"):
+        if name in out and not isinstance(out[name], bool):
+            raise ConfigError(f"{source}({name}=...) must be True or False, got "
+                              f"{out[name]!r}")
     return out
 
 
@@ -406,12 +441,20 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
     segment and byte, or with ``fail_on_data_loss=False`` is skipped, logged
     and counted (``beam_zdl/wal_lost_frames``, ``beam_zdl/data_loss_records``).
 
+    With ``record_batches=True`` (``--record_batches``) each element is a ``list`` of
+    KafkaRecord: the records of one WAL block (up to 4,096 records of one
+    topic-partition, offsets ascending), as :class:`ReadFromKafka` yields a poll's.
+
     Args:
         wal_dir: a WAL directory URI whose segments are listed when the pipeline is
             built (to replay a WAL), or one segment URI. For compatibility a list of
             segment URIs (or ``SegmentRef``s) is taken here too.
         segments: the exact segment URIs (or ``SegmentRef``s) to read.
         fail_on_data_loss: default ``--fail_on_data_loss`` of ``options``.
+        record_batches: ``True`` yields ``List[KafkaRecord]`` elements, one per WAL block
+            (each record in exactly one; the batch's timestamp is its earliest record's);
+            default ``--record_batches`` of ``options`` (``False``: one element per
+            record).
         end_offsets: ``{(topic, partition): end offset}`` to report lag against in the
             ``beam_zdl/lag/<topic>/<partition>`` gauges (the micro-batch driver passes
             the end offsets it planned against); without it no lag is reported.
@@ -425,8 +468,12 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
                  segments: Optional[Sequence[Any]] = None,
                  fail_on_data_loss: Optional[bool] = None,
                  end_offsets: Optional[Mapping[tuple[str, int], int]] = None,
-                 options: Optional[PipelineOptions] = None) -> None:
+                 options: Optional[PipelineOptions] = None,
+                 record_batches: Optional[bool] = None) -> None:
         super().__init__()
+        if record_batches is not None and not isinstance(record_batches, bool):
+            raise ConfigError(f"ReadFromWal(record_batches=...) must be True or False, got "
+                              f"{record_batches!r}")
         if wal_dir is not None and not isinstance(wal_dir, str):
             wal_dir, segments = None, wal_dir  # ReadFromWal([segment, ...])
         if (wal_dir is None) == (segments is None):
@@ -435,6 +482,7 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
         self._wal_dir = wal_dir
         self._uris = None if segments is None else [getattr(s, "uri", s) for s in segments]
         self._fail_on_data_loss = fail_on_data_loss
+        self._record_batches = record_batches
         self._end_offsets = dict(end_offsets or {})
         self._options = options
 
@@ -454,6 +502,8 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
             shown["wal_dir"] = self._wal_dir
         if self._uris is not None:
             shown["segments"] = len(self._uris)
+        if self._record_batches:
+            shown["record_batches"] = True
         return shown
 
     def _segment_uris(self) -> list[str]:
@@ -470,15 +520,21 @@ class ReadFromWal(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaReco
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         from beam_zdl.options import ZdlOptions
         options = self._options or pbegin.pipeline.options
+        flags = options.view_as(ZdlOptions)
         fail = self._fail_on_data_loss
         if fail is None:
-            fail = options.view_as(ZdlOptions).fail_on_data_loss
+            fail = flags.fail_on_data_loss
+        batches = self._record_batches
+        if batches is None:
+            batches = bool(flags.record_batches)
         uris = self._uris = self._segment_uris()
         segments = pbegin | "Segments" >> beam.Create(uris, reshuffle=False)
         if len(uris) > 1:
             segments = segments | "Spread" >> beam.Reshuffle()
-        read: beam.PCollection[KafkaRecord] = (
+        # Records, or lists of them (typed List[KafkaRecord]: a ListCoder of the RowCoder).
+        read: beam.PCollection[Any] = (
             segments
-            | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail, self._end_offsets))
-            .with_output_types(KafkaRecord))
+            | "ReadSegments" >> beam.ParDo(ReadSegmentsFn(fail, self._end_offsets,
+                                                          record_batches=batches))
+            .with_output_types(List[KafkaRecord] if batches else KafkaRecord))
         return read

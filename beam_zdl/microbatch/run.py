@@ -38,7 +38,9 @@ def run_micro_batches(build_fn: BuildFn, options: PipelineOptions,
 
     Args:
         build_fn: adds the user's transforms and sink to ``records``, the
-            PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``.
+            PCollection of :class:`~beam_zdl.KafkaRecord` of ``batch``; with
+            ``--record_batches``, of ``List[KafkaRecord]`` record batches (one
+            topic-partition each, offsets ascending, every record in exactly one).
         options: pipeline options with the ZdlOptions flags.
         listeners: :class:`~beam_zdl.ProgressListener` s told of the run's start, each
             batch's :class:`~beam_zdl.BatchProgress`, idle checks and the end, on a
