@@ -69,3 +69,40 @@ def read_with_beam(kafka, topic: str, out_dir, ranges=None, extra=(),
         for c in query["counters"]:
             counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
     return read_output(out_dir)
+
+
+class WriteElements(beam.DoFn):
+    """Writes each element's records as one JSON line of ``[topic, partition, offset]``
+    rows (a record batch's records, or one record), one file per bundle."""
+
+    def __init__(self, out_dir: str) -> None:
+        self._out_dir = out_dir
+
+    def start_bundle(self) -> None:
+        self._lines = []
+
+    def process(self, element) -> None:
+        records = element if isinstance(element, list) else [element]
+        self._lines.append(json.dumps([[r.topic, r.partition, r.offset] for r in records]))
+
+    def finish_bundle(self) -> None:
+        if self._lines:
+            os.makedirs(self._out_dir, exist_ok=True)
+            path = Path(self._out_dir) / f"{uuid.uuid4().hex}.jsonl"
+            path.write_text("".join(line + "\n" for line in self._lines))
+
+
+def read_elements(out_dir) -> list[list[tuple]]:
+    """Every element WriteElements wrote, as its list of (topic, partition, offset)."""
+    return [[tuple(row) for row in json.loads(line)]
+            for path in sorted(Path(out_dir).glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def assert_record_batches(elements: list[list[tuple]]) -> None:
+    """Each element a record batch of one topic-partition, offsets strictly ascending."""
+    for element in elements:
+        assert element, "an empty record batch"
+        assert len({(t, p) for t, p, _ in element}) == 1, f"a batch mixes partitions: {element}"
+        offsets = [o for _, _, o in element]
+        assert offsets == sorted(set(offsets)), f"a batch's offsets do not ascend: {offsets}"

@@ -9,13 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
 
 import beam_zdl
 from beam_zdl.coordinator import CheckpointCoordinator
+from beam_zdl.records import KafkaRecord
+from beam_zdl.runners import pipeline_runner
 from tests.driver_proc import read_batches, run_driver
 from beam_zdl.errors import ConfigError
-from tests.beam_helpers import MULTI_WORKER
+from tests.beam_helpers import (MULTI_WORKER, WriteElements, assert_record_batches,
+                                read_elements)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +74,46 @@ def test_batches_read_everything_once_and_commit(kafka, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["records"] == 100
     _assert_exactly_once(kafka, topic, tmp_path / "out", tmp_path / "ckpt", f"g-{topic}")
+
+
+@pytest.mark.parametrize("record_batches", [True, False])
+def test_record_batches_hold_every_record_once_one_partition_in_offset_order(
+        kafka, tmp_path, record_batches):
+    topic = kafka.create_topic(partitions=4)
+    kafka.produce(topic, ((f"k{i}".encode(), f"v{i}".encode(), i % 4) for i in range(12_000)))
+    flags = _flags(kafka, topic, tmp_path, "--max_records_per_partition=2000",
+                   *(["--record_batches"] if record_batches else []))
+    element_types = []
+
+    def build(records, batch):
+        element_types.append(records.element_type)
+        # A shuffle: batches cross it through their coder (a ListCoder of the RowCoder).
+        _ = records | beam.Reshuffle() | beam.ParDo(WriteElements(str(tmp_path / "out")))
+
+    summary = beam_zdl.run_micro_batches(build, beam_zdl.ZdlOptions(flags))
+
+    elements = read_elements(tmp_path / "out")
+    rows = [row for element in elements for row in element]
+    ends = kafka.end_offsets(topic)
+    assert sorted(rows) == sorted((topic, p, o) for p, end in ends.items() for o in range(end))
+    assert summary.records == 12_000 and summary.batches == 2
+    if not record_batches:  # the default: one record per element
+        assert element_types == [KafkaRecord] * 2 and len(elements) == 12_000
+        return
+    assert element_types == [beam.typehints.List[KafkaRecord]] * 2
+    assert beam.coders.registry.get_coder(element_types[0]) == beam.coders.ListCoder(
+        beam.coders.registry.get_coder(KafkaRecord))
+    assert_record_batches(elements)
+    assert len(elements) <= 12_000 / 100, "records were not batched"
+
+    # The keyword on a bounded read, the same.
+    opts = beam_zdl.ZdlOptions(_flags(kafka, topic, tmp_path))
+    with beam.Pipeline(runner=pipeline_runner(opts), options=opts) as p:
+        _ = (p | beam_zdl.ReadFromKafka(options=opts, record_batches=True) | beam.Reshuffle()
+             | beam.ParDo(WriteElements(str(tmp_path / "bounded"))))
+    bounded = read_elements(tmp_path / "bounded")
+    assert sorted(row for element in bounded for row in element) == sorted(rows)
+    assert_record_batches(bounded)
 
 
 @pytest.mark.parametrize("point", [

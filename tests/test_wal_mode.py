@@ -30,9 +30,11 @@ from tests.driver_proc import read_batches, run_driver
 from beam_zdl.errors import WalCorruptionError, ZdlError
 from beam_zdl.options import ZdlConfig, ZdlOptions
 from beam_zdl.receiver import Receiver
+from beam_zdl.records import KafkaRecord
 from beam_zdl.runners import pipeline_runner
 from beam_zdl.testing._process import wait_until
 from beam_zdl.wal import list_segments, read_segment, read_segment_blocks
+from tests.beam_helpers import WriteElements, assert_record_batches, read_elements
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fast group rejoin after a SIGKILLed member (the broker allows >= 1 s).
@@ -122,6 +124,44 @@ def test_wal_mode_end_to_end(kafka, tmp_path, any_storage_uri):
     summary = _summary(run_driver(tmp_path / "out", flags))
     assert summary["records"] == 300
     _assert_exactly_once(kafka, topic, tmp_path / "out", ckpt, wal)
+
+
+def test_record_batches_hold_every_record_once_one_partition_in_offset_order(kafka, tmp_path):
+    topic = kafka.create_topic(partitions=4)
+    _produce(kafka, topic, 2000)
+    ckpt, wal = tmp_path / "ckpt", str(tmp_path / "wal")
+    element_types = []
+
+    def build(records, batch):
+        element_types.append(records.element_type)
+        # A shuffle: batches cross it through their coder (a ListCoder of the RowCoder).
+        _ = records | beam.Reshuffle() | beam.ParDo(WriteElements(str(tmp_path / "out")))
+
+    summary = beam_zdl.run_micro_batches(build, ZdlOptions(_flags(
+        kafka, topic, ckpt, wal, "--record_batches")))
+
+    assert summary.records == 2000 and summary.batches >= 2
+    assert element_types == [beam.typehints.List[KafkaRecord]] * summary.batches
+    elements = read_elements(tmp_path / "out")
+    expected = sorted(_wal_offsets(wal))
+    assert len(expected) == 2000 and len(set(expected)) == 2000
+    assert sorted(row for element in elements for row in element) == expected
+    assert_record_batches(elements)
+    blocks = sum(1 for seg in list_segments(wal) for _ in read_segment_blocks(seg.uri))
+    assert len(elements) == blocks  # one batch per WAL block
+
+    # The keyword, replaying the whole WAL; without it, records.
+    opts = ZdlOptions([])
+    with beam.Pipeline(runner=pipeline_runner(opts), options=opts) as p:
+        _ = (p | "Batches" >> beam_zdl.ReadFromWal(wal, record_batches=True) | beam.Reshuffle()
+             | "B" >> beam.ParDo(WriteElements(str(tmp_path / "replay"))))
+        records = p | "Records" >> beam_zdl.ReadFromWal(wal)
+        assert records.element_type is KafkaRecord
+        _ = records | "R" >> beam.ParDo(WriteElements(str(tmp_path / "records")))
+    replayed = read_elements(tmp_path / "replay")
+    assert_record_batches(replayed)
+    assert sorted(row for element in replayed for row in element) == expected
+    assert sorted(row for (row,) in read_elements(tmp_path / "records")) == expected
 
 
 def test_available_now_on_empty_topic_exits_cleanly(kafka, tmp_path):
