@@ -111,6 +111,19 @@ def direct_2(args: argparse.Namespace) -> dict:
     return _micro_batches(args, _WORKERS[2])
 
 
+def _build_batches(batches, batch) -> None:
+    """_build's work per record, on record batches (``--record_batches``)."""
+    import apache_beam as beam
+    (batches | beam.Map(lambda records: sum(len(r.value or b"") for r in records))
+     | beam.CombineGlobally(sum))
+
+
+@peer("direct_2_workers_batches")
+def direct_2_batches(args: argparse.Namespace) -> dict:
+    """direct_2_workers with ``--record_batches``: one element per poll, not per record."""
+    return _micro_batches(args, [*_WORKERS[2], "--record_batches"], build=_build_batches)
+
+
 @peer("direct_2_workers_lean")
 def direct_2_lean(args: argparse.Namespace) -> dict:
     """direct_2_workers with BEAM_ZDL_LEAN_IMPORTS=1 (beam_zdl/lean.py), set before this

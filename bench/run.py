@@ -22,7 +22,7 @@ from beam_zdl.testing import LocalKafka
 
 HERE = Path(__file__).resolve().parent
 # Throughput peers, in table order; "bare_consumer" is the baseline of the ratios.
-THROUGHPUT = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers", "direct_2_workers_lean", "wal_local", "wal_gcs",
+THROUGHPUT = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers", "direct_2_workers_batches", "direct_2_workers_lean", "wal_local", "wal_gcs",
               "quixstreams_exactly_once", "quixstreams_at_least_once",
               "spark_structured_streaming", "pyflink", "java_kafkaio_xlang", "receiver_rss", "flink_local_streaming",
               "flink_cluster_streaming"]
@@ -39,6 +39,7 @@ LABELS = {
     "direct_1_worker": "(b) direct, 1 worker",
     "direct_2_workers": "(b) direct, 2 workers",
     "direct_2_workers_lean": "(b) direct, 2 workers, lean",
+    "direct_2_workers_batches": "(b) direct, 2 workers, record batches",
     "wal_local": "(c) WAL, local disk",
     "wal_gcs": "(c) WAL, GCS emulator",
     "java_kafkaio_xlang": "(d) Java KafkaIO (x-lang)",

@@ -44,8 +44,8 @@ from beam_zdl.testing import LocalKafka
 from bench.run import run_peer
 
 HERE = Path(__file__).resolve().parent
-PEERS = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers", "direct_2_workers_lean",
-         "wal_local"]
+PEERS = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers",
+         "direct_2_workers_batches", "direct_2_workers_lean", "wal_local"]
 PLANNING_LIMIT_S = 0.5
 # The targets of issue 27, each checked from the rounds of one run.
 RATIO_AT_FEWEST = 0.8   # direct, 2 workers, against the bare loop at the fewest partitions
@@ -268,7 +268,8 @@ def real_small_batches(kafka: LocalKafka, workdir: str, partitions: int, batches
 
 
 LINES = {"bare_consumer": "bare loop", "bare_consumer_tuned": "tuned bare loop",
-         "direct_2_workers": "direct, 2 workers", "direct_2_workers_lean": "direct, 2 workers, lean"}
+         "direct_2_workers": "direct, 2 workers", "direct_2_workers_lean": "direct, 2 workers, lean",
+         "direct_2_workers_batches": "direct, 2 workers, record batches"}
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
@@ -279,7 +280,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
     for records in result["records"]:
         for name, color in (("bare_consumer", "#7f7f7f"), ("bare_consumer_tuned", "#000000"),
                             ("direct_2_workers", "#4472c4"),
-                            ("direct_2_workers_lean", "#70ad47")):
+                            ("direct_2_workers_lean", "#70ad47"),
+                            ("direct_2_workers_batches", "#ed7d31")):
             points = [(p, cell[name]["us_per_record"]) for p in result["partitions"]
                       if (cell := result["throughput"].get(f"{p}x{records}"))
                       and "us_per_record" in cell.get(name, {})]
