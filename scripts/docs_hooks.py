@@ -87,6 +87,7 @@ _PEERS = [
     ("bare_consumer", "bare confluent-kafka consume loop"),
     ("direct_1_worker", "direct mode, 1 worker (in process)"),
     ("direct_2_workers", "direct mode, 2 workers (the driver and one worker process)"),
+    ("direct_2_workers_batches", "direct mode, 2 workers, `--record_batches`"),
     ("wal_local", "WAL mode end to end, local disk (receiver child process, 2 workers)"),
     ("receiver_rss", "WAL receiver alone (`beam-zdl receive`)"),
     ("quixstreams_exactly_once", "quixstreams, exactly-once"),
