@@ -197,6 +197,9 @@ class BatchPollFn(beam.DoFn):
     earliest record's timestamp and the poll's window.
     """
 
+    def __init__(self) -> None:
+        self._windowed: Any = None  # compat.windowed_value_maker(), made in setup
+
     def setup(self) -> None:
         self._windowed = compat.windowed_value_maker()
 
