@@ -254,6 +254,8 @@ class ReadOffsetRangesFn(beam.DoFn):
         self._settings = settings
         self._consumer: Any = None
         self._metrics = metrics.ReadMetrics()
+        # Partitions of chunks finished in this poll, unassigned together after it.
+        self._finished: list[Any] = []
 
     def display_data(self) -> dict[str, Any]:
         return self._settings.display_data()
@@ -307,6 +309,7 @@ class ReadOffsetRangesFn(beam.DoFn):
                                             _POLL_TIMEOUT_S)
                 if not messages:
                     self._idle(live, tracker, last_progress)
+                    self._unassign_finished(live)
                     continue
                 last_progress = time.monotonic()
                 for run in _runs(messages, one_topic):
@@ -334,7 +337,9 @@ class ReadOffsetRangesFn(beam.DoFn):
                         self._finish_read(live, tracker)
                     elif done:
                         self._finish(state, tracker, live)
+                self._unassign_finished(live)
         except BaseException:
+            self._finished.clear()
             consumer.unassign()  # a failed or abandoned group fetches no further
             raise
 
@@ -349,13 +354,14 @@ class ReadOffsetRangesFn(beam.DoFn):
 
         topic, partition, index = state.topic, state.partition, state.index
         split = False
-        # Claim the whole run at once: claiming its last offset claims every offset below
-        # it, so a split can only fall after this run's records. If the claim fails (split
-        # meanwhile) each record is claimed on its own below.
+        # Claim the whole run at once: claiming its last offset (or, when the run goes past
+        # the chunk's stop, the chunk's last offset: all its records are in this run) claims
+        # every offset below, so a split can only fall after this run's records. If the
+        # claim fails (split meanwhile) each record is claimed on its own below.
         tail = run[-1]
         if tail.error() is None:
-            tail_offset = tail.offset()
-            if state.claimed < tail_offset < state.stop:
+            tail_offset = min(tail.offset(), state.stop - 1)
+            if state.claimed < tail_offset:
                 state.attempted = tail_offset
                 if tracker.try_claim((index, tail_offset)):
                     state.claimed = tail_offset
@@ -431,13 +437,20 @@ class ReadOffsetRangesFn(beam.DoFn):
                 live: dict[tuple[str, int], _Range]) -> None:
         """``state``'s chunk is read: its tracker range done, its partition fetched no more."""
         from confluent_kafka import TopicPartition
+
         # Claiming stop finishes a range whose last offsets held no records.
         if state.attempted < state.stop:
             state.attempted = state.stop
             tracker.try_claim((state.index, state.stop))
         del live[state.topic, state.partition]
-        if live:  # the last one stays assigned: the next group's assign replaces it
-            self._consumer.incremental_unassign([TopicPartition(state.topic, state.partition)])
+        self._finished.append(TopicPartition(state.topic, state.partition))
+
+    def _unassign_finished(self, live: dict[tuple[str, int], _Range]) -> None:
+        """Stop fetching for the chunks just finished, in one librdkafka op. When the group
+        is done they stay: the next group's assign replaces them."""
+        if self._finished and live:
+            self._consumer.incremental_unassign(self._finished)
+        self._finished.clear()
 
     def _finish_read(self, live: dict[tuple[str, int], _Range], tracker: Any) -> None:
         """A claim failed: a runner split the group. Finish every chunk read to its new
