@@ -390,9 +390,9 @@ def add_zdl_arguments(parser: argparse.ArgumentParser) -> None:
         "--record_batches", type=parse_bool, nargs="?", const=True,
         default=_DEFAULTS["record_batches"],
         help="true: build_fn (and ReadFromKafka, ReadFromWal) gets record batches instead "
-             "of records: each element a list of KafkaRecord, the records of one poll "
-             "(direct mode) or one WAL block (WAL mode), all of one topic-partition in "
-             "offset order. Beam's cost per element (~5 us) is then paid per batch of up to "
+             "of records: each element a list of KafkaRecord, what one poll read from one "
+             "partition (direct mode) or one WAL block (WAL mode), all of one "
+             "topic-partition in offset order. Beam's cost per element (~5 us) is then paid per batch of up to "
              "a few thousand records: for throughput-bound pipelines whose transforms can "
              "work on a list. Every record is still in exactly one batch; plans, replays "
              "and commits are the same. Not with --streaming.")

@@ -239,8 +239,8 @@ class BatchPollFn(beam.DoFn):
     (``ReadFromKafka(record_batches=True)``), instead of one element per record.
 
     Beam's per-element cost downstream (~5 us) is then paid per poll, not per record.
-    A poll holds records of one topic-partition in offset order, and every record read
-    is in exactly one poll, so the same holds for the batches. A batch carries its
+    A Poll holds what one consume() returned for one topic-partition, in offset order,
+    and every record read is in exactly one Poll, so the same holds for the batches. A batch carries its
     earliest record's timestamp and the poll's window.
     """
 

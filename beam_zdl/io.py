@@ -137,8 +137,8 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
     anything else is a :class:`ConfigError` saying what beam_zdl does instead.
 
     With ``record_batches=True`` (``--record_batches``) each element is a batch of
-    records instead of one record: a ``list`` of KafkaRecord, the records of one poll, all
-    of one topic-partition in offset order (see the argument).
+    records instead of one record: a ``list`` of KafkaRecord, what one poll read from one
+    partition, in offset order (see the argument).
 
     A bounded read never commits the group's offsets: ``run_micro_batches`` commits them
     after each completed batch, and the streaming read after the runner finalized a
