@@ -146,25 +146,27 @@ class RangeGroup(NamedTuple):
     ranges: Tuple[PartitionRange, ...]
 
 
-def group_chunks(chunks: list[PartitionRange]) -> list[RangeGroup]:
-    """``chunks`` as the reader's elements: a chunk of ``GROUP_BELOW_RECORDS`` offsets or
-    more alone, smaller ones packed, in order, into groups of at most ``GROUP_RECORDS``."""
-    groups: list[RangeGroup] = []
-    packed: list[PartitionRange] = []
-    size = 0
-    for chunk in chunks:
-        n = chunk.stop - chunk.start
-        if n >= GROUP_BELOW_RECORDS:
-            groups.append(RangeGroup((chunk,)))
-            continue
-        if packed and size + n > GROUP_RECORDS:
-            groups.append(RangeGroup(tuple(packed)))
-            packed, size = [], 0
-        packed.append(chunk)
-        size += n
-    if packed:
-        groups.append(RangeGroup(tuple(packed)))
-    return groups
+def group_chunks(chunks: list[PartitionRange], workers: int = 1) -> list[RangeGroup]:
+    """``chunks`` as the reader's elements (see Groups).
+
+    A chunk of ``GROUP_BELOW_RECORDS`` offsets or more is a group of its own. Smaller
+    ones are shared out into as few groups as hold ``GROUP_RECORDS`` offsets each, but
+    at least ``workers`` (as many as there are small chunks at most) so that every
+    worker reads a share; each goes to the group with the fewest offsets so far.
+    """
+    small = [c for c in chunks if c.stop - c.start < GROUP_BELOW_RECORDS]
+    groups = [RangeGroup((c,)) for c in chunks if c.stop - c.start >= GROUP_BELOW_RECORDS]
+    if not small:
+        return groups
+    total = sum(c.stop - c.start for c in small)
+    count = min(len(small), max(workers, -(-total // GROUP_RECORDS)))
+    packed: list[list[PartitionRange]] = [[] for _ in range(count)]
+    sizes = [0] * count
+    for chunk in sorted(small, key=lambda c: c.start - c.stop):  # largest first
+        i = sizes.index(min(sizes))
+        packed[i].append(chunk)
+        sizes[i] += chunk.stop - chunk.start
+    return groups + [RangeGroup(tuple(g)) for g in packed]
 
 
 class RangeGroupProvider(RestrictionProvider):

@@ -307,7 +307,8 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
                          sum(r.stop - r.start for r in ranges))
         # Chunks of the initial split, small ones grouped, as elements for the runner to
         # spread over workers.
-        groups = group_chunks([c for r in ranges if r.stop > r.start for c in split_range(r)])
+        groups = group_chunks([c for r in ranges if r.stop > r.start for c in split_range(r)],
+                              _workers(pbegin.pipeline.options))
         chunked = self._ranges_input.expand(pbegin, groups)
         polls = (chunked
                  | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
@@ -330,6 +331,15 @@ _NO_STREAMING_BATCHES = (
     "ReadFromKafka: record_batches (--record_batches) is for bounded reads "
     "(run_micro_batches, a bounded ReadFromKafka, ReadFromWal); the --streaming read "
     "yields one record per element. Drop one of them")
+
+
+def _workers(options: PipelineOptions) -> int:
+    """How many workers the runner may read with at once, when the options say
+    (``--direct_num_workers``, Flink's ``--parallelism``), else 1."""
+    from apache_beam.options.pipeline_options import DirectOptions, FlinkRunnerOptions
+    direct = options.view_as(DirectOptions).direct_num_workers or 0
+    flink = options.view_as(FlinkRunnerOptions).parallelism or 0
+    return max(1, direct, flink if flink > 0 else 0)
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:

@@ -82,10 +82,14 @@ def test_a_group_reads_many_partitions_and_leaves_nothing_assigned(kafka):
         fn.teardown()
 
 
-def test_group_chunks_packs_small_chunks_only():
+def test_group_chunks_packs_small_chunks_only_and_gives_every_worker_a_share():
     big = PartitionRange("t", 0, 0, 100_000)
-    small = [PartitionRange("t", p, 0, 30_000) for p in range(1, 9)]
+    small = [PartitionRange("t", p, 0, 30_000 + p) for p in range(1, 9)]
     groups = group_chunks([big, *small])
     assert groups[0].ranges == (big,)
-    assert [len(g.ranges) for g in groups[1:]] == [6, 2]  # 200k offsets a group at most
-    assert [r for g in groups for r in g.ranges] == [big, *small]
+    sizes = [sum(r.stop - r.start for r in g.ranges) for g in groups[1:]]
+    assert len(sizes) == 2 and max(sizes) <= 200_000  # 240k offsets: 2 groups
+    assert sorted(r for g in groups for r in g.ranges) == sorted([big, *small])
+    tiny = [PartitionRange("t", p, 0, 25) for p in range(256)]
+    assert [len(g.ranges) for g in group_chunks(tiny, workers=2)] == [128, 128]
+    assert len(group_chunks(tiny[:1], workers=4)) == 1
