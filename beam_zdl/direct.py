@@ -78,7 +78,6 @@ Consumers are assigned (never subscribed: no group membership), created in
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import time
 from dataclasses import dataclass
@@ -120,6 +119,8 @@ GROUP_RECORDS = int(os.environ.get("BEAM_ZDL_GROUP_RECORDS", 200_000))
 class ReadSettings(KafkaSettings):
     """What a reading worker needs: Kafka's settings and how much one poll takes."""
     poll_batch: int = 2_000  # records per consume(): larger polls only held more memory
+    # Emit each run of a poll as one List[KafkaRecord] (--record_batches), not a Poll.
+    record_batches: bool = False
 
 
 def _split_offsets(restriction: OffsetRange) -> Iterator[OffsetRange]:
@@ -233,31 +234,6 @@ class UnbatchFn(beam.DoFn):
         return polled
 
 
-_TIMESTAMP_MS = operator.itemgetter(records.KafkaRecord._fields.index("timestamp_ms"))
-
-
-class BatchPollFn(beam.DoFn):
-    """Emits the records of one poll as one element, a ``list`` of KafkaRecord
-    (``ReadFromKafka(record_batches=True)``), instead of one element per record.
-
-    Beam's per-element cost downstream (~5 us) is then paid per poll, not per record.
-    A Poll holds what one consume() returned for one topic-partition, in offset order,
-    and every record read is in exactly one Poll, so the same holds for the batches. A batch carries its
-    earliest record's timestamp and the poll's window.
-    """
-
-    def __init__(self) -> None:
-        self._windowed: Any = None  # compat.windowed_value_maker(), made in setup
-
-    def setup(self) -> None:
-        self._windowed = compat.windowed_value_maker()
-
-    def process(self, polled: Poll, window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
-        batch = [wv.value for wv in polled]
-        if batch:
-            yield self._windowed(batch, min(map(_TIMESTAMP_MS, batch)) * 1000, (window,))
-
-
 class _Range:
     """One chunk of a group while it is read: where it stands, what is claimed."""
     __slots__ = ("index", "topic", "partition", "start", "stop", "next_offset", "claimed",
@@ -328,6 +304,7 @@ class ReadOffsetRangesFn(beam.DoFn):
         one_topic = len({r.topic for r in live.values()}) == 1
         windows = (window,)  # the input's window: ranges come from Create, the global window
         windowed = compat.windowed_value_maker()
+        batches = self._settings.record_batches
         last_progress = time.monotonic()
         try:
             while live:
@@ -348,12 +325,17 @@ class ReadOffsetRangesFn(beam.DoFn):
                         continue
                     count, split, done = self._take(run, state, tracker, live)
                     nbytes = 0
-                    if count:
+                    ours = run if count == len(run) else run[:count]
+                    if count and batches:
+                        # One element: the run's records, at the earliest one's timestamp.
+                        batch, nbytes, earliest = records.batch_of(ours, state.topic,
+                                                                   state.partition)
+                        yield windowed(batch, earliest * 1000, windows)
+                    elif count:
                         polled = Poll()
                         # In the input's window, timestamp in micros (compat.windowed_value_maker).
-                        nbytes = records.append_windowed(
-                            polled, run if count == len(run) else run[:count],
-                            state.topic, state.partition, windows, windowed)
+                        nbytes = records.append_windowed(polled, ours, state.topic,
+                                                         state.partition, windows, windowed)
                         yield polled
                     self._metrics.read(count, nbytes)
                     # The high watermark of the last fetch response: local, no round trip.

@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.ranges as ranges_
-from beam_zdl.direct import (BatchPollFn, Poll, RangeGroup, ReadOffsetRangesFn, ReadSettings,
+from beam_zdl.direct import (Poll, RangeGroup, ReadOffsetRangesFn, ReadSettings,
                              UnbatchFn, group_chunks, split_range)
 from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.options import ZdlConfig, warn_near_misses
@@ -310,16 +310,16 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
         groups = group_chunks([c for r in ranges if r.stop > r.start for c in split_range(r)],
                               _workers(pbegin.pipeline.options))
         chunked = self._ranges_input.expand(pbegin, groups)
-        polls = (chunked
-                 | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
-                 .with_output_types(Poll))
-        if config.record_batches:  # one element per poll (List[KafkaRecord]: a ListCoder)
+        settings = ReadSettings.from_config(config, record_batches=config.record_batches)
+        if config.record_batches:  # the reader emits a List[KafkaRecord] per poll and partition
             batches: beam.PCollection[List[KafkaRecord]] = (
-                polls | "Batches" >> beam.ParDo(BatchPollFn())
+                chunked | "Read" >> beam.ParDo(ReadOffsetRangesFn(settings))
                 .with_output_types(List[KafkaRecord]))
             return batches
         read: beam.PCollection[KafkaRecord] = (
-            polls | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
+            chunked
+            | "Read" >> beam.ParDo(ReadOffsetRangesFn(settings)).with_output_types(Poll)
+            | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
         return read
 
 

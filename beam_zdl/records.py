@@ -21,7 +21,8 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "from_columns",
+__all__ = ["KafkaHeader", "KafkaRecord", "from_message", "append_windowed", "batch_of",
+           "from_columns",
            "payload_bytes"]
 
 
@@ -83,6 +84,30 @@ def append_windowed(out: List[Any], messages: List[Any], topic: str, partition: 
                                      [KafkaHeader(k, v) for k, v in headers] if headers else [])),
                   timestamp * 1000, windows))
     return nbytes
+
+
+def batch_of(messages: List[Any], topic: str, partition: int) -> tuple[List[KafkaRecord], int, int]:
+    """The records of ``messages`` (error-free, all of ``topic[partition]``) as a list,
+    with their key plus value bytes and their earliest timestamp (ms).
+
+    The direct reader's per-record path with ``--record_batches``: as
+    :func:`append_windowed`, without a WindowedValue per record.
+    """
+    out: List[KafkaRecord] = []
+    emit = out.append
+    nbytes = 0
+    earliest = None
+    for msg in messages:
+        key, value, headers, timestamp = msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]
+        if key is not None:
+            nbytes += len(key)
+        if value is not None:
+            nbytes += len(value)
+        if earliest is None or timestamp < earliest:
+            earliest = timestamp
+        emit(_new(KafkaRecord, (topic, partition, msg.offset(), key, value, timestamp,
+                                [KafkaHeader(k, v) for k, v in headers] if headers else [])))
+    return out, nbytes, earliest or 0
 
 
 def from_columns(topic: str, partition: int, offsets: Sequence[int],
