@@ -12,7 +12,8 @@ Worker process
     stdin, run an ``SdkHarness`` against it until the runner closes the
     control stream (the batch's pipeline is done), answer ``done`` on its
     protocol pipe, wait for the next request. Its stdout is re-pointed at
-    stderr, so a DoFn's ``print`` cannot corrupt the protocol.
+    stderr, so a DoFn's ``print`` cannot corrupt the protocol. Its environment is
+    the driver's, with glibc's malloc arenas capped (:func:`worker_env`).
 
 The driver's worker
     With ``--direct_num_workers`` of 2 or more, one worker is the driver itself
