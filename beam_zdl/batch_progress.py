@@ -53,7 +53,7 @@ import json
 import logging
 import queue
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 __all__ = ["BatchProgress", "PartitionProgress", "ProgressListener", "ListenerBus",
@@ -104,8 +104,20 @@ class BatchProgress:
     receiver_lag: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict of JSON types (partitions as a list of dicts)."""
-        return asdict(self)
+        """A plain dict of JSON types (partitions as a list of dicts), sharing nothing
+        mutable with this progress.
+
+        Built field by field: ``dataclasses.asdict`` deep-copies recursively, ~1 ms per
+        40 partitions, which a batch of 256 partitions paid twice.
+        """
+        doc = dict(vars(self))
+        doc["partitions"] = [dict(vars(p)) for p in self.partitions]
+        doc["durations_s"] = dict(self.durations_s)
+        doc["counters"] = {ns: dict(names) for ns, names in self.counters.items()}
+        doc["gauges"] = {ns: dict(names) for ns, names in self.gauges.items()}
+        doc["distributions"] = {ns: {name: dict(d) for name, d in names.items()}
+                                for ns, names in self.distributions.items()}
+        return doc
 
     def to_json(self, indent: Optional[int] = None) -> str:
         """The progress as a JSON object (field names as in the module doc)."""

@@ -19,7 +19,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import beam_zdl.ranges as ranges_
-from beam_zdl.direct import Poll, ReadOffsetRangesFn, ReadSettings, UnbatchFn, split_range
+from beam_zdl.direct import (Poll, RangeGroup, ReadOffsetRangesFn, ReadSettings, UnbatchFn,
+                             group_chunks, split_range)
 from beam_zdl.errors import ConfigError, ZdlError
 from beam_zdl.options import ZdlConfig, warn_near_misses
 from beam_zdl.ranges import PartitionRange
@@ -72,30 +73,31 @@ _OWN_KEYWORDS = ("consumer_config", "topics", "bootstrap_servers", "consumer_gro
 
 
 class RangesInput(abc.ABC):
-    """How a bounded read's offset ranges (chunks of the initial split) become the
-    PCollection its splittable DoFn reads: the read itself knows no runner.
+    """How a bounded read's offset ranges (its groups of chunks,
+    :func:`~beam_zdl.direct.group_chunks`) become the PCollection its splittable DoFn
+    reads: the read itself knows no runner.
 
     :class:`CreateRanges` suits every runner; ``run_micro_batches`` passes its own,
-    which hands the ranges to its warm runner as data
+    which hands the groups to its warm runner as data
     (:mod:`beam_zdl.microbatch.batch_ranges`).
     """
 
     @abc.abstractmethod
     def expand(self, pbegin: beam.pvalue.PBegin,
-               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
-        """The chunks as elements, spread so that a runner can hand them to all its
+               groups: list[RangeGroup]) -> beam.PCollection[RangeGroup]:
+        """The groups as elements, spread so that a runner can hand them to all its
         workers."""
 
 
 class CreateRanges(RangesInput):
-    """The chunks as a ``Create``, spread by a shuffle when there are several (one Create
+    """The groups as a ``Create``, spread by a shuffle when there are several (one Create
     element list would keep them on one worker)."""
 
     def expand(self, pbegin: beam.pvalue.PBegin,
-               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
-        created: beam.PCollection[PartitionRange] = (
-            pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False))
-        if len(chunks) > 1:
+               groups: list[RangeGroup]) -> beam.PCollection[RangeGroup]:
+        created: beam.PCollection[RangeGroup] = (
+            pbegin | "Ranges" >> beam.Create(groups, reshuffle=False))
+        if len(groups) > 1:
             created = created | "Spread" >> beam.Reshuffle()
         return created
 
@@ -285,15 +287,26 @@ class ReadFromKafka(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[KafkaRe
             ranges = _plan_bounded(config)
             _LOGGER.info("ReadFromKafka planned %d ranges, %d records", len(ranges),
                          sum(r.stop - r.start for r in ranges))
-        # Chunks of the initial split as elements, for the runner to spread over workers.
-        chunks = [c for r in ranges if r.stop > r.start for c in split_range(r)]
-        chunked = self._ranges_input.expand(pbegin, chunks)
+        # Chunks of the initial split, small ones grouped, as elements for the runner to
+        # spread over workers.
+        groups = group_chunks([c for r in ranges if r.stop > r.start for c in split_range(r)],
+                              _workers(pbegin.pipeline.options))
+        chunked = self._ranges_input.expand(pbegin, groups)
         read: beam.PCollection[KafkaRecord] = (
             chunked
             | "Read" >> beam.ParDo(ReadOffsetRangesFn(ReadSettings.from_config(config)))
             .with_output_types(Poll)
             | "Records" >> beam.ParDo(UnbatchFn()).with_output_types(KafkaRecord))
         return read
+
+
+def _workers(options: PipelineOptions) -> int:
+    """How many workers the runner may read with at once, when the options say
+    (``--direct_num_workers``, Flink's ``--parallelism``), else 1."""
+    from apache_beam.options.pipeline_options import DirectOptions, FlinkRunnerOptions
+    direct = options.view_as(DirectOptions).direct_num_workers or 0
+    flink = options.view_as(FlinkRunnerOptions).parallelism or 0
+    return max(1, direct, flink if flink > 0 else 0)
 
 
 def _plan_bounded(config: ZdlConfig) -> list[PartitionRange]:

@@ -53,6 +53,8 @@ class ReadMetrics:
         self._records = Metrics.counter(NAMESPACE, RECORDS)
         self._bytes = Metrics.counter(NAMESPACE, BYTES)
         self._lost = Metrics.counter(NAMESPACE, DATA_LOSS_RECORDS)
+        # Per partition, made once: a gauge reports to whatever bundle is current at set().
+        self._lags: dict[tuple[str, int], Any] = {}
 
     def read(self, records: int, nbytes: int) -> None:
         """Count ``records`` read holding ``nbytes`` of keys and values."""
@@ -65,4 +67,8 @@ class ReadMetrics:
 
     def lag(self, topic: str, partition: int) -> Any:
         """The lag gauge of ``topic[partition]`` (its ``set`` takes end minus next offset)."""
-        return Metrics.gauge(NAMESPACE, lag_name(topic, partition))
+        gauge = self._lags.get((topic, partition))
+        if gauge is None:
+            gauge = self._lags[topic, partition] = Metrics.gauge(NAMESPACE,
+                                                                 lag_name(topic, partition))
+        return gauge

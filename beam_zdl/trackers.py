@@ -1,4 +1,6 @@
-"""GrowableOffsetRangeTracker: an offset range whose end is open.
+"""Restriction trackers Beam's Python SDK lacks: an open offset range, and a group of ranges.
+
+GrowableOffsetRangeTracker: an offset range whose end is open.
 
 Python Beam has ``OffsetRestrictionTracker`` for ``[start, stop)`` but nothing
 for a range that grows while it is read, like a Kafka partition. This is the
@@ -18,6 +20,22 @@ high watermark) stands in for the end wherever a size is needed.
 
 Once the end is closed (by a split) the tracker behaves exactly like
 ``OffsetRestrictionTracker``.
+
+RangeGroupTracker: offset ranges of several partitions, read at once.
+
+The restriction is a tuple of ``OffsetRange``, one per range of a group (direct
+mode reads many small ranges under one consumer assignment). Records of the
+partitions arrive interleaved, so each range is claimed on its own:
+
+* ``try_claim((i, offset))`` — as ``OffsetRestrictionTracker`` for range ``i``:
+  strictly increasing within the range; False at or above its stop.
+* ``try_split(f)`` — every range is split as ``OffsetRestrictionTracker`` would
+  split it alone: at ``cur + max(1, remaining * f)`` (``f = 0``: at ``cur``, a
+  checkpoint), ``cur`` being the offset after its last attempted claim. The
+  primary and the residual are groups of the same length; ranges left empty
+  are ``OffsetRange(stop, stop)``. No split when every residual range is empty.
+* ``check_done`` — every range was claimed (or attempted) up to its stop.
+* ``current_progress`` — the sums over the ranges.
 """
 
 from __future__ import annotations
@@ -26,12 +44,12 @@ import logging
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable, Optional, Tuple, cast
 
-from apache_beam.io.iobase import RestrictionProgress
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
 import beam_zdl.compat as compat
 
-__all__ = ["OPEN_END", "GrowableOffsetRangeTracker"]
+__all__ = ["OPEN_END", "GrowableOffsetRangeTracker", "RangeGroupTracker", "Spans"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -121,3 +139,66 @@ class GrowableOffsetRangeTracker(OffsetRestrictionTracker):
 
     def is_bounded(self) -> bool:
         return bool(self.current_restriction().stop != OPEN_END)
+
+
+# A RangeGroupTracker's restriction: one offset range per range of the group.
+Spans = Tuple[OffsetRange, ...]
+
+
+class RangeGroupTracker(RestrictionTracker):
+    """Tracks the offset ranges of a group of partitions, each claimed on its own."""
+
+    def __init__(self, spans: Spans) -> None:
+        self._spans = list(spans)
+        # Per range, the last offset a claim was tried for (start - 1 before the first).
+        self._attempted = [s.start - 1 for s in spans]
+
+    def current_restriction(self) -> Spans:
+        return tuple(self._spans)
+
+    def try_claim(self, position: Tuple[int, int]) -> bool:
+        index, offset = position
+        span = self._spans[index]
+        if offset <= self._attempted[index]:
+            raise ValueError(f"range {index}: offset {offset} claimed after "
+                             f"{self._attempted[index]}; claims must increase")
+        if offset < span.start:
+            raise ValueError(f"range {index}: offset {offset} is below its start {span.start}")
+        self._attempted[index] = offset
+        stop: int = span.stop
+        return offset < stop
+
+    def try_split(self, fraction_of_remainder: float) -> Optional[Tuple[Spans, Spans]]:
+        primary, residual = [], []
+        for span, attempted in zip(self._spans, self._attempted):
+            cur = max(span.start, attempted + 1)
+            split = cur
+            if fraction_of_remainder > 0:
+                split = cur + int(max(1, (span.stop - cur) * fraction_of_remainder))
+            if split >= span.stop:
+                primary.append(span)
+                residual.append(OffsetRange(span.stop, span.stop))
+            else:
+                primary.append(OffsetRange(span.start, split))
+                residual.append(OffsetRange(split, span.stop))
+        if all(r.start == r.stop for r in residual):
+            return None
+        self._spans = primary
+        return tuple(primary), tuple(residual)
+
+    def check_done(self) -> None:
+        for index, (span, attempted) in enumerate(zip(self._spans, self._attempted)):
+            if span.start < span.stop and attempted < span.stop - 1:
+                raise ValueError(f"range {index}: offsets [{max(span.start, attempted + 1)}, "
+                                 f"{span.stop}) were never claimed")
+
+    def current_progress(self) -> RestrictionProgress:
+        done = left = 0
+        for span, attempted in zip(self._spans, self._attempted):
+            cur = min(span.stop, max(span.start, attempted + 1))
+            done += cur - span.start
+            left += span.stop - cur
+        return RestrictionProgress(completed=done, remaining=left)
+
+    def is_bounded(self) -> bool:
+        return True

@@ -29,7 +29,8 @@ import beam_zdl
 import beam_zdl.kafka as kafka_
 from beam_zdl.cli import main as cli_main
 from beam_zdl.config import ZdlConfig
-from beam_zdl.direct import ReadOffsetRangesFn, ReadSettings
+from beam_zdl.direct import RangeGroup, ReadOffsetRangesFn, ReadSettings
+from beam_zdl.trackers import RangeGroupTracker
 from beam_zdl.errors import ConfigError, DataLossError, KafkaUnavailableError
 from beam_zdl.options import ZdlOptions, warn_near_misses
 from beam_zdl.ranges import PartitionRange
@@ -141,9 +142,9 @@ def test_reader_with_a_resetting_consumer_still_reports_the_retention_gap(kafka,
     fn = ReadOffsetRangesFn(settings)
     fn.setup()
     try:
-        tracker = OffsetRestrictionTracker(OffsetRange(10, 100))
+        tracker = RangeGroupTracker((OffsetRange(10, 100),))
         with pytest.raises(DataLossError, match=rf"{topic}\[0\] offsets \[10, 40\)"):
-            list(fn.process(PartitionRange(topic, 0, 10, 100), window=GlobalWindow(),
+            list(fn.process(RangeGroup((PartitionRange(topic, 0, 10, 100),)), window=GlobalWindow(),
                             tracker=tracker))
     finally:
         fn.teardown()
@@ -158,8 +159,8 @@ def test_gap_above_the_log_start_is_not_data_loss(kafka):
     fn.setup()
     try:
         end = kafka.end_offsets(topic)[0]
-        polls = list(fn.process(PartitionRange(topic, 0, 0, end), window=GlobalWindow(),
-                                tracker=OffsetRestrictionTracker(OffsetRange(0, end))))
+        polls = list(fn.process(RangeGroup((PartitionRange(topic, 0, 0, end),)), window=GlobalWindow(),
+                                tracker=RangeGroupTracker((OffsetRange(0, end),))))
     finally:
         fn.teardown()
     offsets = [wv.value.offset for poll in polls for wv in poll]

@@ -117,3 +117,51 @@ def test_partition_offsets_keep_their_partition_through_splits_and_pickling():
     for part in (primary, residual, pickle.loads(pickle.dumps(residual))):
         assert isinstance(part, PartitionOffsets) and (part.topic, part.partition) == ("t", 3)
     assert (residual.start, residual.stop) == (8, OPEN_END)
+
+
+# --- RangeGroupTracker: a group of offset ranges, each claimed on its own -------------------
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 4), st.integers(1, 20)), max_size=20),
+       st.floats(min_value=0, max_value=1))
+def test_group_split_keeps_every_offset_in_exactly_one_side(bounds, claims, fraction):
+    from beam_zdl.trackers import RangeGroupTracker
+    spans = tuple(OffsetRange(a, a + n) for a, n in bounds)
+    tracker = RangeGroupTracker(spans)
+    claimed: set[tuple[int, int]] = set()
+    nxt = [s.start for s in spans]
+    for index, step in claims:  # claims in increasing order per range, interleaved
+        index %= len(spans)
+        offset = nxt[index] + step - 1
+        if tracker.try_claim((index, offset)):
+            claimed.add((index, offset))
+        nxt[index] = offset + 1
+    split = tracker.try_split(fraction)
+    if split is None:
+        return
+    primary, residual = split
+    assert tracker.current_restriction() == primary
+    for i, (whole, first, rest) in enumerate(zip(spans, primary, residual)):
+        assert first.start == whole.start and first.stop == rest.start
+        assert rest.stop == whole.stop or rest.start == rest.stop == whole.stop
+        # nothing claimed falls to the residual
+        assert all(not rest.start <= o < rest.stop for j, o in claimed if j == i)
+    # claim through the primary: done, and nothing of the residual can be claimed
+    for i, first in enumerate(primary):
+        if nxt[i] < first.stop:
+            assert tracker.try_claim((i, first.stop - 1))
+        if nxt[i] <= first.stop:
+            assert not tracker.try_claim((i, max(nxt[i], first.stop)))
+    tracker.check_done()
+    progress = tracker.current_progress()
+    assert progress.remaining_work == 0
+
+
+def test_group_check_done_names_the_unclaimed_range():
+    from beam_zdl.trackers import RangeGroupTracker
+    tracker = RangeGroupTracker((OffsetRange(0, 5), OffsetRange(10, 20)))
+    assert tracker.try_claim((0, 4)) and tracker.try_claim((1, 12))
+    with pytest.raises(ValueError, match=r"range 1: offsets \[13, 20\) were never claimed"):
+        tracker.check_done()
+    with pytest.raises(ValueError, match="claims must increase"):
+        tracker.try_claim((1, 12))

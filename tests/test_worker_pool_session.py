@@ -242,6 +242,6 @@ def test_ranges_reach_the_read_as_data_so_its_stages_are_the_same_every_batch(
 def test_a_read_without_its_ranges_fails_instead_of_reading_nothing():
     """A PayloadImpulse run where nothing hands it its payload emits b"": the read's
     decode refuses it (a batch that read nothing would be completed and lost)."""
-    from beam_zdl.microbatch.batch_ranges import decode_chunks
+    from beam_zdl.microbatch.batch_ranges import decode_groups
     with pytest.raises(beam_zdl.ZdlError, match="did not hand this read its ranges"):
-        decode_chunks(b"")
+        decode_groups(b"")

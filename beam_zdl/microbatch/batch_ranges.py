@@ -7,9 +7,9 @@ bundle processors are reused. The FnApiRunner hands a splittable DoFn's input
 to all its workers by itself, so no shuffle is added there; any other runner
 (Flink, Dataflow) gets :class:`~beam_zdl.io.CreateRanges`.
 
-Payload format (JSON, UTF-8)::
+Payload format (JSON, UTF-8), one list of chunks per group::
 
-    [1, [[topic, partition, start, stop], ...]]
+    [2, [[[topic, partition, start, stop], ...], ...]]
 
 The first item is the format version; driver and workers must agree on it.
 """
@@ -21,22 +21,23 @@ import json
 import apache_beam as beam
 
 from beam_zdl.errors import ZdlError
+from beam_zdl.direct import RangeGroup
 from beam_zdl.io import CreateRanges, RangesInput
 from beam_zdl.ranges import PartitionRange
 from beam_zdl.worker_pool import PayloadImpulse, feeds_payload_impulses
 
-__all__ = ["BatchRanges", "encode_chunks", "decode_chunks"]
+__all__ = ["BatchRanges", "encode_groups", "decode_groups"]
 
-_CHUNKS_FORMAT = 1
-
-
-def encode_chunks(chunks: list[PartitionRange]) -> bytes:
-    """The ranges of a read as the payload of its PayloadImpulse."""
-    return json.dumps([_CHUNKS_FORMAT, [list(c) for c in chunks]]).encode()
+_GROUPS_FORMAT = 2
 
 
-def decode_chunks(payload: bytes) -> list[PartitionRange]:
-    """The ranges :func:`encode_chunks` encoded.
+def encode_groups(groups: list[RangeGroup]) -> bytes:
+    """The groups of a read as the payload of its PayloadImpulse."""
+    return json.dumps([_GROUPS_FORMAT, [[list(c) for c in g.ranges] for g in groups]]).encode()
+
+
+def decode_groups(payload: bytes) -> list[RangeGroup]:
+    """The groups :func:`encode_groups` encoded.
 
     Raises:
         ZdlError: the runner did not hand this read its ranges (an empty payload):
@@ -46,29 +47,30 @@ def decode_chunks(payload: bytes) -> list[PartitionRange]:
         raise ZdlError("ReadFromKafka: the runner did not hand this read its ranges (an empty "
                        "Impulse element): only beam_zdl's warm runner does; the batch fails "
                        "and is replayed from its recorded plan. Please report this as a bug.")
-    version, chunks = json.loads(payload)
-    if version != _CHUNKS_FORMAT:
+    version, groups = json.loads(payload)
+    if version != _GROUPS_FORMAT:
         raise ZdlError(f"ReadFromKafka: ranges of format {version}, this version reads "
-                       f"{_CHUNKS_FORMAT}: driver and workers run different beam_zdl versions")
-    return [PartitionRange(str(t), int(p), int(a), int(b)) for t, p, a, b in chunks]
+                       f"{_GROUPS_FORMAT}: driver and workers run different beam_zdl versions")
+    return [RangeGroup(tuple(PartitionRange(str(t), int(p), int(a), int(b))
+                             for t, p, a, b in chunks)) for chunks in groups]
 
 
 class BatchRanges(RangesInput):
     """A micro-batch's ranges, as the runner of the batch takes them best."""
 
     def expand(self, pbegin: beam.pvalue.PBegin,
-               chunks: list[PartitionRange]) -> beam.PCollection[PartitionRange]:
+               groups: list[RangeGroup]) -> beam.PCollection[RangeGroup]:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         runner = pbegin.pipeline.runner
         if feeds_payload_impulses(runner):
-            fed: beam.PCollection[PartitionRange] = (
-                pbegin | "Ranges" >> PayloadImpulse(encode_chunks(chunks))
-                | "Chunks" >> beam.FlatMap(decode_chunks).with_output_types(PartitionRange))
+            fed: beam.PCollection[RangeGroup] = (
+                pbegin | "Ranges" >> PayloadImpulse(encode_groups(groups))
+                | "Groups" >> beam.FlatMap(decode_groups).with_output_types(RangeGroup))
             return fed
         if isinstance(runner, FnApiRunner):
             # It runs an SDF's processing in a stage of its own and hands each worker a
             # share of its input: a Reshuffle would only add a stage (~0.1 s a batch).
-            created: beam.PCollection[PartitionRange] = (
-                pbegin | "Ranges" >> beam.Create(chunks, reshuffle=False))
+            created: beam.PCollection[RangeGroup] = (
+                pbegin | "Ranges" >> beam.Create(groups, reshuffle=False))
             return created
-        return CreateRanges().expand(pbegin, chunks)
+        return CreateRanges().expand(pbegin, groups)
