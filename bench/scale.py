@@ -11,6 +11,10 @@ On one LocalKafka:
   ratio to the bare loop of the same round (median and spread over rounds).
   Batch sizing is run_micro_batches' default (no ``--max_records_per_*`` cap: an
   ``available_now`` run reads the whole backlog in one batch).
+  Record counts above ``--large_records`` (1M) run only ``--large_peers`` (the
+  bare loops, direct with 2 workers, and with 2 workers emitting batches): the
+  peers the targets need, so the 10M cells cost ~35 min, not ~60. The series
+  prints an estimate of its duration at the start (:func:`estimate_s`).
 * fixed cost: ``bench.peers batch_fixed_cost`` (10 tiny batches against 1) on a
   small topic of the fewest and of the most partitions, interleaved per round.
 * planning: the driver's Step 2 per batch (end offsets of every partition, the
