@@ -96,9 +96,18 @@ _METADATA_TIMEOUT_S = 30.0
 # 512 KB fetches into a 2 MB queue read as fast again (bare consume loop, 2 x 250k records
 # of 100 B, 3 interleaved rounds: 0.93M records/s against 0.80M) and the consumer's share
 # of the read fell from +30 MB to +7 MB (bench/scale.py, issue 27).
+# A reader that assigns a group of many small ranges at once fetches them in one request,
+# up to fetch.max.bytes (64 MB in consumer_settings): at 256 partitions each reading
+# process peaked ~70 MB over the same read at 4 partitions (tree 561 MB against 426).
+# 2 MB, the queue's size, kept it flat (tree 443 MB at 256 partitions) at the same rate
+# (1M records, 3 interleaved rounds: 444k records/s against 449k at 4 partitions, 229k
+# against 173k at 256); 1 MB read ~7% slower at 4 partitions. A record batch larger than
+# fetch.max.bytes is still returned whole (Kafka returns at least one), so it limits
+# memory, not what can be read.
 BOUNDED_READER_CONFIG: dict[str, object] = {
     "fetch.wait.max.ms": 1, "fetch.queue.backoff.ms": 5,
-    "max.partition.fetch.bytes": 512 * 1024, "queued.max.messages.kbytes": 2 * 1024}
+    "max.partition.fetch.bytes": 512 * 1024, "queued.max.messages.kbytes": 2 * 1024,
+    "fetch.max.bytes": 2 * 1024 * 1024}
 
 # What consume() reports for a position outside the log. With auto.offset.reset=error,
 # librdkafka gives KafkaError._AUTO_OFFSET_RESET (-140); the broker's
