@@ -79,7 +79,7 @@ _LOGGER = logging.getLogger(__name__)
 
 _METADATA_TIMEOUT_S = 30.0
 # The settings of a reader of exact offset ranges (beam_zdl.direct; bench.peers'
-# bare_consumer_tuned), one range at a time.
+# bare_consumer_tuned).
 # A bounded reader never waits for new data: a fetch that long-polls at a range's end
 # (librdkafka's default is 500 ms) holds back the next range's first fetch on the
 # same broker connection. Even 10 ms made a small range cost 18 ms from assign to its
@@ -96,14 +96,14 @@ _METADATA_TIMEOUT_S = 30.0
 # 512 KB fetches into a 2 MB queue read as fast again (bare consume loop, 2 x 250k records
 # of 100 B, 3 interleaved rounds: 0.93M records/s against 0.80M) and the consumer's share
 # of the read fell from +30 MB to +7 MB (bench/scale.py, issue 27).
-# A reader that assigns a group of many small ranges at once fetches them in one request,
-# up to fetch.max.bytes (64 MB in consumer_settings): at 256 partitions each reading
-# process peaked ~70 MB over the same read at 4 partitions (tree 561 MB against 426).
-# 2 MB, the queue's size, kept it flat (tree 443 MB at 256 partitions) at the same rate
-# (1M records, 3 interleaved rounds: 444k records/s against 449k at 4 partitions, 229k
-# against 173k at 256); 1 MB read ~7% slower at 4 partitions. A record batch larger than
-# fetch.max.bytes is still returned whole (Kafka returns at least one), so it limits
-# memory, not what can be read.
+# Direct mode reads small ranges in groups, many partitions assigned at once; a fetch
+# response then carried up to 512 KB of each (librdkafka's fetch.max.bytes defaults to
+# 50 MB): a bare loop over 256 partitions peaked at 152-187 MB. With fetch.max.bytes at
+# 2 MB it peaked at 70 MB and read faster (1.0-1.6M records/s against 0.47-0.58M, 1M
+# records of 100 B, 2 rounds). A record batch larger than that is still returned whole.
+# In a whole run with 2 workers (the driver and one worker process, 1M records, 3
+# interleaved rounds) fetches of up to 64 MB (consumer_settings) made each process peak ~70 MB higher at 256
+# partitions than at 4 (tree 561 MB against 426); with 2 MB, 439 MB against 425.
 BOUNDED_READER_CONFIG: dict[str, object] = {
     "fetch.wait.max.ms": 1, "fetch.queue.backoff.ms": 5,
     "max.partition.fetch.bytes": 512 * 1024, "queued.max.messages.kbytes": 2 * 1024,
