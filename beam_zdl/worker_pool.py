@@ -12,7 +12,8 @@ Worker process
     stdin, run an ``SdkHarness`` against it until the runner closes the
     control stream (the batch's pipeline is done), answer ``done`` on its
     protocol pipe, wait for the next request. Its stdout is re-pointed at
-    stderr, so a DoFn's ``print`` cannot corrupt the protocol.
+    stderr, so a DoFn's ``print`` cannot corrupt the protocol. Its environment is
+    the driver's, with glibc's malloc arenas capped (:func:`worker_env`).
 
 The driver's worker
     With ``--direct_num_workers`` of 2 or more, one worker is the driver itself
@@ -120,7 +121,8 @@ from beam_zdl.errors import WorkerLostError
 
 __all__ = ["WorkerPool", "WarmRunner", "warm_workers", "warm_runner", "young_gc",
            "PayloadImpulse", "feeds_payload_impulses", "MAX_ATTEMPTS", "WORKER_URN",
-           "GC_YOUNG_THRESHOLD", "MAX_SESSION_DESCRIPTORS"]
+           "GC_YOUNG_THRESHOLD", "MAX_SESSION_DESCRIPTORS", "WORKER_MALLOC_ARENAS",
+           "worker_env"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,6 +136,9 @@ _DONE_TIMEOUT_S = 60.0
 # Allocations between two collections of the youngest generation (Python's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
 _CLOSE_TIMEOUT_S = 10.0
+# glibc's malloc arenas in a worker process, unless the environment sets its own
+# MALLOC_ARENA_MAX (see worker_env).
+WORKER_MALLOC_ARENAS = 2
 # Distinct stage descriptors one runner session serves before it is closed and a new one
 # opened: each holds a cached BundleProcessor per worker (its DoFns set up), and a
 # build_fn that changes its pipeline every batch adds stages without end.
@@ -155,6 +160,19 @@ _RUNNER: contextvars.ContextVar[Optional["WarmRunner"]] = contextvars.ContextVar
 _ids = itertools.count()
 
 
+def worker_env() -> dict[str, str]:
+    """The environment of a warm worker process: the driver's, with glibc's malloc arenas
+    capped at ``WORKER_MALLOC_ARENAS`` unless ``MALLOC_ARENA_MAX`` is set already.
+
+    glibc gives each thread that allocates its own arena, up to 8 per core; a worker's
+    gRPC, librdkafka and harness threads each kept a few MB in theirs. Only the processes
+    beam_zdl starts get this; the driver's allocator is the user's to set.
+    """
+    env = dict(os.environ)
+    env.setdefault("MALLOC_ARENA_MAX", str(WORKER_MALLOC_ARENAS))
+    return env
+
+
 class _Worker:
     """One warm worker process and the handler it serves, if any."""
 
@@ -162,7 +180,7 @@ class _Worker:
         self.index = index
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "beam_zdl.worker_pool"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0)
+            stdout=subprocess.PIPE, bufsize=0, env=worker_env())
         self.pid = self.proc.pid
         self._started = time.monotonic()
         self.handler: Optional[_WarmWorkerHandler] = None  # the handler leasing it

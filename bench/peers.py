@@ -81,6 +81,8 @@ def _build(records, batch) -> None:
 
 _WORKERS = {1: ["--direct_num_workers=1"],
             2: ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]}
+# What one more worker costs (memory): not part of batch_overhead / batch_fixed_cost.
+_THREE_WORKERS = ["--direct_num_workers=3", "--direct_running_mode=multi_processing"]
 
 
 def _zdl_flags(args: argparse.Namespace, checkpoint_dir: str, *extra: str) -> list[str]:
@@ -91,14 +93,18 @@ def _zdl_flags(args: argparse.Namespace, checkpoint_dir: str, *extra: str) -> li
 
 def _micro_batches(args: argparse.Namespace, extra: list[str],
                    checkpoint_dir: str | None = None, build: Callable = _build) -> dict:
+    import apache_beam  # noqa: F401 - what a driver imports, before its RSS is read
+
     import beam_zdl
+    imports_rss = _rss_mb(os.getpid())
     options = beam_zdl.ZdlOptions(_zdl_flags(
         args, checkpoint_dir or f"{args.workdir}/ckpt-{uuid.uuid4().hex}", *extra))
     started = time.monotonic()
     summary = beam_zdl.run_micro_batches(build, options)
     seconds = time.monotonic() - started
     return {"records": summary.records, "bytes": summary.records * args.value_bytes,
-            "seconds": seconds, "batches": summary.batches}
+            "seconds": seconds, "batches": summary.batches,
+            "driver_imports_rss_mb": round(imports_rss, 1)}
 
 
 @peer("direct_1_worker")
@@ -128,10 +134,34 @@ def direct_2_batches(args: argparse.Namespace) -> dict:
 def direct_2_lean(args: argparse.Namespace) -> dict:
     """direct_2_workers with BEAM_ZDL_LEAN_IMPORTS=1 (beam_zdl/lean.py), set before this
     process imports Beam, so the driver and its worker process are both lean."""
+    _lean()
+    return _micro_batches(args, _WORKERS[2])
+
+
+def _lean() -> None:
+    """BEAM_ZDL_LEAN_IMPORTS=1 before this process imports Beam, so the driver and its
+    worker processes are both lean."""
     os.environ["BEAM_ZDL_LEAN_IMPORTS"] = "1"
     from beam_zdl import lean
     lean.install()
-    return _micro_batches(args, _WORKERS[2])
+
+
+@peer("direct_1_worker_lean")
+def direct_1_lean(args: argparse.Namespace) -> dict:
+    _lean()
+    return _micro_batches(args, _WORKERS[1])
+
+
+@peer("direct_3_workers")
+def direct_3(args: argparse.Namespace) -> dict:
+    """The driver and 2 worker processes: against direct_2_workers, one more worker's cost."""
+    return _micro_batches(args, _THREE_WORKERS)
+
+
+@peer("direct_3_workers_lean")
+def direct_3_lean(args: argparse.Namespace) -> dict:
+    _lean()
+    return _micro_batches(args, _THREE_WORKERS)
 
 
 @peer("batch_overhead")
@@ -825,13 +855,28 @@ def flink_batches(args: argparse.Namespace) -> dict:
 class _TreeRss:
     """Peak RSS (and PSS) summed over this process and its descendants, sampled every
     0.1 s: a peer's memory with its worker processes. RSS counts pages shared between
-    processes once per process; PSS splits them."""
+    processes once per process; PSS splits them. Also each process's own peak RSS
+    (:meth:`by_process`: the driver, then the others by pid) and, for a warm worker, its
+    RSS when it said it was ready (its imports, before any batch)."""
 
     def __init__(self, period_s: float = 0.1) -> None:
         self.period_s = period_s
         self.peak = (0.0, 0.0)
+        self.own: dict[int, float] = {}  # pid -> peak RSS MB
+        self.ready: dict[int, float] = {}  # warm worker pid -> RSS MB at "ready"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        tree = self
+
+        class _Ready(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "ready after" in record.getMessage() and record.args:
+                    pid = int(record.args[0])  # type: ignore[index]
+                    tree.ready[pid] = _rss_mb(pid)
+
+        pool_log = logging.getLogger("beam_zdl.worker_pool")
+        pool_log.addHandler(_Ready())
+        pool_log.setLevel(logging.INFO)
 
     def start(self) -> "_TreeRss":
         self._thread.start()
@@ -841,6 +886,17 @@ class _TreeRss:
         self._stop.set()
         self._thread.join()
         return round(self.peak[0], 1), round(self.peak[1], 1)
+
+    def by_process(self) -> dict[str, dict[str, float]]:
+        """Per process: peak RSS MB, and RSS MB after its imports where known."""
+        me = os.getpid()
+        out = {}
+        for pid in sorted(self.own, key=lambda p: (p != me, p)):
+            cell = {"peak_rss_mb": round(self.own[pid], 1)}
+            if pid in self.ready:
+                cell["ready_rss_mb"] = round(self.ready[pid], 1)
+            out["driver" if pid == me else str(pid)] = cell
+        return out
 
     @staticmethod
     def _pids(pid: int) -> list[int]:
@@ -859,15 +915,29 @@ class _TreeRss:
         while not self._stop.wait(self.period_s):
             rss = pss = 0
             for pid in self._pids(os.getpid()):
+                mine = 0
                 try:
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Rss:"):
-                            rss += int(line.split()[1])
+                            mine = int(line.split()[1])
+                            rss += mine
                         elif line.startswith("Pss:"):
                             pss += int(line.split()[1])
                 except (OSError, ValueError):
                     pass
+                self.own[pid] = max(self.own.get(pid, 0.0), mine / 1024)
             self.peak = (max(self.peak[0], rss / 1024), max(self.peak[1], pss / 1024))
+
+
+def _rss_mb(pid: int) -> float:
+    """A process's RSS now (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _own_peak_rss_mb() -> float:
@@ -906,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("peak_rss_mb", _own_peak_rss_mb())
     result["peak_children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result["peak_tree_rss_mb"], result["peak_tree_pss_mb"] = tree.stop()
+    result["rss_by_process"] = tree.by_process()
     # CPU of this process and its reaped children (worker processes, closed by now): unlike
     # seconds, barely moved by other work on the machine.
     result["cpu_s"] = round(_tree_cpu_s(), 3)

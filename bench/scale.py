@@ -11,6 +11,10 @@ On one LocalKafka:
   ratio to the bare loop of the same round (median and spread over rounds).
   Batch sizing is run_micro_batches' default (no ``--max_records_per_*`` cap: an
   ``available_now`` run reads the whole backlog in one batch).
+  Record counts above ``--large_records`` (1M) run only ``--large_peers`` (the
+  bare loops, direct with 2 workers, and with 2 workers emitting batches): the
+  peers the targets need, so the 10M cells cost ~35 min, not ~60. The series
+  prints an estimate of its duration at the start (:func:`estimate_s`).
 * fixed cost: ``bench.peers batch_fixed_cost`` (10 tiny batches against 1) on a
   small topic of the fewest and of the most partitions, interleaved per round.
 * planning: the driver's Step 2 per batch (end offsets of every partition, the
@@ -46,6 +50,13 @@ from bench.run import run_peer
 HERE = Path(__file__).resolve().parent
 PEERS = ["bare_consumer", "bare_consumer_tuned", "direct_1_worker", "direct_2_workers",
          "direct_2_workers_batches", "direct_2_workers_lean", "wal_local"]
+# Record counts above LARGE_RECORDS run only LARGE_PEERS (--large_peers): the peers the
+# targets need, so the 10M series takes minutes per cell, not an hour.
+LARGE_RECORDS = 1_000_000
+LARGE_PEERS = ["bare_consumer", "bare_consumer_tuned", "direct_2_workers",
+               "direct_2_workers_batches"]
+# Reading peers whose ratio to the bare loops is a target (when they ran).
+TARGET_PEERS = ["direct_2_workers", "direct_2_workers_batches"]
 PLANNING_LIMIT_S = 0.5
 # The targets of issue 27, each checked from the rounds of one run.
 RATIO_AT_FEWEST = 0.8   # direct, 2 workers, against the bare loop at the fewest partitions
@@ -335,26 +346,27 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 27's targets, from the medians of this run's rounds (spread: min-max)."""
     out = []
     fewest, most = min(result["partitions"]), max(result["partitions"])
-    for _, suffix, label in BASES:
-        for records in result["records"]:
-            first = result["throughput"].get(f"{fewest}x{records}", {})
-            base = first.get(f"direct_2_workers_to_{suffix}")
-            if not base:
-                continue
-            out.append(_target(f"direct 2 workers / {label}, {fewest} partitions, "
-                               f"{records / 1e6:g}M records", base, RATIO_AT_FEWEST, False))
-            for p in result["partitions"]:
-                r = result["throughput"].get(f"{p}x{records}", {}).get(
-                    f"direct_2_workers_to_{suffix}")
-                if p == fewest or not r:
+    for name in TARGET_PEERS:
+        who = "direct 2 workers" if name == "direct_2_workers" else name
+        for _, suffix, label in BASES:
+            for records in result["records"]:
+                first = result["throughput"].get(f"{fewest}x{records}", {})
+                base = first.get(f"{name}_to_{suffix}")
+                if not base:
                     continue
-                out.append(_target(
-                    f"flat: ratio to {label} at {p} / at {fewest} partitions, "
-                    f"{records / 1e6:g}M",
-                    {"median": r["median"] / base["median"], "min": r["min"] / base["max"],
-                     "max": r["max"] / base["min"], "n": r["n"]}, FLAT, False))
+                out.append(_target(f"{who} / {label}, {fewest} partitions, "
+                                   f"{records / 1e6:g}M records", base, RATIO_AT_FEWEST, False))
+                for p in result["partitions"]:
+                    r = result["throughput"].get(f"{p}x{records}", {}).get(f"{name}_to_{suffix}")
+                    if p == fewest or not r:
+                        continue
+                    out.append(_target(
+                        f"flat: {who} ratio to {label} at {p} / at {fewest} partitions, "
+                        f"{records / 1e6:g}M",
+                        {"median": r["median"] / base["median"], "min": r["min"] / base["max"],
+                         "max": r["max"] / base["min"], "n": r["n"]}, FLAT, False))
     for name in ("direct_2_workers", "direct_2_workers_lean"):
-        for records in result["records"][:1]:
+        for records in result["records"]:
             rss = result["throughput"].get(f"{fewest}x{records}", {}).get(name, {}).get(
                 "peak_tree_rss_mb_rounds")
             if rss:
@@ -401,7 +413,8 @@ def report(result: dict[str, Any]) -> list[str]:
     for records in result["records"]:
         for p in result["partitions"]:
             cell = result["throughput"].get(f"{p}x{records}")
-            for name in [n for n in PEERS if n in cell] if cell else ():
+            ran = [*result.get("peers", PEERS), *result.get("large_peers", ())]
+            for name in [n for n in dict.fromkeys(ran) if n in cell] if cell else ():
                 r = cell[name]
                 if "records_per_s" not in r:
                     lines.append(f"{p:>10}{records:>11,}{name:>22}  could not run: "
@@ -451,6 +464,55 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+# For the estimate printed at the start: rates on 2 shared cores (the 1M series of
+# bench/scale.json, rounded down), a peer process's start (Python, Beam's imports, the
+# runner), producing, and the phases other than throughput.
+EST_RECORDS_PER_S = {"bare_consumer": 200_000, "bare_consumer_tuned": 700_000,
+                     "direct_1_worker": 200_000, "direct_2_workers": 170_000,
+                     "direct_2_workers_lean": 170_000, "direct_2_workers_batches": 200_000,
+                     "wal_local": 100_000}
+EST_DEFAULT_RECORDS_PER_S = 150_000
+EST_PEER_START_S = 2.5
+EST_PRODUCE_RECORDS_PER_S = 80_000
+EST_PLANNING_S, EST_CHECKPOINT_S, EST_REAL_S, EST_FIXED_COST_S = 10.0, 70.0, 50.0, 35.0
+
+
+def peers_for(records: int, peers: list[str], large_peers: list[str],
+              large_records: int = LARGE_RECORDS) -> list[str]:
+    """The throughput peers of a cell of ``records`` records."""
+    return large_peers if records > large_records else peers
+
+
+def estimate_s(partitions: list[int], records: list[int], rounds: int, peers: list[str],
+               large_peers: list[str], skip: set[str],
+               large_records: int = LARGE_RECORDS) -> dict[str, float]:
+    """Rough seconds per phase of the series (see the EST_ constants)."""
+    out = {"throughput": 0.0}
+    if "throughput" not in skip:
+        for n in records:
+            run = sum(EST_PEER_START_S + n / EST_RECORDS_PER_S.get(name, EST_DEFAULT_RECORDS_PER_S)
+                      for name in peers_for(n, peers, large_peers, large_records))
+            out["throughput"] += len(partitions) * (n / EST_PRODUCE_RECORDS_PER_S + rounds * run)
+    if "planning" not in skip:
+        out["planning"] = EST_PLANNING_S * (len(set(partitions)) + 1)
+    if "checkpoint" not in skip:
+        out["checkpoint"] = EST_CHECKPOINT_S
+    if "real" not in skip:
+        out["real"] = EST_REAL_S
+    if "fixed_cost" not in skip:
+        out["fixed_cost"] = EST_FIXED_COST_S * rounds * len({min(partitions), max(partitions)})
+    return out
+
+
+def _known(names: list[str], what: str) -> list[str]:
+    """``names`` that bench.peers has; the others are left out, saying so."""
+    from bench.peers import PEERS as REGISTERED
+    unknown = [n for n in names if n not in REGISTERED]
+    if unknown:
+        print(f"{what}: {','.join(unknown)} not in bench.peers, left out", file=sys.stderr)
+    return [n for n in names if n in REGISTERED]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", default="4,64,256", help="comma-separated")
@@ -467,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS),
                         help="throughput peers (bare_consumer and direct_2_workers needed "
                              "for the targets)")
+    parser.add_argument("--large_peers", default=",".join(LARGE_PEERS),
+                        help="throughput peers of record counts above --large_records "
+                             "('all': those of --peers)")
+    parser.add_argument("--large_records", type=int, default=LARGE_RECORDS)
     parser.add_argument("--planning_partitions", type=int, default=PLANNING_PARTITIONS,
                         help="one more partition count, timed for planning only")
     parser.add_argument("--skip", default="", help="comma-separated: throughput,planning,"
@@ -476,13 +542,27 @@ def main(argv: list[str] | None = None) -> int:
     partitions = _ints(args.partitions)
     records = [1_000_000] if args.quick else _ints(args.records)
     skip = set(args.skip.split(","))
+    large = any(n > args.large_records for n in records)
+    peers = _known(args.peers.split(","), "--peers")
+    large_peers = (peers if args.large_peers == "all" or not large
+                   else _known(args.large_peers.split(","), "--large_peers"))
+    est = estimate_s(partitions, records, args.rounds, peers, large_peers, skip,
+                     args.large_records)
+    print(f"scale series: {len(partitions)} partition counts x {len(records)} record counts x "
+          f"{args.rounds} rounds; peers {','.join(peers)}"
+          + (f" (above {args.large_records:,} records: {','.join(large_peers)})" if large
+             else "")
+          + f"; estimated {sum(est.values()) / 60:.0f} min ("
+          + ", ".join(f"{k} {v / 60:.1f}" for k, v in est.items() if v) + ")", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"partitions": partitions, "records": records,
                               "value_bytes": args.value_bytes, "cores": os.cpu_count(),
                               # A --quick trial is labelled so it is never read as the series.
                               "quick": args.quick,
-                              "rounds": args.rounds, "throughput": {}, "planning": {}}
+                              "rounds": args.rounds, "throughput": {}, "planning": {},
+                              "peers": peers, "large_peers": large_peers,
+                              "estimate_s": round(sum(est.values()))}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="beam-zdl-scale-") as workdir, LocalKafka() as kafka:
         if "planning" not in skip or "checkpoint" not in skip:
@@ -518,12 +598,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"throughput {p} partitions, {n:,} records", file=sys.stderr)
                     result["throughput"][f"{p}x{n}"] = throughput(
                         kafka, workdir, p, n, args.value_bytes, args.rounds,
-                        args.peers.split(","))
+                        peers_for(n, peers, large_peers, args.large_records))
         if "fixed_cost" not in skip:
             ends = sorted({min(partitions), max(partitions)})
             print(f"fixed cost per batch at {ends} partitions", file=sys.stderr)
             result["fixed_cost"] = fixed_cost(kafka, workdir, ends, args.rounds)
     result["bench_s"] = round(time.monotonic() - started, 1)
+    print(f"scale series took {result['bench_s'] / 60:.1f} min (estimated "
+          f"{result['estimate_s'] / 60:.1f})", file=sys.stderr)
     result["targets"] = targets(result)
     print("\n".join(report(result)))
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -230,3 +230,27 @@ def test_wal_mode_spreads_a_batch_s_segments_over_worker_processes(kafka, tmp_pa
     assert multi, "no batch had two segments"
     for b in multi:
         assert len(pids[b]) == 2 and os.getpid() in pids[b], (b, pids)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in raw if b"=" in e)
+
+
+def test_worker_processes_cap_malloc_arenas_unless_the_environment_sets_them(monkeypatch):
+    from beam_zdl.worker_pool import WORKER_MALLOC_ARENAS, WorkerPool
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    pool = WorkerPool(1, driver_reads=False)
+    try:
+        [pid] = pool.pids()
+        assert _environ(pid)["MALLOC_ARENA_MAX"] == str(WORKER_MALLOC_ARENAS)
+    finally:
+        pool.close()
+    assert "MALLOC_ARENA_MAX" not in os.environ, "the driver's own environment changed"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's setting wins
+    pool = WorkerPool(1, driver_reads=False)
+    try:
+        [pid] = pool.pids()
+        assert _environ(pid)["MALLOC_ARENA_MAX"] == "4"
+    finally:
+        pool.close()
