@@ -382,8 +382,18 @@ class ReadOffsetRangesFn(beam.DoFn):
                     self._new_stops(live, tracker)
                     state.claimed = state.stop - 1
                     split = True
-        count = 0
         next_offset, claimed, stop = state.next_offset, state.claimed, state.stop
+        # The common run: every offset from next_offset on, no gap and no error, and
+        # claimed (above): its records up to stop are ours without a look at each.
+        head, last = run[0], len(run) - 1
+        if (not split and head.error() is None and tail.error() is None
+                and head.offset() == next_offset and tail.offset() - next_offset == last
+                and claimed >= min(tail.offset(), stop - 1)
+                and not any([msg.error() for msg in run])):
+            count = min(last + 1, stop - next_offset)
+            state.next_offset = next_offset + count
+            return count, False, state.next_offset >= stop
+        count = 0
         for msg in run:
             err = msg.error()
             if err is not None:
@@ -488,15 +498,17 @@ def _raise_errors(run: list[Any]) -> None:
 def _runs(messages: list[Any], one_topic: bool) -> Iterator[list[Any]]:
     """``messages`` cut where the partition changes (a consume() returns each partition's
     fetched records together, so a poll holds few runs)."""
+    if one_topic:
+        parts = [msg.partition() for msg in messages]
+        if parts.count(parts[0]) == len(parts):
+            yield messages
+            return
+        keys: list[Any] = parts
+    else:
+        keys = [(msg.topic(), msg.partition()) for msg in messages]
     first = 0
-    current = messages[0].partition()
-    topic = messages[0].topic() if not one_topic else None
-    for i in range(1, len(messages)):
-        msg = messages[i]
-        partition = msg.partition()
-        if partition != current or (topic is not None and msg.topic() != topic):
+    for i in range(1, len(keys)):
+        if keys[i] != keys[i - 1]:
             yield messages[first:i]
-            first, current = i, partition
-            if topic is not None:
-                topic = msg.topic()
-    yield messages[first:] if first else messages
+            first = i
+    yield messages[first:]
