@@ -191,7 +191,9 @@ class RangeGroupProvider(RestrictionProvider):
 
 
 class Poll(list[WindowedValue]):
-    """The records of one poll, as WindowedValues: what the SDF emits (see UnbatchFn)."""
+    """The records of one run of a poll, as WindowedValues: what the SDF emits (see
+    UnbatchFn). A Poll (and, with ``record_batches``, a batch) holds records of one
+    topic-partition, offsets ascending; every record read is in exactly one."""
 
 
 class _PollCoder(beam.coders.Coder):

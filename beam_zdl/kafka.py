@@ -97,12 +97,12 @@ _METADATA_TIMEOUT_S = 30.0
 # of 100 B, 3 interleaved rounds: 0.93M records/s against 0.80M) and the consumer's share
 # of the read fell from +30 MB to +7 MB (bench/scale.py, issue 27).
 # Direct mode reads small ranges in groups, many partitions assigned at once; a fetch
-# response then carried up to 512 KB of each (librdkafka's fetch.max.bytes defaults to
-# 50 MB): a bare loop over 256 partitions peaked at 152-187 MB. With fetch.max.bytes at
+# response then carried up to 512 KB of each (new_consumer's fetch.max.bytes is 64 MB):
+# a bare loop over 256 partitions peaked at 152-187 MB. With fetch.max.bytes at
 # 2 MB it peaked at 70 MB and read faster (1.0-1.6M records/s against 0.47-0.58M, 1M
 # records of 100 B, 2 rounds). A record batch larger than that is still returned whole.
 # In a whole run with 2 workers (the driver and one worker process, 1M records, 3
-# interleaved rounds), fetches of up to 64 MB (consumer_settings) made each process peak
+# interleaved rounds), fetches of up to 64 MB made each process peak
 # ~70 MB higher at 256 partitions than at 4 (tree 561 MB against 426); with 2 MB, 439 MB
 # against 425.
 BOUNDED_READER_CONFIG: dict[str, object] = {
