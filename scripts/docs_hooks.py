@@ -8,8 +8,8 @@ from the benchmark's JSON are filled in at build time, so they cannot drift.
   each sub-command's help, from :func:`beam_zdl.cli.build_parser`.
 * ``<!-- generated: docstring beam_zdl/wal/format.py -->`` (docs/formats.md) becomes that
   module's docstring: the byte layouts live in the code, once.
-* ``<!-- generated: bench-results -->``, ``<!-- generated: bench-fixed-cost -->`` and
-  ``<!-- generated: bench-scale -->`` (docs/performance.md) become tables of
+* ``<!-- generated: bench-results -->``, ``bench-fixed-cost``, ``bench-scale``,
+  ``bench-targets`` and ``bench-sink`` (docs/performance.md) become tables of
   ``bench/results.json`` and ``bench/scale.json``.
 
 ``tests/test_docs.py`` builds the site and checks that every flag and every figure is there.
@@ -85,15 +85,26 @@ def _load(name: str) -> dict[str, Any]:
 
 _PEERS = [
     ("bare_consumer", "bare confluent-kafka consume loop"),
+    ("bare_consumer_tuned", "bare loop with direct mode's consumer settings"),
     ("direct_1_worker", "direct mode, 1 worker (in process)"),
     ("direct_2_workers", "direct mode, 2 workers (the driver and one worker process)"),
     ("direct_2_workers_batches", "direct mode, 2 workers, `--record_batches`"),
+    ("direct_2_workers_lean", "direct mode, 2 workers, `BEAM_ZDL_LEAN_IMPORTS=1`"),
     ("wal_local", "WAL mode end to end, local disk (receiver child process, 2 workers)"),
+    ("wal_gcs", "WAL mode end to end, GCS emulator"),
     ("receiver_rss", "WAL receiver alone (`beam-zdl receive`)"),
     ("quixstreams_exactly_once", "quixstreams, exactly-once"),
     ("quixstreams_at_least_once", "quixstreams, at-least-once"),
     ("spark_structured_streaming", "Spark Structured Streaming, availableNow, local[2]"),
     ("pyflink", "pyflink, bounded Kafka table, parallelism 2"),
+    ("flink_local_streaming", "streaming on Flink `[local]` (from job submission)"),
+    ("flink_cluster_streaming", "streaming on a Flink session cluster (from job submission)"),
+]
+
+_SINK_PEERS = [
+    ("sink_bare_producer", "bare confluent-kafka produce loop (write only)"),
+    ("sink_at_least_once", "Kafka → Kafka, `WriteToKafka` at-least-once"),
+    ("sink_exactly_once", "Kafka → Kafka, `WriteToKafka` exactly-once"),
 ]
 
 
@@ -133,6 +144,22 @@ def bench_results_table() -> str:
     return "\n".join(lines)
 
 
+def bench_sink_table() -> str:
+    res = _load("results.json")["results"]
+    bare = res.get("sink_bare_producer", {}).get("records_per_s")
+    if not bare:
+        return "(not in the last `bench/results.json`)"
+    lines = ["| writer | records/s | × bare producer | tree peak RSS |",
+             "| --- | ---: | ---: | ---: |"]
+    for key, label in _SINK_PEERS:
+        row = res.get(key)
+        if row and "records_per_s" in row:
+            lines.append(f"| {label} | {_k(row['records_per_s'])} "
+                         f"| {row['records_per_s'] / bare:.2f} "
+                         f"| {row['peak_tree_rss_mb']:,.0f} MB |")
+    return "\n".join(lines)
+
+
 def bench_fixed_cost_table() -> str:
     cost = _load("results.json")["results"]["batch_fixed_cost"]
     lines = ["| workers | fixed cost per batch | CPU per batch | workers ready after "
@@ -149,8 +176,9 @@ def bench_fixed_cost_table() -> str:
 def bench_scale_table() -> str:
     data = _load("scale.json")
     lines = ["| partitions | records | bare loop µs/record | direct, 2 workers µs/record "
-             "| × bare (spread) | × tuned bare | tree peak RSS | lean |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| × bare (spread) | × tuned bare | `--record_batches` × tuned bare "
+             "| tree peak RSS | lean |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for records in data["records"]:
         for parts in data["partitions"]:
             cell = data["throughput"].get(f"{parts}x{records}")
@@ -162,11 +190,25 @@ def bench_scale_table() -> str:
                      if spread else f"{cell['direct_to_bare']:.2f}")
             tuned = cell.get("direct_2_workers_to_tuned")
             to_tuned = f"{tuned['median']:.2f}" if tuned else "–"
+            batches = cell.get("direct_2_workers_batches_to_tuned")
+            batches_to_tuned = f"{batches['median']:.2f}" if batches else "–"
             lean = cell.get("direct_2_workers_lean", {}).get("peak_tree_rss_mb")
             lean_rss = f"{lean:,.0f} MB" if lean else "–"
             lines.append(f"| {parts} | {records / 1e6:.0f}M | {bare['us_per_record']:.1f} "
                          f"| {direct['us_per_record']:.1f} | {ratio} | {to_tuned} "
-                         f"| {direct['peak_tree_rss_mb']:,.0f} MB | {lean_rss} |")
+                         f"| {batches_to_tuned} | {direct['peak_tree_rss_mb']:,.0f} MB "
+                         f"| {lean_rss} |")
+    return "\n".join(lines)
+
+
+def bench_targets_table() -> str:
+    data = _load("scale.json")
+    lines = [f"Each target of the scale work as `bench.scale` printed it: the median of "
+             f"{data['rounds']} interleaved rounds and the spread (min–max).", "",
+             "| target | limit | median (spread) | |", "| --- | --- | ---: | --- |"]
+    for t in data.get("targets", []):
+        lines.append(f"| {t['target']} | {t['limit']} | {t['median']:.2f} "
+                     f"({t['min']:.2f}–{t['max']:.2f}) | {'met' if t['met'] else '**missed**'} |")
     return "\n".join(lines)
 
 
@@ -201,6 +243,8 @@ _MARKERS = {
     "<!-- generated: bench-results -->": bench_results_table,
     "<!-- generated: bench-fixed-cost -->": bench_fixed_cost_table,
     "<!-- generated: bench-scale -->": bench_scale_table,
+    "<!-- generated: bench-targets -->": bench_targets_table,
+    "<!-- generated: bench-sink -->": bench_sink_table,
 }
 
 
