@@ -464,16 +464,16 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-# For the estimate printed at the start: rates on 2 shared cores (the 1M series of
-# bench/scale.json, rounded down), a peer process's start (Python, Beam's imports, the
+# For the estimate printed at the start: rates on 2 cores (about 0.6 of the series of
+# bench/scale.json on a quiet machine, for some load), a peer process's start (Python, Beam's imports, the
 # runner), producing, and the phases other than throughput.
-EST_RECORDS_PER_S = {"bare_consumer": 200_000, "bare_consumer_tuned": 700_000,
-                     "direct_1_worker": 200_000, "direct_2_workers": 170_000,
-                     "direct_2_workers_lean": 170_000, "direct_2_workers_batches": 200_000,
-                     "wal_local": 100_000}
+EST_RECORDS_PER_S = {"bare_consumer": 200_000, "bare_consumer_tuned": 1_000_000,
+                     "direct_1_worker": 250_000, "direct_2_workers": 300_000,
+                     "direct_2_workers_lean": 300_000, "direct_2_workers_batches": 450_000,
+                     "wal_local": 180_000}
 EST_DEFAULT_RECORDS_PER_S = 150_000
 EST_PEER_START_S = 2.5
-EST_PRODUCE_RECORDS_PER_S = 80_000
+EST_PRODUCE_RECORDS_PER_S = 200_000
 EST_PLANNING_S, EST_CHECKPOINT_S, EST_REAL_S, EST_FIXED_COST_S = 10.0, 70.0, 50.0, 35.0
 
 
